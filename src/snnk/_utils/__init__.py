@@ -1,0 +1,27 @@
+"""Internal helpers: validation, random generators and row blocking."""
+
+from snnk._utils.blocks import default_block_rows, iter_blocks
+from snnk._utils.random import draw_seed, make_generator
+from snnk._utils.validation import (
+    as_float_tensor,
+    check_finite,
+    check_in,
+    check_positive,
+    check_positive_int,
+    check_same_device,
+    compute_dtype,
+)
+
+__all__ = [
+    "as_float_tensor",
+    "check_finite",
+    "check_in",
+    "check_positive",
+    "check_positive_int",
+    "check_same_device",
+    "compute_dtype",
+    "default_block_rows",
+    "draw_seed",
+    "iter_blocks",
+    "make_generator",
+]

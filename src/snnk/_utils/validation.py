@@ -1,0 +1,137 @@
+"""Input validation in one place.
+
+Every message names the argument, what was received and what is expected, so that the
+fix is obvious from the error alone.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def as_float_tensor(
+    x: Any,
+    name: str = "X",
+    *,
+    min_ndim: int = 2,
+    last_dim: int | None = None,
+    allow_empty: bool = False,
+    check_finite_values: bool = True,
+) -> torch.Tensor:
+    """Return ``x`` as a floating torch tensor, after checking it.
+
+    NumPy arrays (and anything ``np.asarray`` accepts) are converted with their dtype kept
+    (float64 stays float64). Tensors are returned as they are (no copy).
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not numeric or not of a floating dtype.
+    ValueError
+        If ``x`` has too few dimensions, the wrong last dimension, no rows, or NaN/Inf.
+    """
+    if isinstance(x, torch.Tensor):
+        t = x
+    else:
+        try:
+            arr = np.asarray(x)
+        except Exception as exc:  # pragma: no cover - numpy's own message is kept
+            raise TypeError(f"{name} must be a tensor or an array, got {type(x).__name__}") from exc
+        if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
+            raise TypeError(
+                f"{name} must hold floating-point numbers, got an array of dtype {arr.dtype}; "
+                f"convert it with X.astype(np.float32) or np.float64"
+            )
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise TypeError(
+                f"{name} must have a floating dtype, got {arr.dtype}; "
+                f"convert it with {name}.astype(np.float64) (or float32)"
+            )
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.dtype not in _FLOATS:
+        raise TypeError(
+            f"{name} must have a floating dtype (float16, bfloat16, float32 or float64), "
+            f"got {t.dtype}; convert it with {name}.float() or {name}.double()"
+        )
+    if t.ndim < min_ndim:
+        shape = "(n, d)" if min_ndim == 2 else "(d,)"
+        raise ValueError(
+            f"{name} must have at least {min_ndim} dimension(s) shaped like {shape} "
+            f"(any leading batch shape allowed), got shape {tuple(t.shape)}; "
+            f"use {name}.reshape(-1, d) or {name}[None] for a single point"
+        )
+    if last_dim is not None and t.shape[-1] != last_dim:
+        raise ValueError(
+            f"{name} has {t.shape[-1]} features in its last dimension, but {last_dim} are "
+            f"expected (the in_features this object was built or fitted with); got shape "
+            f"{tuple(t.shape)}"
+        )
+    if not allow_empty and t.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); at least one row is needed")
+    if check_finite_values:
+        check_finite(t, name)
+    return t
+
+
+def check_finite(t: torch.Tensor, name: str) -> None:
+    """Raise ``ValueError`` if ``t`` contains NaN or Inf, saying how many."""
+    if t.numel() == 0:
+        return
+    finite = torch.isfinite(t)
+    if not bool(finite.all()):
+        n_nan = int(torch.isnan(t).sum())
+        n_inf = int((~finite).sum()) - n_nan
+        raise ValueError(
+            f"{name} contains {n_nan} NaN and {n_inf} infinite value(s); remove or impute "
+            f"them before calling (e.g. with sklearn.impute.SimpleImputer)"
+        )
+
+
+def check_positive(value: Any, name: str, *, allow_zero: bool = False) -> float:
+    """Return ``value`` as a float after checking it is a finite positive number."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    v = float(value)
+    ok = v >= 0 if allow_zero else v > 0
+    if not ok or not np.isfinite(v):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
+    return v
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """Return ``value`` as an int after checking it is a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive integer, got {value!r} ({type(value).__name__})")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+    return int(value)
+
+
+def check_in(value: Any, name: str, allowed: Iterable[Any]) -> Any:
+    """Raise ``ValueError`` unless ``value`` is one of ``allowed``."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def check_same_device(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
+    """Raise ``ValueError`` if two tensors live on different devices."""
+    if a.device != b.device:
+        raise ValueError(
+            f"{name_a} is on {a.device} but {name_b} is on {b.device}; move them to one "
+            f"device first, e.g. {name_b}.to({name_a}.device)"
+        )
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype to compute in for inputs of ``dtype``: half types are computed in float32."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype

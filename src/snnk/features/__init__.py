@@ -1,0 +1,35 @@
+"""Random feature maps (``snnk.features``): the URF engine.
+
+Every map is a ``torch.nn.Module`` whose random draw is a set of persistent buffers from a
+seeded ``torch.Generator``; ``φ(x)ᵀφ(y)`` estimates a kernel (or ``f(wᵀx + b)`` for URFs).
+"""
+
+from snnk.features._base import RandomFeatures
+from snnk.features._projection import SAMPLERS, RandomProjection
+from snnk.features.arccosine import ArcCosineFeatures
+from snnk.features.fourier import FourierFeatures
+from snnk.features.nystrom import NystromFeatures
+from snnk.features.positive import PositiveFeatures, VarianceWarning
+from snnk.features.urf import (
+    URF,
+    DiscreteMeasure,
+    GaussianMeasure,
+    LaplaceMeasure,
+    SpectralMeasure,
+)
+
+__all__ = [
+    "SAMPLERS",
+    "URF",
+    "ArcCosineFeatures",
+    "DiscreteMeasure",
+    "FourierFeatures",
+    "GaussianMeasure",
+    "LaplaceMeasure",
+    "NystromFeatures",
+    "PositiveFeatures",
+    "RandomFeatures",
+    "RandomProjection",
+    "SpectralMeasure",
+    "VarianceWarning",
+]

@@ -1,0 +1,57 @@
+"""Common anatomy of random feature maps."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from snnk._utils import as_float_tensor, check_same_device, compute_dtype, make_generator
+
+
+class RandomFeatures(nn.Module):
+    """Base class: a feature map ``φ: R^d → R^D`` whose random draw is fixed at construction.
+
+    Subclasses draw their random matrices once, from a CPU ``torch.Generator`` seeded by
+    ``seed``, into persistent buffers; nothing is redrawn unless :meth:`resample` is called,
+    and the global RNGs of torch and NumPy are never used.
+
+    ``forward`` accepts inputs of shape ``(..., d)`` and returns ``(..., D)`` in the input's
+    dtype (float16/bfloat16 are computed in float32 and cast back).
+    """
+
+    in_features: int
+    num_features: int
+
+    def __init__(self, in_features: int, num_features: int, seed: int | torch.Generator | None):
+        super().__init__()
+        self.in_features = in_features
+        self.num_features = num_features
+        self._seed_arg = seed
+        self.generator, self.seed = make_generator(seed)
+
+    # -- helpers for subclasses --------------------------------------------------------------
+    def _reference_buffer(self) -> torch.Tensor | None:
+        for b in self.buffers():
+            return b
+        return None
+
+    def _prepare(self, x, name: str = "x") -> tuple[torch.Tensor, tuple[int, ...], torch.dtype]:
+        """Validate ``x``, flatten it to ``(N, d)`` in the compute dtype."""
+        x = as_float_tensor(x, name, min_ndim=1, last_dim=self.in_features)
+        ref = self._reference_buffer()
+        if ref is not None:
+            check_same_device(ref, x, "this module", name)
+        lead = tuple(x.shape[:-1])
+        return x.reshape(-1, self.in_features).to(compute_dtype(x.dtype)), lead, x.dtype
+
+    def resample(self, seed: int | torch.Generator | None = None) -> None:
+        """Draw new random matrices (in place, same shapes, dtype and device)."""
+        ref = self._reference_buffer()
+        self.generator, self.seed = make_generator(seed)
+        self._draw(dtype=None if ref is None else ref.dtype, device=None if ref is None else ref.device)
+
+    def _draw(self, dtype, device) -> None:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, num_features={self.num_features}, seed={self.seed}"

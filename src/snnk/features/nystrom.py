@@ -1,0 +1,137 @@
+"""Nyström feature maps for any kernel."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from snnk._utils import as_float_tensor, check_in, check_positive_int, make_generator
+from snnk.kernels import Kernel, make_kernel
+
+
+class NystromFeatures(nn.Module):
+    r"""Nyström features ``φ(x) = k(x, C) K_CC^{+1/2}`` for any kernel.
+
+    ``φ(x)ᵀφ(y) = k(x, C) K_CC⁺ k(C, y)`` is the Nyström approximation of ``k(x, y)``
+    (Williams & Seeger, 2001): the projection of ``k(x, ·)`` onto the span of the centres
+    in the RKHS. It is exact on the centres, so with ``num_centers = n`` and the training
+    points as centres it reproduces the Gram matrix ``K`` (up to round-off and the
+    eigenvalue cut-off ``rcond``). Biased, but never worse than the best rank-``m``
+    approximation by more than the centres' coverage allows; ``"kmeans++"`` (D²-sampling in
+    the kernel's own feature space) picks better-spread centres than ``"uniform"``.
+
+    Parameters
+    ----------
+    kernel : Kernel or str
+    num_centers : int
+        ``m``; the output width.
+    centers : {"uniform", "kmeans++"}, default "uniform"
+    rcond : float, optional
+        Eigenvalues of ``K_CC`` below ``rcond · λ_max`` are dropped (pseudo-inverse);
+        default ``m · eps`` of the dtype.
+    seed : int, torch.Generator or None
+
+    Attributes (after :meth:`fit`; buffers, saved in ``state_dict``)
+    ----------
+    centers : Tensor of shape ``(m, d)``
+    normalization : Tensor of shape ``(m, m)``, ``K_CC^{+1/2}`` (symmetric)
+    """
+
+    def __init__(
+        self,
+        kernel: Kernel | str,
+        num_centers: int,
+        *,
+        centers: str = "uniform",
+        rcond: float | None = None,
+        seed: int | torch.Generator | None = None,
+    ):
+        super().__init__()
+        self.kernel = make_kernel(kernel)
+        self.num_centers = check_positive_int(num_centers, "num_centers")
+        self.center_selection = check_in(centers, "centers", ("uniform", "kmeans++"))
+        self.rcond = rcond
+        self.generator, self.seed = make_generator(seed)
+        self.register_buffer("centers", torch.empty(0))
+        self.register_buffer("normalization", torch.empty(0))
+
+    @property
+    def num_features(self) -> int:
+        return self.num_centers
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.centers.numel() > 0
+
+    def fit(self, X, y=None) -> NystromFeatures:
+        """Choose ``num_centers`` rows of ``X`` as centres and factor ``K_CC``."""
+        X = as_float_tensor(X, "X")
+        if X.ndim != 2:
+            raise ValueError(f"X must have shape (n, d) for fit, got {tuple(X.shape)}")
+        n = X.shape[0]
+        if self.num_centers > n:
+            raise ValueError(
+                f"num_centers={self.num_centers} exceeds the number of rows of X ({n}); "
+                f"lower num_centers or pass more data"
+            )
+        if self.center_selection == "uniform":
+            idx = torch.randperm(n, generator=self.generator)[: self.num_centers]
+        else:
+            idx = self._kmeanspp(X)
+        C = X[idx.to(X.device)]
+        Kcc = self.kernel(C).double()
+        Kcc = 0.5 * (Kcc + Kcc.T)
+        evals, evecs = torch.linalg.eigh(Kcc)
+        rcond = self.rcond if self.rcond is not None else self.num_centers * torch.finfo(X.dtype).eps
+        keep = evals > rcond * evals.max().clamp_min(0.0)
+        inv_sqrt = torch.where(keep, evals.clamp_min(torch.finfo(torch.float64).tiny).rsqrt(), 0.0)
+        norm = (evecs * inv_sqrt) @ evecs.T
+        self.centers = C.clone()
+        self.normalization = norm.to(X.dtype)
+        self.rank_ = int(keep.sum())
+        return self
+
+    def _kmeanspp(self, X: torch.Tensor) -> torch.Tensor:
+        n = X.shape[0]
+        diag = self.kernel.diag(X).double()
+        first = int(torch.randint(n, (1,), generator=self.generator))
+        chosen = [first]
+        d2 = (diag + diag[first] - 2.0 * self.kernel(X, X[first : first + 1]).double()[:, 0]).clamp_min(0.0)
+        for _ in range(1, self.num_centers):
+            d2[chosen] = 0.0
+            total = float(d2.sum())
+            if total <= 0.0:  # all remaining points coincide with centres: pick uniformly
+                mask = torch.ones(n, dtype=torch.bool)
+                mask[chosen] = False
+                probs = mask.double()
+            else:
+                probs = (d2 / total).cpu()
+            nxt = int(torch.multinomial(probs.cpu(), 1, generator=self.generator))
+            chosen.append(nxt)
+            kx = self.kernel(X, X[nxt : nxt + 1]).double()[:, 0]
+            d2 = torch.minimum(d2, (diag + diag[nxt] - 2.0 * kx).clamp_min(0.0))
+        return torch.tensor(chosen)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``φ(x)``: ``(..., d) -> (..., m)`` in ``x``'s dtype."""
+        if not self.is_fitted:
+            raise RuntimeError("NystromFeatures is not fitted yet: call .fit(X) first")
+        x = as_float_tensor(x, "x", min_ndim=1, last_dim=self.centers.shape[1])
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        kx = self.kernel(x2, self.centers.to(x2.dtype))
+        return (kx @ self.normalization.to(kx.dtype)).reshape(*lead, self.num_centers).to(x.dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Buffers are empty before fit: take the saved shapes so that loading just works.
+        for name in ("centers", "normalization"):
+            key = prefix + name
+            if key in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[key], device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return (
+            f"kernel={self.kernel!r}, num_centers={self.num_centers}, "
+            f"centers={self.center_selection!r}, seed={self.seed}"
+        )

@@ -1,0 +1,49 @@
+"""Exact kernels (``snnk.kernels``): the ground truth of every approximation.
+
+>>> import torch
+>>> from snnk import kernels
+>>> k = kernels.Gaussian(lengthscale=2.0) + 0.5 * kernels.Linear()
+>>> K = k(torch.randn(5, 3, dtype=torch.float64))
+"""
+
+from snnk.kernels._base import (
+    ArcCosine,
+    Gaussian,
+    Kernel,
+    Laplace,
+    Linear,
+    Matern,
+    Polynomial,
+    ProductKernel,
+    ScaledKernel,
+    ShiftInvariantKernel,
+    Softmax,
+    SumKernel,
+    make_kernel,
+)
+from snnk.kernels._spectral import (
+    CauchySpectrum,
+    GaussianSpectrum,
+    Spectrum,
+    StudentSpectrum,
+)
+
+__all__ = [
+    "ArcCosine",
+    "CauchySpectrum",
+    "Gaussian",
+    "GaussianSpectrum",
+    "Kernel",
+    "Laplace",
+    "Linear",
+    "Matern",
+    "Polynomial",
+    "ProductKernel",
+    "ScaledKernel",
+    "ShiftInvariantKernel",
+    "Softmax",
+    "Spectrum",
+    "StudentSpectrum",
+    "SumKernel",
+    "make_kernel",
+]
