@@ -1,6 +1,6 @@
 """Internal helpers: validation, random generators and row blocking."""
 
-from snnk._utils.blocks import default_block_rows, iter_blocks
+from snnk._utils.blocks import default_block_rows, empty_output, iter_blocks
 from snnk._utils.random import draw_seed, make_generator
 from snnk._utils.validation import (
     as_float_tensor,
@@ -21,6 +21,7 @@ __all__ = [
     "check_same_device",
     "compute_dtype",
     "default_block_rows",
+    "empty_output",
     "draw_seed",
     "iter_blocks",
     "make_generator",

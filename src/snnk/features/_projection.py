@@ -11,8 +11,8 @@ Samplers
     row keeps the right marginal and estimators stay unbiased; rows within a block are
     exactly orthogonal, which lowers the variance.
 ``"structured"``
-    Structured orthogonal random features (SORF): blocks ``H S₁ H S₂ H S₃`` of Walsh–Hadamard
-    matrices ``H`` and random sign diagonals ``Sᵢ``, inputs zero-padded to ``p = 2^⌈log₂ d⌉``,
+    Structured orthogonal random features (SORF, Yu et al. 2016): blocks ``H S₁ H S₂ H S₃``
+    of Walsh–Hadamard matrices ``H`` and random sign diagonals ``Sᵢ`` (``S₃`` shared), inputs zero-padded to ``p = 2^⌈log₂ d⌉``,
     applied in ``O(p (p1 + p2))`` per block with :mod:`Kronecker-factored <._hadamard>`
     Hadamard transforms; rows are normalised to unit norm on the input coordinates and given
     radii as for ``"orthogonal"``. Only ``O(D)`` numbers are stored.
@@ -90,6 +90,15 @@ class RandomProjection(nn.Module):
         Rows are divided by it.
     """
 
+    @property
+    def block_elements(self) -> int:
+        """Good size (elements of the ``(rows, m)`` output) of one block of rows.
+
+        Small Hadamard GEMMs want their temporaries in cache (about 1 MB); one dense GEMM
+        wants large blocks to reach its peak (about 16 MB).
+        """
+        return 1 << 18 if self.sampler == "structured" else 1 << 22
+
     def __init__(
         self,
         in_features: int,
@@ -140,13 +149,17 @@ class RandomProjection(nn.Module):
             self.register_buffer("weight", (w / lengthscale).to(dtype=dtype, device=device))
 
     def _structured(self, x, signs, h1, h2):
-        """Structured map on rows of ``x`` (N, d) -> (N, m) (before the ``scale`` factor)."""
+        """Structured map on rows of ``x`` (N, d) -> (N, m) (before the ``scale`` factor).
+
+        Block ``b`` is ``H S₁ᵇ H S₂ᵇ H S₃`` (up to fixed coordinate permutations, see
+        :func:`hadamard_transform`); the innermost ``H S₃`` is shared by all blocks, so it is
+        computed once per row, and each block stays an orthogonal SORF block.
+        """
         n, d = x.shape
         if d < self.pad:
             x = torch.nn.functional.pad(x, (0, self.pad - d))
-        t = x.unsqueeze(1) * signs[2]  # (N, B, p)
-        t = hadamard_transform(t, h1, h2)
-        t.mul_(signs[1])
+        t = hadamard_transform(x * signs[2, 0], h1, h2)  # (N, p), shared first stage
+        t = t.unsqueeze(1) * signs[1]  # (N, B, p)
         t = hadamard_transform(t, h1, h2)
         t.mul_(signs[0])
         t = hadamard_transform(t, h1, h2)

@@ -6,13 +6,11 @@ import math
 
 import torch
 
-from snnk._utils import check_positive_int, default_block_rows, iter_blocks
+from snnk._utils import check_positive_int, default_block_rows, empty_output, iter_blocks
 from snnk.features._base import RandomFeatures
 from snnk.features._projection import SAMPLERS, RandomProjection
 from snnk.kernels import Kernel, make_kernel
 
-#: elements of one working block of the fast path (about 4 MB in float32: stays in cache)
-_FAST_BLOCK = 1 << 20
 
 
 class FourierFeatures(RandomFeatures):
@@ -103,8 +101,8 @@ class FourierFeatures(RandomFeatures):
             # Fast path: cache-sized row blocks written straight into one output buffer
             # (fresh allocations of n x D temporaries cost more than the arithmetic).
             n = x2.shape[0]
-            z = torch.empty(n, 2 * m, dtype=x2.dtype, device=x2.device)
-            step = default_block_rows(m, _FAST_BLOCK, minimum=8)
+            z = empty_output((n, 2 * m), x2.dtype, x2.device)
+            step = default_block_rows(m, self.projection.block_elements, minimum=8)
             for rows in iter_blocks(n, step):
                 p = self.projection(x2[rows])
                 zr = z[rows]
