@@ -82,7 +82,7 @@ def as_float_tensor(
 
 def check_finite(t: torch.Tensor, name: str) -> None:
     """Raise ``ValueError`` if ``t`` contains NaN or Inf, saying how many."""
-    if t.numel() == 0:
+    if t.numel() == 0 or t.device.type == "meta":
         return
     # Fast path: one reduction. A finite sum means every entry is finite; an infinite or
     # NaN sum (possibly from overflow of finite values) falls through to the exact count.

@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from snnk._utils import as_float_tensor, check_same_device, compute_dtype, make_generator
+from snnk._utils import (
+    as_float_tensor,
+    check_finite,
+    check_same_device,
+    compute_dtype,
+    make_generator,
+)
 
 
 class RandomFeatures(nn.Module):
@@ -37,10 +43,11 @@ class RandomFeatures(nn.Module):
 
     def _prepare(self, x, name: str = "x") -> tuple[torch.Tensor, tuple[int, ...], torch.dtype]:
         """Validate ``x``, flatten it to ``(N, d)`` in the compute dtype."""
-        x = as_float_tensor(x, name, min_ndim=1, last_dim=self.in_features)
+        x = as_float_tensor(x, name, min_ndim=1, last_dim=self.in_features, check_finite_values=False)
         ref = self._reference_buffer()
         if ref is not None:
             check_same_device(ref, x, "this module", name)
+        check_finite(x, name)
         lead = tuple(x.shape[:-1])
         return x.reshape(-1, self.in_features).to(compute_dtype(x.dtype)), lead, x.dtype
 

@@ -14,8 +14,12 @@ Samplers
     Structured orthogonal random features (SORF, Yu et al. 2016): blocks ``H S₁ H S₂ H S₃``
     of Walsh–Hadamard matrices ``H`` and random sign diagonals ``Sᵢ`` (``S₃`` shared), inputs zero-padded to ``p = 2^⌈log₂ d⌉``,
     applied in ``O(p (p1 + p2))`` per block with :mod:`Kronecker-factored <._hadamard>`
-    Hadamard transforms; rows are normalised to unit norm on the input coordinates and given
-    radii as for ``"orthogonal"``. Only ``O(D)`` numbers are stored.
+    Hadamard transforms. Rows are unit vectors of ``R^p`` given radii from the spectrum's
+    ``p``-dimensional radial law: the first ``d`` coordinates of such a frequency follow the
+    ``d``-dimensional spectrum exactly (Gaussian and Student-t laws are closed under
+    marginals). Only ``O(D)`` numbers are stored. For ``p <= 64`` the Hadamard matrix is
+    replaced by one stored Haar-random orthogonal ``p × p`` matrix: small Hadamard products
+    take few distinct values and their rows are far from uniform (biased estimates).
 ``"qmc"`` / ``"halton"``
     Scrambled Sobol (``"qmc"``) or scrambled Halton points pushed through the spectrum's
     inverse CDF: a low-discrepancy cover of the spectrum (unbiased thanks to scrambling).
@@ -37,6 +41,9 @@ from snnk.features._hadamard import hadamard_matrix, hadamard_transform, split_p
 from snnk.kernels._spectral import Spectrum
 
 SAMPLERS = ("iid", "orthogonal", "structured", "qmc", "halton")
+
+#: up to this padded size, "structured" mixes with a random orthogonal matrix, not Hadamard
+_SMALL = 64
 
 
 def orthogonal_directions(m: int, d: int, generator: torch.Generator) -> torch.Tensor:
@@ -125,19 +132,26 @@ class RandomProjection(nn.Module):
         if sampler == "structured":
             p = 1 << max(0, (d - 1).bit_length())
             nblocks = math.ceil(m / p)
-            p1, p2 = split_power_of_two(p) if p > 64 else (p, 1)
             self.pad, self.nblocks = p, nblocks
             signs = torch.randint(0, 2, (3, nblocks, p), generator=generator).to(torch.float64)
             signs = signs.mul_(2.0).sub_(1.0)
             self.register_buffer("signs", signs.to(dtype=dtype, device=device))
-            self.register_buffer("h1", hadamard_matrix(p1, dtype=dtype, device=device), persistent=False)
+            if p > _SMALL:
+                p1, p2 = split_power_of_two(p)
+                h1, persistent = hadamard_matrix(p1), False
+            else:
+                # Small p: Hadamard rows are far from uniform on the sphere (few distinct
+                # values), which biases the estimator. A Haar-random orthogonal mixing matrix
+                # (p <= 64, negligible cost) makes every block's rows exactly uniform.
+                p2, persistent = 1, True
+                h1 = orthogonal_directions(p, p, generator)
+            self.register_buffer("h1", h1.to(dtype=dtype, device=device), persistent=persistent)
             self.register_buffer("h2", hadamard_matrix(p2, dtype=dtype, device=device), persistent=False)
-            # Row norms of the structured map on the d real input coordinates (float64).
-            eye = torch.eye(d, dtype=torch.float64)
-            cols = self._structured(eye, signs, hadamard_matrix(p1), hadamard_matrix(p2))
-            norms = torch.linalg.vector_norm(cols, dim=0)[:m]
-            radii = spectrum.radius(m, d, generator)
-            scale = radii / norms.clamp_min(1e-12) / lengthscale
+            # Rows of the structured map are unit vectors of R^p. A rotation-invariant
+            # spectrum in R^p (radii from its p-dimensional radial law) has the d-dimensional
+            # spectrum as the marginal of its first d coordinates, so restricting the rows to
+            # the d real inputs (zero padding) keeps every frequency's law exact.
+            scale = spectrum.radius(m, p, generator) / lengthscale
             self.register_buffer("scale", scale.to(dtype=dtype, device=device))
         else:
             if sampler == "iid":

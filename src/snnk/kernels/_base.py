@@ -9,6 +9,7 @@ import torch
 
 from snnk._utils import (
     as_float_tensor,
+    check_finite,
     check_in,
     check_positive,
     check_positive_int,
@@ -42,8 +43,12 @@ class Kernel:
         self, X: Any, Y: Any | None = None, *, block_rows: int | None = None
     ) -> torch.Tensor:
         X = as_float_tensor(X, "X")
-        Y = X if Y is None else as_float_tensor(Y, "Y", last_dim=X.shape[-1])
-        check_same_device(X, Y, "X", "Y")
+        if Y is None:
+            Y = X
+        else:
+            Y = as_float_tensor(Y, "Y", last_dim=X.shape[-1], check_finite_values=False)
+            check_same_device(X, Y, "X", "Y")
+            check_finite(Y, "Y")
         out_dtype = torch.promote_types(X.dtype, Y.dtype)
         work = compute_dtype(out_dtype)
         Xw, Yw = X.to(work), Y.to(work)
