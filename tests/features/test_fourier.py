@@ -89,7 +89,9 @@ def test_laplace_refuses_rotation_samplers():
 
 def test_structured_equals_its_dense_matrix_and_pads():
     for d in (5, 64, 300):  # not a power of two, small dense H, Kronecker-factored H
-        phi = features.FourierFeatures("gaussian", d, 2 * 700, sampler="structured", seed=1, dtype=F64)
+        phi = features.FourierFeatures(
+            "gaussian", d, 2 * 700, sampler="structured", seed=1, dtype=F64
+        )
         X = normal_data(9, d)
         W = phi.projection.dense_weight()
         assert W.shape == (700, d)

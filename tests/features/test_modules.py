@@ -24,10 +24,14 @@ BUILDERS = {
         kernels.Laplace(), 6, 32, sampler="qmc", seed=seed, **kw
     ),
     "positive": lambda seed, **kw: features.PositiveFeatures(6, 32, M=0.05, seed=seed, **kw),
-    "positive-hyp": lambda seed, **kw: features.PositiveFeatures(6, 32, hyperbolic=True, seed=seed, **kw),
+    "positive-hyp": lambda seed, **kw: features.PositiveFeatures(
+        6, 32, hyperbolic=True, seed=seed, **kw
+    ),
     "arccos": lambda seed, **kw: features.ArcCosineFeatures(6, 32, order=2, seed=seed, **kw),
     "urf-cos": lambda seed, **kw: features.URF("cos", 6, 32, seed=seed, **kw),
-    "urf-gauss": lambda seed, **kw: features.URF("gaussian", 6, 32, sampler="iid", seed=seed, **kw),
+    "urf-gauss": lambda seed, **kw: features.URF(
+        "gaussian", 6, 32, split=0.5, sampler="iid", seed=seed, **kw
+    ),
     "urf-exp": lambda seed, **kw: features.URF("exp", 6, 32, M=0.02, seed=seed, **kw),
 }
 
@@ -57,13 +61,13 @@ def test_buffers_state_dict_round_trip_bit_exact(name):
 @pytest.mark.parametrize("name", BUILDERS)
 def test_seed_reproducible_and_global_rng_untouched(name):
     build = BUILDERS[name]
-    state, np_state = torch.get_rng_state(), np.random.get_state()[1].copy()
+    state, np_state = torch.get_rng_state(), np.random.get_state()[1].copy()  # noqa: NPY002 (we check the legacy global state)
     a, b = build(5), build(5)
     x = _input(build)
     ya = a(x)
     assert torch.equal(ya, b(x))
     assert torch.equal(torch.get_rng_state(), state), "construction/forward touched torch's RNG"
-    assert np.array_equal(np.random.get_state()[1], np_state), "touched NumPy's global RNG"
+    assert np.array_equal(np.random.get_state()[1], np_state)  # noqa: NPY002, "touched NumPy's global RNG"
     assert not torch.equal(build(6)(x), ya)
     assert torch.equal(a(x), ya), "forward must not redraw"
 
@@ -137,7 +141,9 @@ def test_resample_changes_the_draw_only_when_asked():
 def test_torch_generator_as_seed():
     g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
     x = torch.randn(3, 4)
-    assert torch.equal(features.ArcCosineFeatures(4, 8, seed=g1)(x), features.ArcCosineFeatures(4, 8, seed=g2)(x))
+    assert torch.equal(
+        features.ArcCosineFeatures(4, 8, seed=g1)(x), features.ArcCosineFeatures(4, 8, seed=g2)(x)
+    )
 
 
 def test_gradients_flow_to_inputs():
@@ -167,7 +173,9 @@ def test_positive_features_temperature_and_hyperbolic_unbiased():
     x, y = sphere(1, 8, 1.2, seed=1), sphere(1, 8, 1.2, seed=2)
     exact = kernels.Softmax(temperature=2.0)(x, y).item()
     for hyp in (False, True):
-        pos = features.PositiveFeatures(8, 200_000, temperature=2.0, hyperbolic=hyp, sampler="iid", seed=0, dtype=F64)
+        pos = features.PositiveFeatures(
+            8, 200_000, temperature=2.0, hyperbolic=hyp, sampler="iid", seed=0, dtype=F64
+        )
         samples = (pos(x) * pos(y))[0] * pos.num_features
         se = samples.std().item() / math.sqrt(samples.numel())
         assert abs(samples.mean().item() - exact) < 4 * se
@@ -184,7 +192,7 @@ def test_nystrom_reproduces_gram_with_all_points():
 def test_nystrom_kmeanspp_better_than_uniform_and_round_trip():
     g = torch.Generator().manual_seed(0)
     centers = 4.0 * torch.randn(8, 2, generator=g, dtype=F64)
-    X = (centers.repeat_interleave(50, 0) + 0.3 * torch.randn(400, 2, generator=g, dtype=F64))
+    X = centers.repeat_interleave(50, 0) + 0.3 * torch.randn(400, 2, generator=g, dtype=F64)
     k = kernels.Gaussian(0.8)
     K = k(X)
     err = {}

@@ -42,7 +42,15 @@ def test_item1_unbiased(activation, kwargs):
     x, w = sphere(1, 64, 1.0, seed=1)[0], sphere(1, 64, 1.0, seed=2)[0]
     b = 0.3
     n = 20_000
-    urf = URF(activation, 64, n if activation == "exp" else 2 * n, sampler="iid", seed=0, dtype=F64, **kwargs)
+    urf = URF(
+        activation,
+        64,
+        n if activation == "exp" else 2 * n,
+        sampler="iid",
+        seed=0,
+        dtype=F64,
+        **kwargs,
+    )
     samples = per_feature(urf, x, w, b)
     mean, se = samples.mean().item(), samples.std().item() / math.sqrt(n)
     exact = urf.target(x @ w + b).item()
@@ -53,7 +61,9 @@ def test_item1_unbiased(activation, kwargs):
 def test_item2_cos_accuracy(m, bound):
     x, w = sphere(64, 64, 1.0, seed=3), sphere(64, 64, 1.0, seed=4)
     target = torch.cos(x @ w.T + 0.3)
-    mse = pair_mse(lambda s: URF("cos", 64, 2 * m, sampler="iid", seed=s, dtype=F64), x, w, 0.3, target)
+    mse = pair_mse(
+        lambda s: URF("cos", 64, 2 * m, sampler="iid", seed=s, dtype=F64), x, w, 0.3, target
+    )
     assert mse < bound
 
 
@@ -162,7 +172,11 @@ def test_item8_mse_scales_as_one_over_m(kind):
 
 def test_item9_orthogonal_rows():
     proj = features.RandomProjection(
-        64, 10_048, kernels.GaussianSpectrum(), "orthogonal", torch.Generator().manual_seed(0),
+        64,
+        10_048,
+        kernels.GaussianSpectrum(),
+        "orthogonal",
+        torch.Generator().manual_seed(0),
         dtype=F64,
     )
     G = proj.weight

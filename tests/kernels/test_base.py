@@ -26,7 +26,9 @@ def test_gaussian_matches_sklearn(data):
     X, Y = data
     K = kernels.Gaussian(lengthscale=1.7)(X, Y)
     assert K.dtype == torch.float64
-    np.testing.assert_allclose(K.numpy(), rbf_kernel(X, Y, gamma=1 / (2 * 1.7**2)), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(
+        K.numpy(), rbf_kernel(X, Y, gamma=1 / (2 * 1.7**2)), rtol=0, atol=1e-10
+    )
 
 
 def test_laplace_matches_sklearn(data):

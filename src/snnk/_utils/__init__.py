@@ -21,8 +21,8 @@ __all__ = [
     "check_same_device",
     "compute_dtype",
     "default_block_rows",
-    "empty_output",
     "draw_seed",
+    "empty_output",
     "iter_blocks",
     "make_generator",
 ]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
+import torch
+
 #: Number of scalar elements an intermediate block may hold (about 64 MB in float32).
 BLOCK_ELEMENTS = 1 << 24
 
@@ -19,7 +22,7 @@ def iter_blocks(n: int, block_rows: int) -> Iterator[slice]:
         yield slice(start, min(n, start + block_rows))
 
 
-def empty_output(shape: tuple[int, ...], dtype, device) -> "torch.Tensor":
+def empty_output(shape: tuple[int, ...], dtype, device) -> torch.Tensor:
     """An uninitialised output tensor; large CPU ones come from NumPy's allocator.
 
     NumPy asks the kernel for transparent huge pages on large arrays, so first writes into
@@ -27,9 +30,6 @@ def empty_output(shape: tuple[int, ...], dtype, device) -> "torch.Tensor":
     filling a fresh n x D output about 4x cheaper than torch's default CPU allocator. The
     tensor shares the array's memory (no copy) and behaves like any other tensor.
     """
-    import numpy as np
-    import torch
-
     numel = 1
     for s in shape:
         numel *= s

@@ -27,7 +27,8 @@ def make_generator(seed: int | torch.Generator | None) -> tuple[torch.Generator,
         if seed.device.type != "cpu":
             raise ValueError(
                 "seed must be an int or a CPU torch.Generator: random matrices are drawn on "
-                f"the CPU so that they are the same on every device; got a generator on {seed.device}"
+                "the CPU so that they are the same on every device; got a generator on "
+                f"{seed.device}"
             )
         return seed, None
     if seed is None:

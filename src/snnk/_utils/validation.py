@@ -86,7 +86,9 @@ def check_finite(t: torch.Tensor, name: str) -> None:
         return
     # Fast path: one reduction. A finite sum means every entry is finite; an infinite or
     # NaN sum (possibly from overflow of finite values) falls through to the exact count.
-    if bool(torch.isfinite(t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32))):
+    if bool(
+        torch.isfinite(t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32))
+    ):
         return
     finite = torch.isfinite(t)
     if not bool(finite.all()):
@@ -113,7 +115,9 @@ def check_positive(value: Any, name: str, *, allow_zero: bool = False) -> float:
 def check_positive_int(value: Any, name: str) -> int:
     """Return ``value`` as an int after checking it is a positive integer."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive integer, got {value!r} ({type(value).__name__})")
+        raise TypeError(
+            f"{name} must be a positive integer, got {value!r} ({type(value).__name__})"
+        )
     if value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value}")
     return int(value)

@@ -43,7 +43,9 @@ class RandomFeatures(nn.Module):
 
     def _prepare(self, x, name: str = "x") -> tuple[torch.Tensor, tuple[int, ...], torch.dtype]:
         """Validate ``x``, flatten it to ``(N, d)`` in the compute dtype."""
-        x = as_float_tensor(x, name, min_ndim=1, last_dim=self.in_features, check_finite_values=False)
+        x = as_float_tensor(
+            x, name, min_ndim=1, last_dim=self.in_features, check_finite_values=False
+        )
         ref = self._reference_buffer()
         if ref is not None:
             check_same_device(ref, x, "this module", name)
@@ -55,7 +57,9 @@ class RandomFeatures(nn.Module):
         """Draw new random matrices (in place, same shapes, dtype and device)."""
         ref = self._reference_buffer()
         self.generator, self.seed = make_generator(seed)
-        self._draw(dtype=None if ref is None else ref.dtype, device=None if ref is None else ref.device)
+        self._draw(
+            dtype=None if ref is None else ref.dtype, device=None if ref is None else ref.device
+        )
 
     def _draw(self, dtype, device) -> None:
         raise NotImplementedError

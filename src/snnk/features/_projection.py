@@ -12,7 +12,8 @@ Samplers
     exactly orthogonal, which lowers the variance.
 ``"structured"``
     Structured orthogonal random features (SORF, Yu et al. 2016): blocks ``H S₁ H S₂ H S₃``
-    of Walsh–Hadamard matrices ``H`` and random sign diagonals ``Sᵢ`` (``S₃`` shared), inputs zero-padded to ``p = 2^⌈log₂ d⌉``,
+    of Walsh–Hadamard matrices ``H`` and random sign diagonals ``Sᵢ`` (``S₃`` shared), inputs
+    zero-padded to ``p = 2^⌈log₂ d⌉``,
     applied in ``O(p (p1 + p2))`` per block with :mod:`Kronecker-factored <._hadamard>`
     Hadamard transforms. Rows are unit vectors of ``R^p`` given radii from the spectrum's
     ``p``-dimensional radial law: the first ``d`` coordinates of such a frequency follow the
@@ -146,7 +147,9 @@ class RandomProjection(nn.Module):
                 p2, persistent = 1, True
                 h1 = orthogonal_directions(p, p, generator)
             self.register_buffer("h1", h1.to(dtype=dtype, device=device), persistent=persistent)
-            self.register_buffer("h2", hadamard_matrix(p2, dtype=dtype, device=device), persistent=False)
+            self.register_buffer(
+                "h2", hadamard_matrix(p2, dtype=dtype, device=device), persistent=False
+            )
             # Rows of the structured map are unit vectors of R^p. A rotation-invariant
             # spectrum in R^p (radii from its p-dimensional radial law) has the d-dimensional
             # spectrum as the marginal of its first d coordinates, so restricting the rows to
@@ -157,7 +160,10 @@ class RandomProjection(nn.Module):
             if sampler == "iid":
                 w = spectrum.sample(m, d, generator)
             elif sampler == "orthogonal":
-                w = orthogonal_directions(m, d, generator) * spectrum.radius(m, d, generator)[:, None]
+                w = (
+                    orthogonal_directions(m, d, generator)
+                    * spectrum.radius(m, d, generator)[:, None]
+                )
             else:
                 w = qmc_frequencies(m, d, spectrum, generator, sampler)
             self.register_buffer("weight", (w / lengthscale).to(dtype=dtype, device=device))

@@ -56,8 +56,13 @@ class ArcCosineFeatures(RandomFeatures):
 
     def _draw(self, dtype, device) -> None:
         self.projection = RandomProjection(
-            self.in_features, self.num_features, GaussianSpectrum(), self.sampler,
-            self.generator, dtype=dtype, device=device,
+            self.in_features,
+            self.num_features,
+            GaussianSpectrum(),
+            self.sampler,
+            self.generator,
+            dtype=dtype,
+            device=device,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

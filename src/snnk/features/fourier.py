@@ -12,7 +12,6 @@ from snnk.features._projection import SAMPLERS, RandomProjection
 from snnk.kernels import Kernel, make_kernel
 
 
-
 class FourierFeatures(RandomFeatures):
     r"""Random Fourier features (Rahimi & Recht, 2007) of a shift-invariant kernel.
 

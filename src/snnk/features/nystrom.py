@@ -82,7 +82,9 @@ class NystromFeatures(nn.Module):
         Kcc = self.kernel(C).double()
         Kcc = 0.5 * (Kcc + Kcc.T)
         evals, evecs = torch.linalg.eigh(Kcc)
-        rcond = self.rcond if self.rcond is not None else self.num_centers * torch.finfo(X.dtype).eps
+        rcond = (
+            self.rcond if self.rcond is not None else self.num_centers * torch.finfo(X.dtype).eps
+        )
         keep = evals > rcond * evals.max().clamp_min(0.0)
         inv_sqrt = torch.where(keep, evals.clamp_min(torch.finfo(torch.float64).tiny).rsqrt(), 0.0)
         norm = (evecs * inv_sqrt) @ evecs.T
@@ -96,7 +98,9 @@ class NystromFeatures(nn.Module):
         diag = self.kernel.diag(X).double()
         first = int(torch.randint(n, (1,), generator=self.generator))
         chosen = [first]
-        d2 = (diag + diag[first] - 2.0 * self.kernel(X, X[first : first + 1]).double()[:, 0]).clamp_min(0.0)
+        d2 = (
+            diag + diag[first] - 2.0 * self.kernel(X, X[first : first + 1]).double()[:, 0]
+        ).clamp_min(0.0)
         for _ in range(1, self.num_centers):
             d2[chosen] = 0.0
             total = float(d2.sum())
@@ -127,7 +131,9 @@ class NystromFeatures(nn.Module):
         for name in ("centers", "normalization"):
             key = prefix + name
             if key in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[key], device=getattr(self, name).device))
+                setattr(
+                    self, name, torch.empty_like(state_dict[key], device=getattr(self, name).device)
+                )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:

@@ -109,8 +109,13 @@ class PositiveFeatures(RandomFeatures):
 
     def _draw(self, dtype, device) -> None:
         self.projection = RandomProjection(
-            self.in_features, self.num_projections, GaussianSpectrum(), self.sampler,
-            self.generator, dtype=dtype, device=device,
+            self.in_features,
+            self.num_projections,
+            GaussianSpectrum(),
+            self.sampler,
+            self.generator,
+            dtype=dtype,
+            device=device,
         )
 
     def log_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,9 +136,13 @@ class PositiveFeatures(RandomFeatures):
         :meth:`stabilized`)."""
         x2 = torch.as_tensor(x)
         logf = self.log_features(x2)
-        return torch.exp(logf.float() if logf.dtype in (torch.float16, torch.bfloat16) else logf).to(logf.dtype)
+        return torch.exp(
+            logf.float() if logf.dtype in (torch.float16, torch.bfloat16) else logf
+        ).to(logf.dtype)
 
-    def stabilized(self, x: torch.Tensor, dim: int | tuple[int, ...] = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    def stabilized(
+        self, x: torch.Tensor, dim: int | tuple[int, ...] = -1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(φ(x)·e^{-s}, s)`` with ``s = max log φ(x)`` over ``dim`` (kept).
 
         Entries of the first tensor lie in ``(0, 1]`` so nothing overflows, in any dtype;

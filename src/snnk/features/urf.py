@@ -73,8 +73,16 @@ class DiscreteMeasure(SpectralMeasure):
         )
         if (self.probabilities < 0).any() or abs(float(self.probabilities.sum()) - 1.0) > 1e-9:
             raise ValueError("probabilities must be non-negative and sum to 1")
-        self._w = torch.ones(k, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
-        self._p = torch.zeros(k, dtype=torch.float64) if phases is None else torch.as_tensor(phases, dtype=torch.float64)
+        self._w = (
+            torch.ones(k, dtype=torch.float64)
+            if weights is None
+            else torch.as_tensor(weights, dtype=torch.float64)
+        )
+        self._p = (
+            torch.zeros(k, dtype=torch.float64)
+            if phases is None
+            else torch.as_tensor(phases, dtype=torch.float64)
+        )
 
     def _index(self, omega):
         return torch.argmin((omega[:, None] - self.frequencies[None, :]).abs(), dim=1)
@@ -216,7 +224,8 @@ class URF(RandomFeatures):
                 )
             if num_features % 2:
                 raise ValueError(
-                    f"num_features must be even for Fourier-type URFs (cos/sin pairs), got {num_features}"
+                    "num_features must be even for Fourier-type URFs (cos/sin pairs), got "
+                    f"{num_features}"
                 )
             if measure.log_second_moment(1e-6) == math.inf:
                 warnings.warn(
@@ -238,8 +247,13 @@ class URF(RandomFeatures):
 
     def _draw(self, dtype, device) -> None:
         self.projection = RandomProjection(
-            self.in_features, self.num_projections, GaussianSpectrum(), self.sampler,
-            self.generator, dtype=dtype, device=device,
+            self.in_features,
+            self.num_projections,
+            GaussianSpectrum(),
+            self.sampler,
+            self.generator,
+            dtype=dtype,
+            device=device,
         )
         if self.is_fourier:
             omega = self.measure.sample(self.num_projections, self.generator)
@@ -277,7 +291,7 @@ class URF(RandomFeatures):
         x2, lead, out_dtype = self._prepare(x)
         sq = x2.square().sum(-1, keepdim=True)
         if sq.numel():
-            self._warn_norms(float(sq.max()), "input")
+            self._warn_norms(float(sq.detach().max()), "input")
         if self.is_fourier:
             p = self.projection(x2) * (self.omega.to(x2.dtype) * self.split)
             amp = torch.exp(0.5 * sq * (self.omega.to(x2.dtype) * self.split).square())
@@ -287,7 +301,9 @@ class URF(RandomFeatures):
             z = self._exp_map(x2, sq)
         return z.reshape(*lead, self.num_features).to(out_dtype)
 
-    def parameter_map(self, weight: torch.Tensor, bias: torch.Tensor | float | None = None) -> torch.Tensor:
+    def parameter_map(
+        self, weight: torch.Tensor, bias: torch.Tensor | float | None = None
+    ) -> torch.Tensor:
         """``Ψ(w, b)``: weights ``(..., d)`` and biases ``(...)`` -> ``(..., D)``."""
         w2, lead, out_dtype = self._prepare(weight, "weight")
         if bias is None:
@@ -303,7 +319,7 @@ class URF(RandomFeatures):
             b = b.to(w2.dtype).expand(lead).reshape(-1)
         sq = w2.square().sum(-1, keepdim=True)
         if sq.numel():
-            self._warn_norms(float(sq.max()), "weight")
+            self._warn_norms(float(sq.detach().max()), "weight")
         if self.is_fourier:
             s = self.split
             logamp = self.projection(w2) / s - sq / (2 * s * s)
@@ -316,7 +332,12 @@ class URF(RandomFeatures):
 
     def _exp_map(self, x2: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
         c = math.sqrt(1.0 + 4.0 * self.M)
-        logf = c * self.projection(x2) - 0.5 * sq + self.log_prefactor - 0.5 * math.log(self.num_projections)
+        logf = (
+            c * self.projection(x2)
+            - 0.5 * sq
+            + self.log_prefactor
+            - 0.5 * math.log(self.num_projections)
+        )
         if self.M != 0.0:
             logf = logf - self.M * self.projection.row_sq_norms().to(x2.dtype)
         return torch.exp(logf)

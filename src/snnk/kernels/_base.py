@@ -247,7 +247,11 @@ class ArcCosine(Kernel):
 
     def _diag(self, X):
         sq = X.square().sum(-1)
-        return torch.ones_like(sq) if self.order == 0 else (sq if self.order == 1 else 3.0 * sq.square())
+        return (
+            torch.ones_like(sq)
+            if self.order == 0
+            else (sq if self.order == 1 else 3.0 * sq.square())
+        )
 
 
 class Softmax(Kernel):

@@ -74,7 +74,7 @@ class StudentSpectrum(Spectrum):
         self.df = float(df)
 
     def _chi2(self, n, generator):
-        k = int(round(self.df))
+        k = round(self.df)
         if abs(k - self.df) < 1e-12:
             return torch.randn(n, k, generator=generator, dtype=torch.float64).square().sum(1)
         # Non-integer df: inverse CDF of uniforms from the same generator.
@@ -86,7 +86,9 @@ class StudentSpectrum(Spectrum):
         return g * torch.sqrt(self.df / self._chi2(n, generator)).unsqueeze(1)
 
     def radius(self, n, d, generator):
-        r = torch.linalg.vector_norm(torch.randn(n, d, generator=generator, dtype=torch.float64), dim=1)
+        r = torch.linalg.vector_norm(
+            torch.randn(n, d, generator=generator, dtype=torch.float64), dim=1
+        )
         return r * torch.sqrt(self.df / self._chi2(n, generator))
 
     def qmc_dim(self, d):
