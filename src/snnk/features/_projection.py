@@ -18,9 +18,10 @@ Samplers
     Hadamard transforms. Rows are unit vectors of ``R^p`` given radii from the spectrum's
     ``p``-dimensional radial law: the first ``d`` coordinates of such a frequency follow the
     ``d``-dimensional spectrum exactly (Gaussian and Student-t laws are closed under
-    marginals). Only ``O(D)`` numbers are stored. For ``p <= 64`` the Hadamard matrix is
-    replaced by one stored Haar-random orthogonal ``p × p`` matrix: small Hadamard products
-    take few distinct values and their rows are far from uniform (biased estimates).
+    marginals). Only ``O(D)`` numbers are stored. For ``p <= 64`` it stores dense
+    ``"orthogonal"`` blocks instead: there one GEMM is as fast as any structured transform,
+    and products of small Hadamard matrices take few distinct values, so their rows are far
+    from uniform on the sphere (biased estimates).
 ``"qmc"`` / ``"halton"``
     Scrambled Sobol (``"qmc"``) or scrambled Halton points pushed through the spectrum's
     inverse CDF: a low-discrepancy cover of the spectrum (unbiased thanks to scrambling).
@@ -43,7 +44,7 @@ from snnk.kernels._spectral import Spectrum
 
 SAMPLERS = ("iid", "orthogonal", "structured", "qmc", "halton")
 
-#: up to this padded size, "structured" mixes with a random orthogonal matrix, not Hadamard
+#: up to this padded size "structured" stores dense orthogonal blocks (see RandomProjection)
 _SMALL = 64
 
 
@@ -105,7 +106,7 @@ class RandomProjection(nn.Module):
         Small Hadamard GEMMs want their temporaries in cache (about 1 MB); one dense GEMM
         wants large blocks to reach its peak (about 16 MB).
         """
-        return 1 << 18 if self.sampler == "structured" else 1 << 22
+        return 1 << 18 if self.structured else 1 << 22
 
     def __init__(
         self,
@@ -130,23 +131,18 @@ class RandomProjection(nn.Module):
         self.in_features, self.num_rows, self.sampler = in_features, num_rows, sampler
         dtype = dtype or torch.get_default_dtype()
         d, m = in_features, num_rows
-        if sampler == "structured":
-            p = 1 << max(0, (d - 1).bit_length())
+        p = 1 << max(0, (d - 1).bit_length())
+        self.structured = sampler == "structured" and p > _SMALL
+        if self.structured:
             nblocks = math.ceil(m / p)
             self.pad, self.nblocks = p, nblocks
             signs = torch.randint(0, 2, (3, nblocks, p), generator=generator).to(torch.float64)
             signs = signs.mul_(2.0).sub_(1.0)
             self.register_buffer("signs", signs.to(dtype=dtype, device=device))
-            if p > _SMALL:
-                p1, p2 = split_power_of_two(p)
-                h1, persistent = hadamard_matrix(p1), False
-            else:
-                # Small p: Hadamard rows are far from uniform on the sphere (few distinct
-                # values), which biases the estimator. A Haar-random orthogonal mixing matrix
-                # (p <= 64, negligible cost) makes every block's rows exactly uniform.
-                p2, persistent = 1, True
-                h1 = orthogonal_directions(p, p, generator)
-            self.register_buffer("h1", h1.to(dtype=dtype, device=device), persistent=persistent)
+            p1, p2 = split_power_of_two(p)
+            self.register_buffer(
+                "h1", hadamard_matrix(p1, dtype=dtype, device=device), persistent=False
+            )
             self.register_buffer(
                 "h2", hadamard_matrix(p2, dtype=dtype, device=device), persistent=False
             )
@@ -159,7 +155,7 @@ class RandomProjection(nn.Module):
         else:
             if sampler == "iid":
                 w = spectrum.sample(m, d, generator)
-            elif sampler == "orthogonal":
+            elif sampler in ("orthogonal", "structured"):
                 w = (
                     orthogonal_directions(m, d, generator)
                     * spectrum.radius(m, d, generator)[:, None]
@@ -187,7 +183,7 @@ class RandomProjection(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Project rows: ``(N, d) -> (N, m)`` in ``x``'s dtype (no validation: internal)."""
-        if self.sampler == "structured":
+        if self.structured:
             dt = x.dtype
             out = self._structured(x, self.signs.to(dt), self.h1.to(dt), self.h2.to(dt))
             return out.mul_(self.scale.to(dt))
@@ -195,7 +191,7 @@ class RandomProjection(nn.Module):
 
     def dense_weight(self) -> torch.Tensor:
         """The explicit ``(m, d)`` matrix ``Ω / ℓ`` (materialised for ``"structured"``)."""
-        if self.sampler != "structured":
+        if not self.structured:
             return self.weight
         eye = torch.eye(self.in_features, dtype=self.signs.dtype, device=self.signs.device)
         return self.forward(eye).T.contiguous()

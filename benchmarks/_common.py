@@ -1,0 +1,120 @@
+"""Shared helpers of the benchmark scripts: timing, test data, tables and machine info.
+
+Nothing here is part of the ``snnk`` package; the scripts in this folder import it as a
+sibling module (``python benchmarks/<script>.py`` puts this folder on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+#: default output folder of every benchmark (relative to the working directory)
+DEFAULT_OUT = Path("benchmarks") / "results"
+
+
+def time_median(
+    fn: Callable[[], object], repeats: int = 5, warmup: int = 1
+) -> tuple[float, list[float]]:
+    """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` untimed calls.
+
+    The result of every call is dropped before the next call starts, so a function that
+    allocates a large output never holds two of them at once.
+    """
+    for _ in range(warmup):
+        fn()
+    gc.collect()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def sphere(n: int, d: int, radius: float, seed: int) -> torch.Tensor:
+    """``n`` points drawn uniformly on the sphere of ``radius`` in ``R^d`` (float64).
+
+    The generator is offset so the data never shares a stream with the feature maps'
+    seeds ``0, 1, 2, ...``.
+    """
+    g = torch.Generator().manual_seed(7_919 * (seed + 1) + 104_729)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    return radius * x / torch.linalg.vector_norm(x, dim=1, keepdim=True)
+
+
+def gaussian_data(n: int, d: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``n`` standard-normal points in ``R^d`` from a dedicated generator."""
+    g = torch.Generator().manual_seed(15_485_863 + seed)
+    return torch.randn(n, d, generator=g, dtype=torch.float64).to(dtype)
+
+
+def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Least-squares slope of ``log y`` against ``log x`` (NaN with fewer than 2 points)."""
+    pts = [
+        (math.log(x), math.log(y))
+        for x, y in zip(xs, ys, strict=True)
+        if y is not None and math.isfinite(y) and y > 0
+    ]
+    if len(pts) < 2:
+        return math.nan
+    lx, ly = np.array(pts).T
+    return float(np.polyfit(lx, ly, 1)[0])
+
+
+def fmt(x: float | None, digits: int = 2) -> str:
+    """Compact scientific formatting for tables (``—`` for missing values)."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{x:.{digits}e}"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub markdown table; cells are converted with ``str``."""
+    lines = [
+        "| " + " | ".join(str(h) for h in headers) + " |",
+        "|" + "|".join("---" for _ in headers) + "|",
+    ]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def cpu_model() -> str:
+    """The CPU model name from ``/proc/cpuinfo`` (falls back to ``platform.processor``)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_summary() -> str:
+    """One line describing the machine and the software the numbers depend on."""
+    import sklearn
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
+    return (
+        f"{cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), numpy {np.__version__}, "
+        f"scikit-learn {sklearn.__version__}, Python {platform.python_version()}; "
+        f"1-min load average at start {load:.2f}"
+    )
+
+
+def prepare_out(path: str | os.PathLike[str]) -> Path:
+    """Create the output folder (and parents) and return it."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
