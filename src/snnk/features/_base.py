@@ -12,6 +12,8 @@ from snnk._utils import (
     compute_dtype,
     make_generator,
 )
+from snnk.features._projection import RandomProjection
+from snnk.kernels import GaussianSpectrum
 
 
 class RandomFeatures(nn.Module):
@@ -63,6 +65,18 @@ class RandomFeatures(nn.Module):
 
     def _draw(self, dtype, device) -> None:
         raise NotImplementedError
+
+    def _gaussian_projection(self, num_rows: int, dtype, device) -> RandomProjection:
+        """A ``num_rows x in_features`` projection with N(0, I) rows from ``self.sampler``."""
+        return RandomProjection(
+            self.in_features,
+            num_rows,
+            GaussianSpectrum(),
+            self.sampler,
+            self.generator,
+            dtype=dtype,
+            device=device,
+        )
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, num_features={self.num_features}, seed={self.seed}"

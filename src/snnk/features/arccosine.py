@@ -8,8 +8,6 @@ import torch
 
 from snnk._utils import check_in, check_positive_int
 from snnk.features._base import RandomFeatures
-from snnk.features._projection import SAMPLERS, RandomProjection
-from snnk.kernels import GaussianSpectrum
 
 
 class ArcCosineFeatures(RandomFeatures):
@@ -47,23 +45,13 @@ class ArcCosineFeatures(RandomFeatures):
         if isinstance(order, bool) or not isinstance(order, int):
             raise TypeError(f"order must be one of [0, 1, 2], got {order!r}")
         check_in(order, "order", (0, 1, 2))
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
         super().__init__(in_features, num_features, seed)
         self.order, self.sampler = order, sampler
         self.amplitude = math.sqrt(2.0 / num_features)
         self._draw(dtype, device)
 
     def _draw(self, dtype, device) -> None:
-        self.projection = RandomProjection(
-            self.in_features,
-            self.num_features,
-            GaussianSpectrum(),
-            self.sampler,
-            self.generator,
-            dtype=dtype,
-            device=device,
-        )
+        self.projection = self._gaussian_projection(self.num_features, dtype, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2, lead, out_dtype = self._prepare(x)

@@ -9,8 +9,6 @@ import torch
 
 from snnk._utils import check_positive, check_positive_int
 from snnk.features._base import RandomFeatures
-from snnk.features._projection import SAMPLERS, RandomProjection
-from snnk.kernels import GaussianSpectrum
 
 _LOG_FLOAT32_MAX = math.log(torch.finfo(torch.float32).max)
 
@@ -98,8 +96,6 @@ class PositiveFeatures(RandomFeatures):
         num_features = check_positive_int(num_features, "num_features")
         if hyperbolic and num_features % 2:
             raise ValueError(f"num_features must be even with hyperbolic=True, got {num_features}")
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
         self.temperature = check_positive(temperature, "temperature")
         self.log_prefactor = check_variance_parameter(M, in_features)
         super().__init__(in_features, num_features, seed)
@@ -108,15 +104,7 @@ class PositiveFeatures(RandomFeatures):
         self._draw(dtype, device)
 
     def _draw(self, dtype, device) -> None:
-        self.projection = RandomProjection(
-            self.in_features,
-            self.num_projections,
-            GaussianSpectrum(),
-            self.sampler,
-            self.generator,
-            dtype=dtype,
-            device=device,
-        )
+        self.projection = self._gaussian_projection(self.num_projections, dtype, device)
 
     def log_features(self, x: torch.Tensor) -> torch.Tensor:
         """``log φ(x)``, shape ``(..., D)`` (computed in float32 for half inputs)."""

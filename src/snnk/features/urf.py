@@ -14,9 +14,7 @@ import torch
 
 from snnk._utils import as_float_tensor, check_positive, check_positive_int
 from snnk.features._base import RandomFeatures
-from snnk.features._projection import SAMPLERS, RandomProjection
 from snnk.features.positive import VarianceWarning, check_variance_parameter
-from snnk.kernels import GaussianSpectrum
 
 #: a per-side second-moment factor above this makes the estimator useless in practice
 _EXPLODES = math.log(1e3)
@@ -211,8 +209,6 @@ class URF(RandomFeatures):
                 f"activation must be one of {list(_ACTIVATIONS)} or a SpectralMeasure, got "
                 f"{activation!r}; ReLU has no Fourier transform: use ArcCosineFeatures"
             )
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
         self.split = check_positive(split, "split")
         if measure is None:
             self.log_prefactor = check_variance_parameter(M, in_features)
@@ -246,15 +242,7 @@ class URF(RandomFeatures):
         return self.measure is not None
 
     def _draw(self, dtype, device) -> None:
-        self.projection = RandomProjection(
-            self.in_features,
-            self.num_projections,
-            GaussianSpectrum(),
-            self.sampler,
-            self.generator,
-            dtype=dtype,
-            device=device,
-        )
+        self.projection = self._gaussian_projection(self.num_projections, dtype, device)
         if self.is_fourier:
             omega = self.measure.sample(self.num_projections, self.generator)
             dt = dtype or torch.get_default_dtype()
