@@ -1,0 +1,210 @@
+"""Neural network bundling (SNNK paper, Figure 1c; spec section 4.1)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from snnk._utils import as_float_tensor, check_positive_int
+from snnk._utils.random import make_generator
+from snnk.features import SpectralMeasure
+from snnk.nn.snnk_linear import SNNKMaps
+
+_SKIP = (nn.Dropout, nn.Identity, nn.Flatten)
+
+
+class BundledNetwork(nn.Module):
+    r"""``y = U · (Φ_L ∘ … ∘ Φ_1)(x) + c``: a random input tower and one trainable matrix.
+
+    The input tower holds no trainable parameters (random buffers only); all that a deep
+    stack's weights contribute is collapsed into ``U`` (and the output bias ``c``).
+
+    Build one from a trained MLP with :func:`bundle`, or from scratch (``U = 0``) to fit
+    ``U`` in closed form (:class:`snnk.models.BundledRegressor`).
+
+    Parameters
+    ----------
+    in_features : int
+    widths : sequence of int
+        Feature counts ``D_1, …, D_L`` of the tower.
+    activations : str, SpectralMeasure or a sequence of them
+        Activation of each stage (``"relu"`` and ``"exp"`` compose best: Fourier kinds
+        compound variance through the tower).
+    out_features : int
+    bias : bool, default True
+        Bias inputs of each stage (see :class:`SNNKMaps`) and the output bias ``c``.
+    orthogonal : bool, default True
+    seed : int, torch.Generator or None
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        widths: Sequence[int],
+        activations: str | SpectralMeasure | Sequence[str | SpectralMeasure],
+        out_features: int,
+        *,
+        bias: bool = True,
+        orthogonal: bool = True,
+        seed: int | torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ):
+        super().__init__()
+        widths = [check_positive_int(w, "widths") for w in widths]
+        if not widths:
+            raise ValueError("widths must list at least one feature count")
+        if isinstance(activations, str | SpectralMeasure):
+            activations = [activations] * len(widths)
+        activations = list(activations)
+        if len(activations) != len(widths):
+            raise ValueError(f"got {len(activations)} activations for {len(widths)} tower stages")
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.out_features = check_positive_int(out_features, "out_features")
+        self.generator, self.seed = make_generator(seed)
+        dims = [in_features, *widths]
+        self.tower = nn.ModuleList(
+            SNNKMaps(
+                act,
+                dims[k],
+                widths[k],
+                bias=bias,
+                orthogonal=orthogonal,
+                seed=self.generator,
+                dtype=dtype,
+                device=device,
+            )
+            for k, act in enumerate(activations)
+        )
+        factory = {"dtype": dtype or torch.get_default_dtype(), "device": device}
+        self.weight = nn.Parameter(torch.zeros(out_features, widths[-1], **factory))
+        self.bias = nn.Parameter(torch.zeros(out_features, **factory)) if bias else None
+        self.source_parameters: int | None = None
+
+    @property
+    def num_features(self) -> int:
+        return self.weight.shape[1]
+
+    def input_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(Φ_L ∘ … ∘ Φ_1)(x)``: ``(..., d) -> (..., D_L)``; no trainable parameter involved."""
+        u = as_float_tensor(x, "x", min_ndim=1, last_dim=self.in_features)
+        for maps in self.tower:
+            u = maps.input_map(u)
+        return u
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = self.input_features(x)
+        y = u @ self.weight.to(u.dtype).T
+        return y if self.bias is None else y + self.bias.to(u.dtype)
+
+    @property
+    def num_parameters(self) -> int:
+        """Trainable numbers: ``U`` and ``c``."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def extra_repr(self) -> str:
+        before = (
+            ""
+            if self.source_parameters is None
+            else f", parameters before bundling={self.source_parameters}"
+        )
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"parameters={self.num_parameters}{before}"
+        )
+
+
+def _flatten(module: nn.Module) -> list[nn.Module]:
+    if isinstance(module, nn.Sequential):
+        out: list[nn.Module] = []
+        for child in module:
+            out.extend(_flatten(child))
+        return out
+    return [module]
+
+
+def bundle(
+    mlp: nn.Sequential,
+    num_features: int | Sequence[int] = 256,
+    activation_map: dict[type[nn.Module], str | SpectralMeasure] | None = None,
+    *,
+    orthogonal: bool = True,
+    seed: int | torch.Generator | None = 0,
+) -> BundledNetwork:
+    r"""Bundle ``Linear → act → … → Linear → act [→ Linear]`` into a :class:`BundledNetwork`.
+
+    Input tower ``u_k = Φ_k(u_{k−1})``, ``u_0 = x`` (random, parameter free); parameter tower
+    ``V_1 = W_1``, ``V_{k+1} = W_{k+1} Ψ_k(V_k, b_k)``, collapsed offline into
+    ``U = W_{L+1} Ψ_L(V_L, b_L)`` (or ``Ψ_L(V_L, b_L)`` when the stack ends with an
+    activation). Stage ``k+1`` acts on the feature vector ``u_k``, not on ``h_k``: bundling is
+    its own approximation, which converges as all ``D_k`` grow for exp and relu stacks (for
+    Fourier kinds the variance compounds through the stages; use them with care). Dropout
+    and identity modules are skipped (eval-mode semantics).
+
+    Parameters
+    ----------
+    mlp : nn.Sequential
+        Possibly nested; its layers in order.
+    num_features : int or sequence of int
+        ``D_k`` per stage.
+    activation_map : dict, default ``{nn.ReLU: "relu"}``
+        Activation module type -> SNNK activation.
+    """
+    amap = {nn.ReLU: "relu"} if activation_map is None else dict(activation_map)
+    if not isinstance(mlp, nn.Sequential):
+        raise TypeError(f"bundle needs an nn.Sequential stack, got {type(mlp).__name__}")
+    layers = [m for m in _flatten(mlp) if not isinstance(m, _SKIP)]
+    pairs: list[tuple[nn.Linear, str | SpectralMeasure]] = []
+    i = 0
+    while i + 1 < len(layers) and isinstance(layers[i], nn.Linear):
+        kind = next((v for k, v in amap.items() if isinstance(layers[i + 1], k)), None)
+        if kind is None:
+            break
+        pairs.append((layers[i], kind))
+        i += 2
+    rest = layers[i:]
+    final = rest[0] if len(rest) == 1 and isinstance(rest[0], nn.Linear) else None
+    if not pairs or (rest and final is None):
+        names = " → ".join(type(m).__name__ for m in layers)
+        raise ValueError(
+            f"bundle expects Linear → activation pairs optionally followed by one Linear, with "
+            f"activations among {[k.__name__ for k in amap]}; got {names}. Pass activation_map "
+            f"for other activation modules"
+        )
+    widths = [num_features] * len(pairs) if isinstance(num_features, int) else list(num_features)
+    if len(widths) != len(pairs):
+        raise ValueError(f"num_features lists {len(widths)} widths for {len(pairs)} layers")
+    first = pairs[0][0]
+    out_features = final.out_features if final is not None else pairs[-1][0].out_features
+    net = BundledNetwork(
+        first.in_features,
+        widths,
+        [k for _, k in pairs],
+        out_features,
+        bias=True,
+        orthogonal=orthogonal,
+        seed=seed,
+        dtype=first.weight.dtype,
+        device=first.weight.device,
+    )
+    with torch.no_grad():
+        V, psi = first.weight, None
+        for k, (lin, _) in enumerate(pairs):
+            if psi is not None:
+                V = lin.weight @ psi
+            b = (
+                lin.bias
+                if lin.bias is not None
+                else torch.zeros(lin.out_features, dtype=V.dtype, device=V.device)
+            )
+            psi = net.tower[k].parameter_map(V, b)
+        U = final.weight @ psi if final is not None else psi
+        net.weight.copy_(U)
+        if final is not None and final.bias is not None:
+            net.bias.copy_(final.bias)
+        else:
+            net.bias.zero_()
+    net.source_parameters = sum(p.numel() for p in mlp.parameters())
+    return net
