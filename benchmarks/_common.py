@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-#: default output folder of every benchmark (relative to the working directory)
-DEFAULT_OUT = Path("benchmarks") / "results"
+#: default output folder of every benchmark: ``benchmarks/results`` next to the scripts
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
 def time_median(
@@ -39,6 +39,33 @@ def time_median(
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times), times
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1, pause: float = 0.25
+) -> dict[str, tuple[float, list[float]]]:
+    """Median wall time of each function, calling them round-robin.
+
+    On a shared machine a burst of foreign load then hits every contender about equally, so
+    their ratios stay meaningful; the starting function rotates from round to round. An
+    untimed ``pause`` precedes every call: thread pools spin for a while after their work
+    (OpenBLAS under NumPy for about 0.1 s, OpenMP under torch), and a torch call right after
+    a NumPy one would otherwise share the cores with the previous pool's spinning threads.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    gc.collect()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            time.sleep(pause)
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(t), t) for name, t in times.items()}
 
 
 def sphere(n: int, d: int, radius: float, seed: int) -> torch.Tensor:
@@ -118,3 +145,65 @@ def prepare_out(path: str | os.PathLike[str]) -> Path:
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+class CpuMonitor:
+    """CPU time spent by *other* processes (and stolen by the hypervisor) during a run.
+
+    The benchmarks run on a shared machine: this says how much the numbers may be polluted.
+    Linux only (``/proc/stat``); elsewhere every field stays NaN.
+    """
+
+    def __init__(self) -> None:
+        self._start = self._snapshot()
+        self._t0 = time.perf_counter()
+
+    @staticmethod
+    def _snapshot() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as fh:
+                fields = [int(v) for v in fh.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        hz = os.sysconf("SC_CLK_TCK")
+        user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+        busy = (user + nice + system + irq + softirq + steal) / hz
+        own = os.times()
+        return busy, steal / hz, own.user + own.system
+
+    def measure(self) -> dict[str, float]:
+        """Seconds since construction: ``wall``, ``own``, ``foreign`` and ``steal`` CPU time."""
+        end = self._snapshot()
+        wall = time.perf_counter() - self._t0
+        if self._start is None or end is None:
+            return {"wall": wall, "own": math.nan, "foreign": math.nan, "steal": math.nan}
+        busy = end[0] - self._start[0]
+        steal = end[1] - self._start[1]
+        own = end[2] - self._start[2]
+        return {"wall": wall, "own": own, "foreign": max(0.0, busy - own - steal), "steal": steal}
+
+    def report(self) -> str:
+        m = self.measure()
+        return (
+            f"wall {m['wall']:.0f} s; CPU time of this process {m['own']:.0f} s, of other "
+            f"processes {m['foreign']:.1f} s ({100 * m['foreign'] / m['wall']:.0f}% of one core "
+            f"on average), stolen by the hypervisor {m['steal']:.1f} s"
+        )
+
+
+def wait_for_quiet(max_seconds: float = 180.0, threshold: float = 0.15, window: float = 2.0) -> str:
+    """Sleep until other processes use less than ``threshold`` of one core over ``window`` s.
+
+    Gives up after ``max_seconds``; returns a note for the report.
+    """
+    waited = 0.0
+    while True:
+        monitor = CpuMonitor()
+        time.sleep(window)
+        m = monitor.measure()
+        waited += m["wall"]
+        load = m["foreign"] / m["wall"]
+        if not math.isfinite(load) or load < threshold or waited >= max_seconds:
+            break
+    state = "quiet" if not math.isfinite(load) or load < threshold else "NOT quiet"
+    return f"waited {waited:.0f} s for a quiet machine ({state}: other load {100 * load:.0f}%)"

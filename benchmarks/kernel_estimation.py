@@ -51,11 +51,14 @@ from dataclasses import dataclass, field
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from _common import (  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from sklearn.kernel_approximation import Nystroem, RBFSampler
+
+from _common import (
     DEFAULT_OUT,
+    CpuMonitor,
     fmt,
     gaussian_data,
     loglog_slope,
@@ -64,9 +67,7 @@ from _common import (  # noqa: E402
     prepare_out,
     sphere,
 )
-from sklearn.kernel_approximation import Nystroem, RBFSampler  # noqa: E402
-
-from snnk import features, kernels  # noqa: E402
+from snnk import features, kernels
 
 F64 = torch.float64
 Tensor = torch.Tensor
@@ -127,9 +128,7 @@ def urf_case(activation: str, d: int, radius: float, bias: float, split: float =
     b = torch.tensor(bias, dtype=F64)
 
     def make(m: int, sampler: str, seed: int):
-        urf = features.URF(
-            activation, d, 2 * m, sampler=sampler, seed=seed, dtype=F64, split=split
-        )
+        urf = features.URF(activation, d, 2 * m, sampler=sampler, seed=seed, dtype=F64, split=split)
         return lambda x, w: urf.estimate(x, w, b)
 
     extra = f", split={split}" if split != 1.0 else ""
@@ -257,9 +256,7 @@ def calibration_rows(curves: list[Curve], draws: int, pairs: int, max_m: int) ->
                 val = pointwise_error(case, m, sampler, draws, pairs)
             measured.append(val / 4.0 if key == "relu" else val)
         name = case.label + (" (÷4: ReLU-SNNK scale)" if key == "relu" else "")
-        rows.append(
-            [name, d, radius, m, ref_iid, fmt(measured[0]), ref_orf, fmt(measured[1])]
-        )
+        rows.append([name, d, radius, m, ref_iid, fmt(measured[0]), ref_orf, fmt(measured[1])])
     return rows
 
 
@@ -267,14 +264,14 @@ def calibration_rows(curves: list[Curve], draws: int, pairs: int, max_m: int) ->
 def gram_rel_error(Z: Tensor, K: Tensor) -> float:
     """``‖Z Zᵀ - K‖_F / ‖K‖_F`` in float64."""
     Z = Z.to(F64)
-    return float(torch.linalg.matrix_norm(torch.addmm(K, Z, Z.T, beta=-1.0)) / torch.linalg.matrix_norm(K))
+    return float(
+        torch.linalg.matrix_norm(torch.addmm(K, Z, Z.T, beta=-1.0)) / torch.linalg.matrix_norm(K)
+    )
 
 
 def fourier_maker(kernel: kernels.Kernel, X: Tensor, sampler: str) -> GramMaker:
     def make(D: int, seed: int) -> Tensor:
-        phi = features.FourierFeatures(
-            kernel, X.shape[1], D, sampler=sampler, seed=seed, dtype=F64
-        )
+        phi = features.FourierFeatures(kernel, X.shape[1], D, sampler=sampler, seed=seed, dtype=F64)
         return phi(X)
 
     return make
@@ -315,8 +312,14 @@ def sklearn_nystroem_maker(lengthscale: float, X: Tensor) -> GramMaker:
 
 
 def gram_curve(
-    group: str, label: str, sampler: str, make: GramMaker, K: Tensor, counts: list[int],
-    draws: int, fit_below: int | None = None,
+    group: str,
+    label: str,
+    sampler: str,
+    make: GramMaker,
+    K: Tensor,
+    counts: list[int],
+    draws: int,
+    fit_below: int | None = None,
 ) -> Curve:
     start = time.perf_counter()
     curve = Curve(group, label, sampler, "rel. Frobenius", counts, fit_below=fit_below)
@@ -357,34 +360,103 @@ def run_gram(n: int, counts: list[int], draws: int) -> tuple[list[Curve], str]:
     K = gauss(X20)
     group = "Gaussian ℓ=4, d=20"
     for s in samplers:
-        curves.append(gram_curve(group, "FourierFeatures", s, fourier_maker(gauss, X20, s), K,
-                                 counts, draws))
+        curves.append(
+            gram_curve(group, "FourierFeatures", s, fourier_maker(gauss, X20, s), K, counts, draws)
+        )
     for c in ("uniform", "kmeans++"):
-        curves.append(gram_curve(group, "NystromFeatures", c, nystrom_maker(gauss, X20, c), K,
-                                 counts, draws, fit_below=n))
-    curves.append(gram_curve(group, "sklearn RBFSampler", "iid (cos+phase)",
-                             sklearn_rbf_maker(4.0, X20), K, counts, draws))
-    curves.append(gram_curve(group, "sklearn Nystroem", "uniform",
-                             sklearn_nystroem_maker(4.0, X20), K, counts, draws, fit_below=n))
+        curves.append(
+            gram_curve(
+                group,
+                "NystromFeatures",
+                c,
+                nystrom_maker(gauss, X20, c),
+                K,
+                counts,
+                draws,
+                fit_below=n,
+            )
+        )
+    curves.append(
+        gram_curve(
+            group,
+            "sklearn RBFSampler",
+            "iid (cos+phase)",
+            sklearn_rbf_maker(4.0, X20),
+            K,
+            counts,
+            draws,
+        )
+    )
+    curves.append(
+        gram_curve(
+            group,
+            "sklearn Nystroem",
+            "uniform",
+            sklearn_nystroem_maker(4.0, X20),
+            K,
+            counts,
+            draws,
+            fit_below=n,
+        )
+    )
 
     gauss2 = kernels.Gaussian(lengthscale=2.0)
     K = gauss2(X4)
     for s in samplers:
-        curves.append(gram_curve("Gaussian ℓ=2, d=4", "FourierFeatures", s,
-                                 fourier_maker(gauss2, X4, s), K, counts, draws))
+        curves.append(
+            gram_curve(
+                "Gaussian ℓ=2, d=4",
+                "FourierFeatures",
+                s,
+                fourier_maker(gauss2, X4, s),
+                K,
+                counts,
+                draws,
+            )
+        )
 
     matern = kernels.Matern(nu=1.5, lengthscale=4.0)
     K = matern(X20)
     for s in samplers:
-        curves.append(gram_curve("Matern ν=1.5 ℓ=4, d=20", "FourierFeatures", s,
-                                 fourier_maker(matern, X20, s), K, counts, draws))
+        curves.append(
+            gram_curve(
+                "Matern ν=1.5 ℓ=4, d=20",
+                "FourierFeatures",
+                s,
+                fourier_maker(matern, X20, s),
+                K,
+                counts,
+                draws,
+            )
+        )
 
     laplace = kernels.Laplace(lengthscale=20.0)
     K = laplace(X20)
     for s in ("iid", "qmc", "halton"):
-        curves.append(gram_curve("Laplace (L1) ℓ=20, d=20", "FourierFeatures", s,
-                                 fourier_maker(laplace, X20, s), K, counts, draws))
+        curves.append(
+            gram_curve(
+                "Laplace (L1) ℓ=20, d=20",
+                "FourierFeatures",
+                s,
+                fourier_maker(laplace, X20, s),
+                K,
+                counts,
+                draws,
+            )
+        )
     return curves, check_laplace_rejects(20)
+
+
+def identical_samplers(curves: list[Curve], a: str = "structured", b: str = "orthogonal") -> str:
+    """Setups where sampler ``a`` gave exactly the errors of sampler ``b`` (same seeds)."""
+    same = []
+    for c in curves:
+        if c.sampler != a:
+            continue
+        for o in curves:
+            if (o.group, o.label, o.sampler) == (c.group, c.label, b) and o.errors == c.errors:
+                same.append(c.group)
+    return ", ".join(same)
 
 
 # -- reporting ------------------------------------------------------------------------------------
@@ -424,19 +496,28 @@ def curves_table(curves: list[Curve], count_name: str) -> str:
     return markdown_table(headers, rows)
 
 
-def plot(pointwise: list[Curve], gram: list[Curve], path) -> None:
+def plot(pointwise: list[Curve], gram: list[Curve], n: int, path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(17, 7.5))
     styles = {"iid": "-", "orthogonal": "--", "structured": "-.", "qmc": ":", "halton": ":"}
     markers = {"qmc": "s", "halton": "^", "uniform": "o", "kmeans++": "D"}
     for ax, curves, xlabel, title in (
         (axes[0], pointwise, "m (random projections)", "Pointwise estimators (MSE / rel. MSE)"),
-        (axes[1], gram, "D (output features)", "Gram matrix, ‖ZZᵀ − K‖_F / ‖K‖_F (n = "
-         f"{gram_n(gram)})"),
+        (
+            axes[1],
+            gram,
+            "D (output features)",
+            f"Gram matrix, ‖ZZᵀ − K‖_F / ‖K‖_F (n = {n}; Nyström exact at D = n, not shown)",
+        ),
     ):
         keys = list(dict.fromkeys((c.group, c.label) for c in curves))
         cmap = plt.get_cmap("tab20" if len(keys) > 10 else "tab10")
         for c in curves:
-            pts = [(x, y) for x, y in zip(c.counts, c.errors, strict=True) if y and y > 0]
+            # Nyström is exact (round-off) at D = n: leave that point out of the log plot.
+            pts = [
+                (x, y)
+                for x, y in zip(c.counts, c.errors, strict=True)
+                if y and y > 0 and (c.fit_below is None or x < c.fit_below)
+            ]
             if not pts:
                 continue
             xs, ys = zip(*pts, strict=True)
@@ -451,6 +532,18 @@ def plot(pointwise: list[Curve], gram: list[Curve], path) -> None:
                 ms=4,
                 label=f"{c.group} | {c.label} [{c.sampler}] ({c.slope:+.2f})",
             )
+        # theory guide: slope -1 (MSE) or -0.5 (Gram), anchored at the first count
+        theory = -1.0 if curves is pointwise else -0.5
+        x0, x1 = curves[0].counts[0], curves[0].counts[-1]
+        y0 = max(e for c in curves for e in c.errors[:1] if e) * 1.5
+        ax.loglog(
+            [x0, x1],
+            [y0, y0 * (x1 / x0) ** theory],
+            "k:",
+            lw=2,
+            alpha=0.6,
+            label=f"theory slope {theory:+.1f}",
+        )
         ax.set_xlabel(xlabel)
         ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
@@ -459,13 +552,6 @@ def plot(pointwise: list[Curve], gram: list[Curve], path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
-
-
-_GRAM_N = {"n": 0}
-
-
-def gram_n(_: list[Curve]) -> int:
-    return _GRAM_N["n"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -481,12 +567,12 @@ def main(argv: list[str] | None = None) -> None:
     else:
         m_grid, draws, pairs = [64, 256, 1024, 4096, 16384], 5, 64
         n, d_grid, gram_draws = 2000, [64, 256, 1024, 2000, 4096], 3
-    _GRAM_N["n"] = n
     torch.manual_seed(0)  # nothing should use it; set anyway so a slip stays reproducible
 
     header = machine_summary()
     log(header)
     t0 = time.perf_counter()
+    monitor = CpuMonitor()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         log("pointwise estimators ...")
@@ -496,9 +582,12 @@ def main(argv: list[str] | None = None) -> None:
         log("Gram matrices ...")
         gram, laplace_note = run_gram(n, d_grid, gram_draws)
         t2 = time.perf_counter()
+    load_note = monitor.report()
+    same = identical_samplers(gram)
     warn_lines = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
 
     sections = [
+        f"Run: {load_note}.",
         "## Pointwise estimators (spec 2.7 setup)",
         f"{pairs}x{pairs} pairs on the sphere, float64, mean over {draws} seeds; columns: m "
         f"random projections (D = 2m for URF cos/sin/gaussian and hyperbolic, D = m "
@@ -516,11 +605,16 @@ def main(argv: list[str] | None = None) -> None:
         f"output features. Slope: log-log fit (theory -0.5 for random features; Nyström is "
         f"fitted on D < n only and exact at D = n). ÷ iid: geometric-mean error ratio to the "
         f"iid row of the same setup. Laplace: {laplace_note}. Time {t2 - t1:.0f} s.",
+        f"`structured` gave exactly the `orthogonal` errors in: {same or 'none'} (by design: "
+        f"for a padded dimension p <= 64 snnk's structured sampler stores dense orthogonal "
+        f"blocks, so the same seed gives the same draw; the Hadamard path starts at d > 64, "
+        f"see features_throughput.py).",
         curves_table(gram, "D"),
     ]
     if warn_lines:
-        sections.append("Warnings raised during the run:\n\n" + "\n".join(
-            f"- {w}" for w in warn_lines))
+        sections.append(
+            "Warnings raised during the run:\n\n" + "\n".join(f"- {w}" for w in warn_lines)
+        )
     body = "\n\n".join(sections)
     print(body)
     cmd = "python benchmarks/kernel_estimation.py" + (" --quick" if args.quick else "")
@@ -528,9 +622,11 @@ def main(argv: list[str] | None = None) -> None:
         f"# Kernel estimation benchmark\n\n`{cmd}`\n\nMachine: {header}\n\n{body}\n",
         encoding="utf-8",
     )
-    plot(pointwise, gram, out / "kernel_estimation.png")
-    log(f"total {time.perf_counter() - t0:.0f} s; wrote {out / 'kernel_estimation.md'} and "
-        f"{out / 'kernel_estimation.png'}")
+    plot(pointwise, gram, n, out / "kernel_estimation.png")
+    log(
+        f"total {time.perf_counter() - t0:.0f} s; wrote {out / 'kernel_estimation.md'} and "
+        f"{out / 'kernel_estimation.png'}"
+    )
 
 
 if __name__ == "__main__":

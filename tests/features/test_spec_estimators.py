@@ -225,3 +225,11 @@ def test_item10_heavy_tail_and_overflow_guards():
         PositiveFeatures(8, 64, M=-0.3, seed=0)
     with pytest.warns(VarianceWarning, match="infinite variance"):
         PositiveFeatures(8, 64, M=-0.2, seed=0)
+
+
+def test_python_float_bias_keeps_float64_precision():
+    x, w = sphere(8, 16, 1.0, seed=30), sphere(8, 16, 1.0, seed=31)
+    u = URF("cos", 16, 64, seed=0, dtype=F64)
+    a = u.estimate(x, w, 0.3)
+    b = u.estimate(x, w, torch.tensor(0.3, dtype=F64))
+    assert float((a - b).abs().max()) < 1e-14

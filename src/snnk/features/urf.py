@@ -297,8 +297,9 @@ class URF(RandomFeatures):
         if bias is None:
             b = torch.zeros(w2.shape[0], dtype=w2.dtype, device=w2.device)
         else:
-            b = torch.as_tensor(bias, device=w2.device)
+            b = bias if isinstance(bias, torch.Tensor) else torch.as_tensor(bias, dtype=w2.dtype)
             b = as_float_tensor(b if b.is_floating_point() else b.double(), "bias", min_ndim=0)
+            b = b.to(w2.device)
             if b.ndim and tuple(b.shape) != lead:
                 raise ValueError(
                     f"bias must be a scalar or have shape {lead} (one per weight row), "
