@@ -40,12 +40,14 @@ class _Bundled(BaseEstimator):
         activation: str = "relu",
         alpha: float | str = "gcv",
         fit_intercept: bool = True,
+        standardize: bool = True,
         orthogonal: bool = True,
         dtype: str = "float64",
         batch_size: int = 4096,
         random_state=None,
         verbose: bool = False,
     ):
+        self.standardize = standardize
         self.num_features = num_features
         self.depth = depth
         self.activation = activation
@@ -88,8 +90,12 @@ class _Bundled(BaseEstimator):
         # Weighted moments: a weight acts exactly like repeating the row.
         wn = sw / sw.sum()
         self.mean_ = wn @ X
-        scale = np.sqrt(np.maximum(wn @ np.square(X - self.mean_), 0.0))
-        self.scale_ = np.where(scale > 0, scale, 1.0) * math.sqrt(d)  # rows of norm ≈ 1
+        var = np.maximum(wn @ np.square(X - self.mean_), 0.0)
+        if self.standardize:  # every feature to unit variance, rows to norm ≈ 1
+            self.scale_ = np.where(var > 0, np.sqrt(var), 1.0) * math.sqrt(d)
+        else:  # one global scale: keeps the features' relative scales (e.g. pixels)
+            total = math.sqrt(float(var.sum()))
+            self.scale_ = np.full(d, total if total > 0 else 1.0)
         self.network_ = BundledNetwork(
             d,
             [self.num_features] * self.depth,
@@ -188,6 +194,10 @@ class BundledRegressor(RegressorMixin, _Bundled):
     activation : str, default "relu"
     alpha : float or "gcv", default "gcv"
     fit_intercept : bool, default True
+    standardize : bool, default True
+        Scale every input feature to unit variance (then rows to norm ≈ 1). With False, the
+        centred inputs are divided by one global scale, which keeps the features' relative
+        sizes (better for pixels).
     orthogonal : bool, default True
         Orthogonal random projections in the tower.
     dtype : {"float32", "float64"}, default "float64"
@@ -274,6 +284,7 @@ class BundledClassifier(ClassifierMixin, _Bundled):
         max_iter: int = 100,
         tol: float = 1e-10,
         fit_intercept: bool = True,
+        standardize: bool = True,
         orthogonal: bool = True,
         dtype: str = "float64",
         batch_size: int = 4096,
@@ -286,6 +297,7 @@ class BundledClassifier(ClassifierMixin, _Bundled):
             activation=activation,
             alpha=alpha,
             fit_intercept=fit_intercept,
+            standardize=standardize,
             orthogonal=orthogonal,
             dtype=dtype,
             batch_size=batch_size,

@@ -30,19 +30,27 @@ class NormalEquations:
         self.n = 0
 
     def update(self, F: torch.Tensor, Y: torch.Tensor, sample_weight: torch.Tensor | None = None):
-        """Add a block of rows ``F`` (b, D) with targets ``Y`` (b, o) and weights (b,)."""
-        F, Y = F.to(torch.float64), Y.to(torch.float64)
+        """Add a block of rows ``F`` (b, D) with targets ``Y`` (b, o) and weights (b,).
+
+        The block's products are formed in ``F``'s dtype (a float32 GEMM runs at twice the
+        speed; its round-off over one block of b rows is about ``√b · 6e-8``) and added to
+        float64 accumulators, so errors do not grow with the number of blocks.
+        """
+        dt = F.dtype if F.dtype in (torch.float32, torch.float64) else torch.float32
+        F, Y = F.to(dt), Y.to(dt)
         if sample_weight is None:
-            Fw, Yw, w = F, Y, torch.ones(F.shape[0], dtype=torch.float64, device=F.device)
+            Fw, Yw = F, Y
+            wsum = float(F.shape[0])
         else:
-            w = sample_weight.to(torch.float64)
+            w = sample_weight.to(dt)
             Fw, Yw = F * w[:, None], Y * w[:, None]
-        self.FtF += Fw.T @ F
-        self.FtY += Fw.T @ Y
-        self.YtY += (Yw * Y).sum(0)
-        self.Fsum += Fw.sum(0)
-        self.Ysum += Yw.sum(0)
-        self.wsum += float(w.sum())
+            wsum = float(sample_weight.double().sum())
+        self.FtF += (Fw.T @ F).double()
+        self.FtY += (Fw.T @ Y).double()
+        self.YtY += (Yw * Y).double().sum(0)
+        self.Fsum += Fw.double().sum(0)
+        self.Ysum += Yw.double().sum(0)
+        self.wsum += wsum
         self.n += F.shape[0]
         return self
 
