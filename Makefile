@@ -25,8 +25,11 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
+	$(PIP) install --quiet -e ".[bench]"
+	# Fashion-MNIST ships as a Debian package: apt-get install dataset-fashion-mnist
 	$(PY) benchmarks/kernel_estimation.py
 	$(PY) benchmarks/features_throughput.py
+	$(PY) benchmarks/bundling.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples

@@ -207,8 +207,8 @@ def torch_predict(model, X, task):
 CONFIG = {
     # hidden width of (a), m of (b), D of (c), learning rate, max epochs
     "Fashion-MNIST": {"hidden": 256, "m": 64, "D": 4096, "lr": 1e-3, "epochs": 30},
-    "diamonds (log price)": {"hidden": 256, "m": 32, "D": 2048, "lr": 1e-3, "epochs": 60},
-    "flights (arr_delay > 15)": {"hidden": 256, "m": 64, "D": 2048, "lr": 1e-3, "epochs": 20},
+    "diamonds (log price)": {"hidden": 256, "m": 44, "D": 1024, "lr": 1e-3, "epochs": 60},
+    "flights (arr_delay > 15)": {"hidden": 256, "m": 64, "D": 1024, "lr": 1e-3, "epochs": 20},
 }
 
 

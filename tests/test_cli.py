@@ -26,4 +26,5 @@ def test_quick_demo_prints_table_and_writes_png(tmp_path, capsys):
         "URF gaussian",
     ):
         assert name in text
+    assert "closed form" in text and "MLP 256-256" in text
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
