@@ -130,7 +130,10 @@ def test_item5_exp_variance_formula(M):
 def test_item6_general_urf_gaussian_spectrum():
     x, w = sphere(64, 32, 0.7, seed=10), sphere(64, 32, 0.7, seed=11)
     target = torch.exp(-0.5 * (x @ w.T + 0.2).square())
-    make = lambda s: URF("gaussian", 32, 2 * 4096, split=0.8, sampler="iid", seed=s, dtype=F64)  # noqa: E731
+
+    def make(s):
+        return URF("gaussian", 32, 2 * 4096, split=0.8, sampler="iid", seed=s, dtype=F64)
+
     assert pair_mse(make, x, w, 0.2, target) < 1.5e-3
 
 
