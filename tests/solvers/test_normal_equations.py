@@ -131,3 +131,12 @@ def test_update_checks():
     ne = NormalEquations(3, 1)
     with pytest.raises(ValueError, match="no rows"):
         ne.solve(1.0)
+
+
+def test_blocked_lower_triangle_gram_equals_full_product():
+    g = torch.Generator().manual_seed(9)
+    F = torch.randn(40, 1300, generator=g, dtype=F64)  # > 2 column blocks of 512
+    w = torch.rand(40, generator=g, dtype=F64)
+    ne = _accumulate(F, torch.randn(40, 1, generator=g, dtype=F64), w, block=13)
+    torch.testing.assert_close(ne.FtF, (F * w[:, None]).T @ F, rtol=1e-12, atol=1e-12)
+    assert torch.equal(ne.FtF, ne.FtF.T)
