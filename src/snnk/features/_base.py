@@ -34,7 +34,6 @@ class RandomFeatures(nn.Module):
         super().__init__()
         self.in_features = in_features
         self.num_features = num_features
-        self._seed_arg = seed
         self.generator, self.seed = make_generator(seed)
 
     # -- helpers for subclasses --------------------------------------------------------------

@@ -136,8 +136,9 @@ class RandomProjection(nn.Module):
         if self.structured:
             nblocks = math.ceil(m / p)
             self.pad, self.nblocks = p, nblocks
-            signs = torch.randint(0, 2, (3, nblocks, p), generator=generator).to(torch.float64)
-            signs = signs.mul_(2.0).sub_(1.0)
+            # S₁ᵇ, S₂ᵇ per block; the innermost S₃ is shared by all blocks (one row of signs).
+            signs = torch.randint(0, 2, (2 * nblocks + 1, p), generator=generator)
+            signs = signs.to(torch.float64).mul_(2.0).sub_(1.0)
             self.register_buffer("signs", signs.to(dtype=dtype, device=device))
             p1, p2 = split_power_of_two(p)
             self.register_buffer(
@@ -174,10 +175,11 @@ class RandomProjection(nn.Module):
         n, d = x.shape
         if d < self.pad:
             x = torch.nn.functional.pad(x, (0, self.pad - d))
-        t = hadamard_transform(x * signs[2, 0], h1, h2)  # (N, p), shared first stage
-        t = t.unsqueeze(1) * signs[1]  # (N, B, p)
+        B = self.nblocks
+        t = hadamard_transform(x * signs[2 * B], h1, h2)  # (N, p), shared first stage
+        t = t.unsqueeze(1) * signs[B : 2 * B]  # (N, B, p)
         t = hadamard_transform(t, h1, h2)
-        t.mul_(signs[0])
+        t.mul_(signs[:B])
         t = hadamard_transform(t, h1, h2)
         return t.reshape(n, -1)[:, : self.num_rows]
 
