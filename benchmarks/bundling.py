@@ -206,7 +206,9 @@ def torch_predict(model, X, task):
 # -- one dataset --------------------------------------------------------------------------------
 CONFIG = {
     # hidden width of (a), m of (b), D of (c), learning rate, max epochs
-    "Fashion-MNIST": {"hidden": 256, "m": 64, "D": 4096, "lr": 1e-3, "epochs": 30},
+    # Fashion-MNIST: the first layer sees 784 raw pixels, so it gets most of the features
+    # (per-layer widths; 3.0x fewer parameters than (a)).
+    "Fashion-MNIST": {"hidden": 256, "m": [250, 90], "D": 4096, "lr": 1e-3, "epochs": 30},
     "diamonds (log price)": {"hidden": 256, "m": 44, "D": 1024, "lr": 1e-3, "epochs": 60},
     "flights (arr_delay > 15)": {"hidden": 256, "m": 64, "D": 1024, "lr": 1e-3, "epochs": 20},
 }

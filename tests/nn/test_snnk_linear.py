@@ -160,3 +160,13 @@ def test_bad_arguments():
         SNNKLinear.from_linear(nn.Conv1d(1, 1, 1))
     with pytest.raises(ValueError, match="last dimension"):
         SNNKLinear(4, 4, 8, seed=0)(torch.randn(2, 5))
+
+
+def test_snnkify_per_layer_widths():
+    model = snnkify(_mlp(), num_features=[24, 8], seed=0)
+    widths = [m.num_features for m in model.modules() if isinstance(m, SNNKLinear)]
+    assert widths == [24, 8]
+    with pytest.raises(ValueError, match="one entry per"):
+        snnkify(_mlp(), num_features=[24], seed=0)
+    with pytest.raises(ValueError, match="one entry per"):
+        snnkify(_mlp(), num_features=[24, 8, 4], seed=0)

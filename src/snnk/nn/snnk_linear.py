@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -277,7 +277,7 @@ class SNNKLinear(nn.Module):
 def snnkify(
     model: nn.Module,
     activation_map: dict[type[nn.Module], str | SpectralMeasure] | None = None,
-    num_features: int = 64,
+    num_features: int | Sequence[int] = 64,
     *,
     seed: int | None = 0,
     filter: Callable[[str, nn.Linear], bool] | None = None,
@@ -294,14 +294,17 @@ def snnkify(
     ----------
     activation_map : dict, default ``{nn.ReLU: "relu"}``
         Activation module type -> SNNK activation.
-    num_features : int
-        ``D`` of every new layer.
+    num_features : int or sequence of int
+        ``D`` of every new layer, or one ``D`` per replaced pair in visiting order (the
+        first layer sees the raw input and usually deserves the most features). A sequence
+        must have exactly one entry per replaced pair.
     filter : callable, optional
         ``filter(qualified_name, linear)``; pairs for which it returns False are kept.
     **kwargs
         Passed to :meth:`SNNKLinear.from_linear` (``mode``, ``input_norm``, ...).
     """
     amap = {nn.ReLU: "relu"} if activation_map is None else dict(activation_map)
+    widths = None if isinstance(num_features, int) else [int(m) for m in num_features]
     counter = [0]
 
     def visit(module: nn.Module, prefix: str) -> None:
@@ -314,15 +317,25 @@ def snnkify(
                     qual = f"{prefix}{a}"
                     if filter is not None and not filter(qual, lin):
                         continue
-                    s = None if seed is None else seed + counter[0]
+                    i = counter[0]
+                    if widths is not None and i >= len(widths):
+                        raise ValueError(
+                            f"num_features has {len(widths)} entries but the model has more "
+                            "Linear-then-activation pairs; give one entry per pair (or an int)"
+                        )
+                    m = num_features if widths is None else widths[i]
+                    s = None if seed is None else seed + i
                     counter[0] += 1
-                    module._modules[a] = SNNKLinear.from_linear(
-                        lin, kind, num_features, seed=s, **kwargs
-                    )
+                    module._modules[a] = SNNKLinear.from_linear(lin, kind, m, seed=s, **kwargs)
                     module._modules[b] = nn.Identity()
         for name, child in module.named_children():
             if not isinstance(child, SNNKLinear):
                 visit(child, f"{prefix}{name}.")
 
     visit(model, "")
+    if widths is not None and counter[0] != len(widths):
+        raise ValueError(
+            f"num_features has {len(widths)} entries but {counter[0]} pairs were replaced; "
+            "give one entry per replaced pair"
+        )
     return model
