@@ -22,6 +22,7 @@ except ImportError as exc:  # pragma: no cover - the sklearn extra installs it
     raise ImportError("snnk.models needs scikit-learn: pip install 'snnk[sklearn]'") from exc
 
 from snnk._utils import default_block_rows, iter_blocks
+from snnk.io import PersistMixin
 from snnk.nn import BundledNetwork
 from snnk.solvers import NormalEquations, multinomial_logistic
 
@@ -30,7 +31,7 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _CACHE_ELEMENTS = 1 << 28
 
 
-class _Bundled(BaseEstimator):
+class _Bundled(PersistMixin, BaseEstimator):
     """Shared machinery: standardise, random input tower, streaming normal equations."""
 
     def __init__(
@@ -103,6 +104,19 @@ class _Bundled(BaseEstimator):
             n_outputs,
             orthogonal=self.orthogonal,
             seed=seed,
+            dtype=_DTYPES[self.dtype],
+        )
+        self.network_.requires_grad_(False)
+
+    def _build_modules(self) -> None:
+        """Recreate the tower skeleton for :func:`snnk.io.load_model` (buffers follow)."""
+        self.network_ = BundledNetwork(
+            self.n_features_in_,
+            [self.num_features] * self.depth,
+            self.activation,
+            self.coef_.shape[0],
+            orthogonal=self.orthogonal,
+            seed=0,
             dtype=_DTYPES[self.dtype],
         )
         self.network_.requires_grad_(False)
@@ -218,6 +232,8 @@ class BundledRegressor(RegressorMixin, _Bundled):
         The fitted model as a torch module (expects standardised inputs).
     n_features_in_ : int
     """
+
+    _persist_private = ("_y_1d",)
 
     def fit(self, X, y, sample_weight=None):
         X, y = validate_data(
