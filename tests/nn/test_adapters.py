@@ -6,6 +6,8 @@ parameter counts): nothing is downloaded.
 
 import copy
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -420,3 +422,13 @@ def test_trainer_updates_only_adapters_and_head(tmp_path):
         if n in frozen:
             assert torch.equal(p, frozen[n]), n
     assert all(not torch.equal(model.get_parameter(n), g) for n, g in gates.items())
+
+
+def test_snnk_imports_without_transformers():
+    """transformers is an optional extra: ``snnk.nn`` (adapters included) must not need it."""
+    code = (
+        "import sys; sys.modules['transformers'] = None\n"  # any import of it now fails
+        "import snnk.nn\n"
+        "snnk.nn.SNNKAdapter(8, 4, seed=0)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
