@@ -374,6 +374,8 @@ def test_adding_twice_raises_and_other_bad_arguments():
         uptrain(twice, num_layers=1, seed=0)
     with pytest.raises(ValueError, match="no SNNK adapters"):
         adapter_state_dict(tiny_bert())
+    with pytest.raises(ValueError, match="change the model first, then wrap it"):
+        add_adapters(torch.nn.DataParallel(tiny_bert()), seed=0)
 
 
 # -- uptraining on a small model trains end to end ---------------------------------------------

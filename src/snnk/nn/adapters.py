@@ -235,10 +235,19 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def _architecture(model: nn.Module) -> tuple[nn.Module, nn.Module, str, _Layout]:
+def _architecture(
+    model: nn.Module, *, changes_structure: bool = False
+) -> tuple[nn.Module, nn.Module, str, _Layout]:
     """``(model, base model, model_type, layout)``; raises for unsupported models."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if changes_structure and _unwrap(model) is not model:
+        raise ValueError(
+            f"model is wrapped in {type(model).__name__}, which has already registered the "
+            "parameters it synchronises; change the model first, then wrap it "
+            "(add_adapters / uptrain / load_adapters on the bare model, then "
+            "DistributedDataParallel(model))"
+        )
     model = _unwrap(model)
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in _ARCHITECTURES:
@@ -362,7 +371,7 @@ def add_adapters(
     RuntimeError
         The model already has SNNK adapters.
     """
-    model, base, model_type, layout = _architecture(model)
+    model, base, model_type, layout = _architecture(model, changes_structure=True)
     num_features = check_positive_int(num_features, "num_features")
     activation = _check_activation(activation)
     check_in(placement, "placement", PLACEMENTS)
@@ -388,28 +397,27 @@ def add_adapters(
     site_lists = [layout.ffn_site]
     if placement == "houlsby":
         site_lists.insert(0, layout.attention_site)
-    hidden = None
-    index = 0
+    # Find every site first, so that an unexpected layout fails before anything changes.
+    sites = []
     for block in blocks:
         ref = next(block.parameters())
         linear_path = _first_path(block, tuple(p for p, _ in layout.ffn_in), "feed-forward layer")
         hidden = block.get_submodule(linear_path).in_features
         for candidates in site_lists:
-            path = _first_path(block, candidates, "adapter site")
-            parent, name = _split(path)
-            owner = block.get_submodule(parent)
-            adapter = SNNKAdapter(
-                hidden,
-                num_features,
-                activation,
-                bottleneck=bottleneck,
-                input_norm=input_norm,
-                seed=seed + index,
-                dtype=ref.dtype,
-                device=ref.device,
-            )
-            setattr(owner, name, _attach(getattr(owner, name), adapter))
-            index += 1
+            parent, name = _split(_first_path(block, candidates, "adapter site"))
+            sites.append((block.get_submodule(parent), name, hidden, ref))
+    for index, (owner, name, hidden, ref) in enumerate(sites):
+        adapter = SNNKAdapter(
+            hidden,
+            num_features,
+            activation,
+            bottleneck=bottleneck,
+            input_norm=input_norm,
+            seed=seed + index,
+            dtype=ref.dtype,
+            device=ref.device,
+        )
+        setattr(owner, name, _attach(getattr(owner, name), adapter))
 
     model.requires_grad_(False)
     for _, adapter in _iter_adapters(model):
@@ -421,9 +429,9 @@ def add_adapters(
         pooler.requires_grad_(True)
     model._snnk_adapter_config = {
         "model_type": model_type,
-        "hidden_size": hidden,
+        "hidden_size": sites[0][2],
         "num_blocks": len(blocks),
-        "num_adapters": index,
+        "num_adapters": len(sites),
         "num_features": num_features,
         "activation": activation,
         "placement": placement,
@@ -557,7 +565,7 @@ def load_adapters(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
             )
     else:
         add_adapters(
-            inner,
+            model,
             saved["num_features"],
             saved["activation"],
             saved["placement"],
@@ -667,7 +675,7 @@ def uptrain(
     UptrainReport
         The model, the replaced layers and the parameter counts (``parameters_saved``).
     """
-    model, base, _, layout = _architecture(model)
+    model, base, _, layout = _architecture(model, changes_structure=True)
     num_layers = check_positive_int(num_layers, "num_layers")
     num_features = check_positive_int(num_features, "num_features")
     activation = _check_activation(activation)
