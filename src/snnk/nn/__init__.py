@@ -11,6 +11,7 @@ from snnk.nn.adapters import (
     trainable_parameters,
     uptrain,
 )
+from snnk.nn.attention import DecodingState, KernelAttention, kernel_attention
 from snnk.nn.bundle import BundledNetwork, bundle
 from snnk.nn.snnk_linear import ACTIVATIONS, SNNKLinear, SNNKMaps, snnkify
 
@@ -26,3 +27,4 @@ __all__ += [
     "trainable_parameters",
     "uptrain",
 ]
+__all__ += ["DecodingState", "KernelAttention", "kernel_attention"]
