@@ -1,5 +1,6 @@
 """Scikit-learn estimators (``snnk.models``)."""
 
 from snnk.models.bundled import BundledClassifier, BundledRegressor
+from snnk.models.nystrom import KernelRidgeCG, NystromRidge
 
-__all__ = ["BundledClassifier", "BundledRegressor"]
+__all__ = ["BundledClassifier", "BundledRegressor", "KernelRidgeCG", "NystromRidge"]

@@ -1,0 +1,225 @@
+"""NystromRidge (Falkon) and KernelRidgeCG (exact KRR by PCG): limits, solver, contract."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from sklearn.kernel_ridge import KernelRidge
+from sklearn.utils.estimator_checks import check_estimator
+
+from snnk.io import load_model, save_model
+from snnk.kernels import Matern
+from snnk.models import KernelRidgeCG, NystromRidge
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small kernel blocks run faster on one thread on a shared 2-core machine (no pool
+    barrier waiting on a descheduled thread); the results do not depend on it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def smooth_problem(n, d=5, seed=0, outputs=None):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    y = np.sin(1.5 * X[:, 0]) + 0.5 * X[:, 1] * X[:, 2] + 0.1 * rng.standard_normal(n)
+    if outputs:
+        y = np.stack([y] + [np.cos(X[:, j]) for j in range(1, outputs)], axis=1)
+    return X, y
+
+
+def sklearn_krr(X, y, Xq, lengthscale, alpha, sample_weight=None):
+    kr = KernelRidge(alpha=alpha, kernel="rbf", gamma=1.0 / (2 * lengthscale**2))
+    return kr.fit(X, y, sample_weight=sample_weight).predict(Xq)
+
+
+def rel_err(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.mark.parametrize(
+    "est",
+    [
+        NystromRidge(num_centers=20, lengthscale=2.0, alpha=1e-2, random_state=0),
+        KernelRidgeCG(num_centers=10, lengthscale=2.0, alpha=1e-2, random_state=0),
+    ],
+    ids=["nystrom", "krr-cg"],
+)
+def test_sklearn_estimator_checks(est):
+    check_estimator(est)
+
+
+@pytest.mark.parametrize("cls", [NystromRidge, KernelRidgeCG])
+def test_float32_kept(cls):
+    X, y = smooth_problem(200)
+    m = cls(num_centers=50, lengthscale=2.0, alpha=1e-2, random_state=0).fit(
+        X.astype(np.float32), y
+    )
+    p32 = m.predict(X.astype(np.float32))
+    assert p32.dtype == np.float32
+    p64 = cls(num_centers=50, lengthscale=2.0, alpha=1e-2, random_state=0).fit(X, y).predict(X)
+    assert p64.dtype == np.float64
+    assert rel_err(p32, p64) < 1e-3
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize(
+    ("cls", "num_centers", "tol"),
+    [(NystromRidge, 10_000, 1e-6), (KernelRidgeCG, 150, 1e-7)],
+    ids=["nystrom-all-centres", "krr-cg"],
+)
+def test_matches_kernel_ridge(cls, num_centers, tol, weighted):
+    """NystromRidge with num_centers >= n is exact KRR (G3), as is KernelRidgeCG (float64)."""
+    X, y = smooth_problem(600, outputs=2)
+    Xq, _ = smooth_problem(200, seed=1)
+    sw = np.random.default_rng(2).uniform(0.2, 3.0, 600) if weighted else None
+    ref = sklearn_krr(X, y, Xq, 2.0, 1e-2, sw)
+    m = cls(num_centers=num_centers, lengthscale=2.0, alpha=1e-2, tol=1e-11, max_iter=300)
+    m.fit(X, y, sample_weight=sw)
+    assert m.predict(Xq).shape == (200, 2)
+    assert rel_err(m.predict(Xq), ref) < tol
+    assert m.n_iter_ < 300
+
+
+def test_all_centres_n_2000():
+    X, y = smooth_problem(2000, d=8)
+    Xq, _ = smooth_problem(300, d=8, seed=1)
+    ref = sklearn_krr(X, y, Xq, 3.0, 1e-1)
+    m = NystromRidge(num_centers=2000, lengthscale=3.0, alpha=1e-1, tol=1e-12).fit(X, y)
+    assert rel_err(m.predict(Xq), ref) < 1e-6
+
+
+def test_preconditioner_helps():
+    """More centres in KernelRidgeCG's preconditioner: fewer iterations to the same solution."""
+    X, y = smooth_problem(400)
+    iters = [
+        KernelRidgeCG(num_centers=m, lengthscale=2.0, alpha=1e-2, tol=1e-6, random_state=0)
+        .fit(X, y)
+        .n_iter_
+        for m in (5, 40, 200)
+    ]
+    assert iters[0] > iters[1] > iters[2]
+
+
+def nystrom_objective(m, X, y):
+    """Σ (y − K_nM β)² + α βᵀ K_MM β of a fitted NystromRidge."""
+    Knm = m.kernel_(X, m.centers_).numpy()
+    beta = m.dual_coef_[:, 0]
+    Kmm = m.kernel_(m.centers_).numpy()
+    return float(np.sum((y - Knm @ beta) ** 2) + m.alpha * beta @ Kmm @ beta)
+
+
+def test_cg_objective_never_increases():
+    """CG minimises the quadratic over growing Krylov spaces: every extra iteration helps."""
+    X, y = smooth_problem(500)
+    Xq, yq = smooth_problem(300, seed=1)
+    objs, errs = [], []
+    for k in range(1, 9):
+        m = NystromRidge(
+            num_centers=60, lengthscale=2.0, alpha=1e-3, tol=0.0, max_iter=k, random_state=0
+        )
+        with pytest.warns(UserWarning, match="raise max_iter"):
+            m.fit(X, y)
+        assert m.n_iter_ == k
+        objs.append(nystrom_objective(m, X, y))
+        errs.append(float(np.sqrt(np.mean((m.predict(Xq) - yq) ** 2))))
+    assert all(b <= a * (1 + 1e-10) for a, b in itertools.pairwise(objs))
+    converged = NystromRidge(
+        num_centers=60, lengthscale=2.0, alpha=1e-3, tol=1e-12, random_state=0
+    ).fit(X, y)
+    best = nystrom_objective(converged, X, y)
+    assert best <= objs[-1]
+    assert errs[-1] <= errs[0]
+
+
+def test_nystrom_matches_dense_normal_equations():
+    X, y = smooth_problem(400)
+    m = NystromRidge(num_centers=40, lengthscale=2.0, alpha=1e-2, tol=1e-13, random_state=0)
+    m.fit(X, y)
+    Knm = m.kernel_(X, m.centers_).numpy()
+    Kmm = m.kernel_(m.centers_).numpy()
+    beta = np.linalg.solve(Knm.T @ Knm + 1e-2 * Kmm, Knm.T @ y)
+    np.testing.assert_allclose(m.predict(X), Knm @ beta, rtol=1e-7, atol=1e-7)
+    np.testing.assert_array_equal(m.centers_, X[m.center_indices_])
+
+
+def test_kernel_object_and_other_names():
+    X, y = smooth_problem(300)
+    k = Matern(nu=2.5, lengthscale=2.0)
+    m = NystromRidge(kernel=k, lengthscale=None, num_centers=300, tol=1e-12).fit(X, y)
+    a = m.predict(X)
+    K = k(X).numpy()
+    ref = KernelRidge(alpha=1e-3, kernel="precomputed").fit(K, y).predict(K)
+    assert rel_err(a, ref) < 1e-6
+    b = NystromRidge(kernel="matern", lengthscale=2.0, num_centers=300).fit(X, y).predict(X)
+    assert rel_err(b, a) > 1e-3  # nu=1.5 by name, nu=2.5 by object
+    c = NystromRidge(kernel="laplace", lengthscale=3.0, num_centers=50).fit(X, y)
+    assert c.kernel_.lengthscale == 3.0
+
+
+@pytest.mark.parametrize("cls", [NystromRidge, KernelRidgeCG])
+def test_save_load_bit_exact(cls, tmp_path):
+    X, y = smooth_problem(300, outputs=2)
+    m = cls(kernel="gaussian", lengthscale=2.0, num_centers=40, random_state=0).fit(X, y)
+    loaded = load_model(save_model(m, tmp_path / "m.snnk"))
+    assert type(loaded) is cls
+    np.testing.assert_array_equal(loaded.predict(X), m.predict(X))
+    m1 = cls(kernel=Matern(nu=0.5), num_centers=40, random_state=0).fit(X, y[:, 0])
+    loaded1 = load_model(save_model(m1, tmp_path / "m1.snnk"))
+    assert loaded1.predict(X).shape == (300,)
+    np.testing.assert_array_equal(loaded1.predict(X), m1.predict(X))
+
+
+def test_zero_weights_equal_dropping_rows():
+    X, y = smooth_problem(300)
+    sw = np.ones(300)
+    sw[::3] = 0.0
+    keep = sw > 0
+    a = NystromRidge(num_centers=50, lengthscale=2.0, tol=1e-12, random_state=0)
+    b = NystromRidge(num_centers=50, lengthscale=2.0, tol=1e-12, random_state=0)
+    pa = a.fit(X, y, sample_weight=sw).predict(X)
+    pb = b.fit(X[keep], y[keep]).predict(X)
+    np.testing.assert_array_equal(a.centers_, b.centers_)
+    assert rel_err(pa, pb) < 1e-8
+
+
+@pytest.mark.parametrize("cls", [NystromRidge, KernelRidgeCG])
+def test_bad_inputs(cls):
+    X, y = smooth_problem(30)
+    Xnan = X.copy()
+    Xnan[2, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        cls().fit(Xnan, y)
+    Xinf = X.copy()
+    Xinf[0, 0] = np.inf
+    with pytest.raises(ValueError, match="infinity"):
+        cls().fit(Xinf, y)
+    ynan = y.copy()
+    ynan[4] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        cls().fit(X, ynan)
+    with pytest.raises(ValueError, match="0 sample"):
+        cls().fit(X[:0], y[:0])
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        cls().fit(X, y[:-1])
+    with pytest.raises(ValueError, match="Expected 2D array"):
+        cls().fit(X[:, 0], y)
+    with pytest.raises(ValueError, match="num_centers must be a positive integer"):
+        cls(num_centers=0).fit(X, y)
+    with pytest.raises(TypeError, match="num_centers"):
+        cls(num_centers=2.5).fit(X, y)
+    with pytest.raises(ValueError, match="alpha must be finite and > 0"):
+        cls(alpha=0.0).fit(X, y)
+    with pytest.raises(ValueError, match="dtype"):
+        cls(dtype="float16").fit(X, y)
+    with pytest.raises(ValueError, match="unknown kernel"):
+        cls(kernel="nope").fit(X, y)
+    with pytest.raises(ValueError, match="non-zero"):
+        cls().fit(X, y, sample_weight=np.zeros(30))
+    m = cls(num_centers=10).fit(X, y)
+    with pytest.raises(ValueError, match="features"):
+        m.predict(X[:, :3])
