@@ -72,8 +72,8 @@ PINV_METHODS = ("solve", "newton")
 
 #: shift used for features whose every key is masked (``exp(-inf - c)`` must stay 0, not NaN)
 _NEG = -1e30
-#: elements of one ``(batch, chunk, m)`` feature block (about 8 MB in float32)
-_CHUNK_ELEMENTS = 1 << 21
+#: elements of one ``(batch, chunk, m)`` feature block (about 2 MB in float32)
+_CHUNK_ELEMENTS = 1 << 19
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,6 +113,7 @@ class _SPDInverse(torch.autograd.Function):
     @staticmethod
     def forward(ctx, B, pinv, max_iter, tol):
         B64 = B.double()
+        B64 = 0.5 * (B64 + B64.mT)  # kernel Gram matrices are symmetric only up to rounding
         if pinv == "solve":
             inv = torch.cholesky_inverse(torch.linalg.cholesky(B64))
         else:
@@ -151,6 +152,11 @@ class _Spec:
     stab: str | None
     num_landmarks: int = 0
     inner_fn: Callable | None = None
+    #: ``Z -> (P, const)`` with log-features ``t(x) = x Pᵀ + const − a·γ‖x‖²/2`` (``a`` below)
+    affine_fn: Callable | None = None
+    key_sq: bool = False
+    query_sq: bool = False
+    gamma: float = 1.0
 
 
 def _sq(x: torch.Tensor) -> torch.Tensor:
@@ -173,7 +179,18 @@ def _make_spec(
         def logf(x, Z):
             return feature_map.log_features(x * r)
 
-        return _Spec(logf, logf, True, True, "feature")
+        def favor_affine(Z):
+            # log φ(x') = c·Wx' − ‖x'‖²/2 + log_prefactor − ½ log D − M‖w‖² (PositiveFeatures)
+            fm = feature_map
+            W = fm.projection.dense_weight() * math.sqrt(1.0 + 4.0 * fm.M)
+            const = (fm.log_prefactor - 0.5 * math.log(fm.num_features)) - fm.M * _sq(
+                fm.projection.dense_weight()
+            )
+            if fm.hyperbolic:
+                W, const = torch.cat([W, -W]), torch.cat([const, const])
+            return W * r, const
+
+        return _Spec(logf, logf, True, True, "feature", 0, None, favor_affine, True, False, scale)
     if method == "linear":
 
         def elu1(x, Z):
@@ -184,6 +201,10 @@ def _make_spec(
     def gram(Z):
         Zs = Z * r
         return torch.exp(-0.5 * torch.cdist(Zs, Zs).square())
+
+    def landmark_affine(Z):
+        # x'ᵀz' − ‖z'‖²/2 with x' = r·x, z' = r·Z
+        return Z * scale, -0.5 * scale * _sq(Z)
 
     def reg_inverse(A):
         eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
@@ -198,7 +219,9 @@ def _make_spec(
         def inner(Z):
             return reg_inverse(gram(Z))
 
-        return _Spec(expf, expf, True, True, "scalar", num_landmarks, inner)
+        return _Spec(
+            expf, expf, True, True, "scalar", num_landmarks, inner, landmark_affine, False, False
+        )
 
     # softmax-free: log G(x, z) = -‖x - z‖²/2 (≤ 0: no stabilisation needed, no row shift).
     def loggauss(x, Z):
@@ -211,7 +234,19 @@ def _make_spec(
         dinv = A.sum(-1).rsqrt()
         return dinv.unsqueeze(-1) * reg_inverse(A) * dinv.unsqueeze(-2)
 
-    return _Spec(loggauss, loggauss, True, False, None, num_landmarks, sym_inner)
+    return _Spec(
+        loggauss,
+        loggauss,
+        True,
+        False,
+        None,
+        num_landmarks,
+        sym_inner,
+        landmark_affine,
+        True,
+        True,
+        scale,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,8 +272,19 @@ def _pool_matrix(seg, a: int, b: int, keep: torch.Tensor | None, counts) -> torc
 # --------------------------------------------------------------------------------------------
 # Chunk-level differentiable pieces (used in forward under no_grad and in backward)
 # --------------------------------------------------------------------------------------------
-def _key_log(spec: _Spec, k_c, Z, lw_c):
-    t = spec.key_fn(k_c, Z)
+def _affine_logits(x, P, const, sq: bool, gamma: float):
+    """``x Pᵀ + const`` (minus ``γ‖x‖²/2`` when ``sq``), shape ``(..., rows, m)``."""
+    t = x @ P.mT + const.unsqueeze(-2)
+    if sq:
+        t = t - (0.5 * gamma) * _sq(x).unsqueeze(-1)
+    return t
+
+
+def _key_log(spec: _Spec, k_c, Z, lw_c, aff=None):
+    if aff is None:
+        t = spec.key_fn(k_c, Z)
+    else:
+        t = _affine_logits(k_c, *aff, spec.key_sq, spec.gamma)
     if lw_c is None:
         return t
     if spec.log_domain:
@@ -263,8 +309,11 @@ def _key_features(spec: _Spec, lk, c):
     return torch.exp(lk - c) if c is not None else torch.exp(lk)
 
 
-def _query_features(spec: _Spec, q_c, Z, c):
-    t = spec.query_fn(q_c, Z)
+def _query_features(spec: _Spec, q_c, Z, c, aff=None):
+    if aff is None:
+        t = spec.query_fn(q_c, Z)
+    else:
+        t = _affine_logits(q_c, *aff, spec.query_sq, spec.gamma)
     if not spec.log_domain:
         return t
     if spec.stab == "feature":
@@ -299,8 +348,8 @@ def _combine(a, b):
     return S1 + S2, z1 + z2, c
 
 
-def _query_out(spec, q_c, Z, c, B, b):
-    fq = _query_features(spec, q_c, Z, c)
+def _query_out(spec, q_c, Z, c, B, b, aff=None):
+    fq = _query_features(spec, q_c, Z, c, aff)
     num = fq @ B
     den = (fq @ b.unsqueeze(-1)) if spec.normalize else None
     return _finish(spec, num, den)
@@ -362,9 +411,10 @@ class _FeatureAttention(torch.autograd.Function):
             for a, b in _chunks(S, chunk):
                 Z = Z + _pool_matrix(seg, a, b, keep, counts) @ k[..., a:b, :]
         M = spec.inner_fn(Z) if spec.inner_fn is not None else None
+        aff = _cast_affine(spec, Z, q.dtype)
         acc = None
         for a, b in _chunks(S, chunk):
-            lk = _key_log(spec, k[..., a:b, :], Z, _lw_slice(lw, a, b))
+            lk = _key_log(spec, k[..., a:b, :], Z, _lw_slice(lw, a, b), aff)
             c = _shift_of(spec, lk)
             fk = _key_features(spec, lk, c)
             part = (fk.mT @ v[..., a:b, :], fk.sum(-2), c)
@@ -373,13 +423,15 @@ class _FeatureAttention(torch.autograd.Function):
         B, b = (M @ Ssum, (M @ zsum.unsqueeze(-1))[..., 0]) if M is not None else (Ssum, zsum)
         out = q.new_empty(*q.shape[:-1], v.shape[-1])
         for a, b_ in _chunks(L, chunk):
-            out[..., a:b_, :] = _query_out(spec, q[..., a:b_, :], Z, c, B, b)
+            out[..., a:b_, :] = _query_out(spec, q[..., a:b_, :], Z, c, B, b, aff)
         ctx.spec, ctx.chunk, ctx.seg, ctx.has_lw = spec, chunk, seg, lw is not None
         ctx.save_for_backward(q, k, v, lw, Z, counts, Ssum, zsum, c, B, b)
         return out
 
     @staticmethod
     def backward(ctx, g):
+        if ctx.spec.affine_fn is not None:
+            return _affine_backward(ctx, g)
         q, k, v, lw, Z, counts, Ssum, zsum, c, B, b = ctx.saved_tensors
         spec, chunk = ctx.spec, ctx.chunk
         L, S = q.shape[-2], k.shape[-2]
@@ -425,6 +477,83 @@ class _FeatureAttention(torch.autograd.Function):
                     P = _pool_matrix(ctx.seg, a, e, keep, counts)
                     dk[..., a:e, :] += (P.mT @ dZ).expand_as(dk[..., a:e, :])
         return dq, dk, dv, None, None, None
+
+
+def _cast_affine(spec: _Spec, Z, dtype):
+    if spec.affine_fn is None:
+        return None
+    P, const = spec.affine_fn(Z)
+    return P.to(dtype), const.to(dtype)
+
+
+def _logit_backward(dt, x, P, sq: bool, gamma: float, dP, dconst):
+    """Gradient of ``t = x Pᵀ + const − γ‖x‖²/2`` w.r.t. ``x``; accumulates ``dP``, ``dconst``."""
+    dx = dt @ P
+    if sq:
+        dx -= gamma * dt.sum(-1, keepdim=True) * x
+    dP += (dt.mT @ x).sum_to_size(P.shape)
+    dconst += dt.sum(-2).sum_to_size(dconst.shape)
+    return dx
+
+
+def _affine_backward(ctx, g):
+    r"""Hand-written backward for exp-affine features ``f = exp(x Pᵀ + const − …)``.
+
+    Query rows (normalised): ``out = N/D``, ``N = f B``, ``D = f b``; ``∂N = g/D``,
+    ``∂D = −(g·out)/D``, ``∂f = ∂N Bᵀ + ∂D bᵀ``, ``∂t = ∂f ⊙ f`` and ``∂x = ∂t P`` (the row
+    shift and ``−‖x‖²/2`` of normalised queries carry no gradient: ``Σ_w ∂t_w = 0``). Key rows:
+    ``∂f_k = v ∂Sᵀ + ∂z``, ``∂v = f_k ∂S``, ``∂k = ∂t P − γ (Σ_w ∂t_w) k`` when the key
+    log-features contain ``−γ‖k‖²/2``. Features are recomputed chunk by chunk.
+    """
+    q, k, v, lw, Z, counts, Ssum, zsum, c, B, b = ctx.saved_tensors
+    spec, chunk = ctx.spec, ctx.chunk
+    L, S = q.shape[-2], k.shape[-2]
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    with torch.enable_grad():
+        Zg = None if Z is None else Z.detach().requires_grad_()
+        Pg, cg = spec.affine_fn(Zg)
+    P, const = Pg.detach().to(q.dtype), cg.detach().to(q.dtype)
+    dP, dconst = torch.zeros_like(P), torch.zeros_like(const)
+    dB, db = torch.zeros_like(B), torch.zeros_like(b)
+    for a, e in _chunks(L, chunk):
+        qc, gc = q[..., a:e, :], g[..., a:e, :]
+        f = _query_features(spec, qc, None, c, (P, const))
+        if spec.normalize:
+            num, den = f @ B, f @ b.unsqueeze(-1)
+            ok = den > 0
+            dens = torch.where(ok, den, torch.ones_like(den))
+            out = torch.where(ok, num / dens, 0.0)
+            dN = torch.where(ok, gc / dens, 0.0)
+            dD = torch.where(ok, -(gc * out).sum(-1, keepdim=True) / dens, 0.0)
+            df = dN @ B.mT + dD * b.unsqueeze(-2)
+            dB += f.mT @ dN
+            db += (f * dD).sum(-2)
+        else:
+            df = gc @ B.mT
+            dB += f.mT @ gc
+        dq[..., a:e, :] = _logit_backward(df.mul_(f), qc, P, spec.query_sq, spec.gamma, dP, dconst)
+    dZ = None
+    if spec.inner_fn is not None:
+        with torch.enable_grad():
+            Sg, zg = Ssum.detach().requires_grad_(), zsum.detach().requires_grad_()
+            M = spec.inner_fn(Zg)
+            Bn, bn = M @ Sg, (M @ zg.unsqueeze(-1))[..., 0]
+            dS, dz, dZ = _grads([Bn, bn], [Sg, zg, Zg], [dB, db])
+    else:
+        dS, dz = dB, db
+    for a, e in _chunks(S, chunk):
+        kc, vc = k[..., a:e, :], v[..., a:e, :]
+        fk = _key_features(spec, _key_log(spec, kc, None, _lw_slice(lw, a, e), (P, const)), c)
+        dfk = vc @ dS.mT + dz.unsqueeze(-2)
+        dv[..., a:e, :] = fk @ dS
+        dk[..., a:e, :] = _logit_backward(dfk.mul_(fk), kc, P, spec.key_sq, spec.gamma, dP, dconst)
+    if Zg is not None:
+        dZ = dZ + torch.autograd.grad([Pg, cg], Zg, [dP.to(Pg.dtype), dconst.to(cg.dtype)])[0]
+        keep = None if lw is None else torch.isfinite(lw).to(k.dtype)
+        for a, e in _chunks(S, chunk):
+            P_pool = _pool_matrix(ctx.seg, a, e, keep, counts)
+            dk[..., a:e, :] += (P_pool.mT @ dZ).expand_as(dk[..., a:e, :])
+    return dq, dk, dv, None, None, None
 
 
 def _segment_counts(keep, seg, chunk) -> torch.Tensor:
@@ -858,11 +987,13 @@ class KernelAttention(nn.Module):
         self.attention_kwargs = attention_kwargs
         self.kdim, self.vdim = kdim or embed_dim, vdim or embed_dim
         self.generator, self.seed = make_generator(seed)
-        fk = {"device": device, "dtype": dtype}
-        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **fk)
-        self.k_proj = nn.Linear(self.kdim, embed_dim, bias=bias, **fk)
-        self.v_proj = nn.Linear(self.vdim, embed_dim, bias=bias, **fk)
-        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **fk)
+        fk = {"device": device if device is not None else "cpu", "dtype": dtype}
+        # skip_init: nn.Linear would draw from the global RNG; reset_parameters draws instead.
+        lin = nn.utils.skip_init
+        self.q_proj = lin(nn.Linear, embed_dim, embed_dim, bias=bias, **fk)
+        self.k_proj = lin(nn.Linear, self.kdim, embed_dim, bias=bias, **fk)
+        self.v_proj = lin(nn.Linear, self.vdim, embed_dim, bias=bias, **fk)
+        self.out_proj = lin(nn.Linear, embed_dim, embed_dim, bias=bias, **fk)
         self.feature_map = None
         if method == "favor+":
             self.feature_map = PositiveFeatures(
@@ -884,7 +1015,7 @@ class KernelAttention(nn.Module):
             bound = math.sqrt(6.0 / (fan_in + fan_out))
             w = (torch.rand(lin.weight.shape, generator=self.generator) * 2 - 1) * bound
             with torch.no_grad():
-                lin.weight.copy_(w)
+                lin.weight.copy_(w.to(lin.weight.dtype))
                 if lin.bias is not None:
                     lin.bias.zero_()
 
