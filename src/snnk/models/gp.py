@@ -1,0 +1,682 @@
+r"""Gaussian-process regression on random features (or Nyström features), at any scale.
+
+The model is Bayesian linear regression on a fixed feature map ``z: R^d → R^D`` whose dot
+products estimate a unit-variance shift-invariant kernel, ``z(x)ᵀz(x') ≈ κ((x − x')/ℓ)``:
+
+``f(x) = √a · z(x)ᵀ w``, ``w ~ N(0, I_D)``, ``y = f(x) + ε``, ``ε ~ N(0, s)``,
+
+so that ``f`` is a Gaussian process with covariance ``a · z(x)ᵀz(x') ≈ a · κ((x − x')/ℓ)``
+(``a`` = ``amplitude``, the signal variance; ``s`` = ``noise``, the noise variance). Every
+quantity of the posterior and of the marginal likelihood goes through the ``D × D`` matrix
+
+``A = ZᵀZ + (s/a) I``    (``Z`` the ``n × D`` feature matrix of the training rows)
+
+by the Woodbury identity, so a fit costs ``O(nD²)`` (``ZᵀZ`` accumulated over row blocks: the
+``n × D`` matrix is never formed) and a prediction ``O(D²)`` per test point.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+
+try:
+    from scipy.optimize import minimize
+    from sklearn.base import BaseEstimator, RegressorMixin
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.utils import check_random_state
+    from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+except ImportError as exc:  # pragma: no cover - the sklearn extra installs it
+    raise ImportError("snnk.models needs scikit-learn: pip install 'snnk[sklearn]'") from exc
+
+from snnk._utils import check_in, default_block_rows, iter_blocks
+from snnk.features import SAMPLERS, FourierFeatures, NystromFeatures
+from snnk.io import PersistMixin
+from snnk.kernels import Kernel, ScaledKernel, ShiftInvariantKernel, make_kernel
+from snnk.solvers import NormalEquations
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_FEATURES = ("fourier", "nystrom")
+_OPTIMIZERS = ("lbfgs", "adam")
+#: bounds of every hyper-parameter during the optimisation (scikit-learn's default bounds)
+_BOUNDS = (1e-5, 1e5)
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _cholesky(M: torch.Tensor) -> torch.Tensor:
+    """Cholesky factor of a symmetric positive (semi-)definite ``M``, differentiable.
+
+    A diagonal jitter (from ``1e-12`` up to ``1e-6`` times the mean diagonal) is added only
+    when the plain factorisation fails; that is far below any statistical effect.
+    """
+    L, info = torch.linalg.cholesky_ex(M)
+    if int(info) == 0:
+        return L
+    eye = torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
+    base = float(torch.diagonal(M).detach().abs().mean().clamp_min(1e-300))
+    for jitter in (1e-12, 1e-10, 1e-8, 1e-6):
+        L, info = torch.linalg.cholesky_ex(M + (jitter * base) * eye)
+        if int(info) == 0:
+            return L
+    raise np.linalg.LinAlgError(
+        "the D x D matrix ZᵀZ + (noise/amplitude) I is not positive definite even with "
+        "jitter; raise noise (or its lower bound by starting higher) or lower num_features"
+    )
+
+
+def log_marginal_likelihood_from_stats(
+    gram: torch.Tensor,
+    proj: torch.Tensor,
+    yy: torch.Tensor | float,
+    n: int,
+    amplitude: torch.Tensor,
+    noise: torch.Tensor,
+) -> torch.Tensor:
+    r"""``log p(y)`` of the feature GP from its sufficient statistics (differentiable).
+
+    With ``C = a ZZᵀ + s I_n`` (the covariance of ``y``), ``λ = s/a`` and
+    ``A = ZᵀZ + λ I_D``, the Woodbury identity and the matrix determinant lemma give
+
+    ``C⁻¹ = s⁻¹ (I_n − Z A⁻¹ Zᵀ)``,    ``log|C| = n log s + log|A| − D log λ``,
+
+    hence, with ``b = Zᵀy`` and ``L Lᵀ = A`` (Cholesky),
+
+    ``log p(y) = −(yᵀy − ‖L⁻¹b‖²)/(2s) − Σ_i log L_ii + (D/2) log λ − (n/2) log s
+    − (n/2) log 2π``.
+
+    Parameters
+    ----------
+    gram : Tensor of shape ``(D, D)``
+        ``ZᵀZ`` (float64).
+    proj : Tensor of shape ``(D,)``
+        ``b = Zᵀy``.
+    yy : float or scalar Tensor
+        ``yᵀy``.
+    n : int
+        Number of rows.
+    amplitude, noise : scalar Tensors
+        ``a`` and ``s`` (variances).
+    """
+    D = gram.shape[0]
+    lam = noise / amplitude
+    eye = torch.eye(D, dtype=gram.dtype, device=gram.device)
+    L = _cholesky(gram + lam * eye)
+    alpha = torch.linalg.solve_triangular(L, proj.reshape(D, 1), upper=False)
+    quad = (yy - alpha.square().sum()) / noise
+    return (
+        -0.5 * quad
+        - torch.log(torch.diagonal(L)).sum()
+        + 0.5 * D * torch.log(lam)
+        - 0.5 * n * torch.log(noise)
+        - 0.5 * n * _LOG_2PI
+    )
+
+
+def _split_kernel(kernel: Kernel | str, lengthscale: float) -> tuple[Kernel, float, float]:
+    """``(κ, ℓ, c)`` such that the kernel is ``c · κ(·/ℓ)`` with ``κ`` at unit lengthscale.
+
+    A name uses ``lengthscale``; a kernel object brings its own lengthscale (and scale).
+    """
+    scale = 1.0
+    if isinstance(kernel, str):
+        kernel = make_kernel(kernel)
+    elif not isinstance(kernel, Kernel):
+        raise TypeError(f"kernel must be a name or a snnk.kernels.Kernel, got {kernel!r}")
+    else:
+        if isinstance(kernel, ScaledKernel):
+            scale, kernel = kernel.scale, kernel.base
+        lengthscale = getattr(kernel, "lengthscale", lengthscale)
+    if not isinstance(kernel, ShiftInvariantKernel):
+        raise ValueError(
+            f"RandomFeatureGP needs a shift-invariant kernel (gaussian, laplace, matern), got "
+            f"{kernel!r}; use snnk.models.RandomFeatureRidge for other kernels"
+        )
+    config = kernel.get_config()
+    config["lengthscale"] = 1.0
+    return make_kernel(**config), float(lengthscale), scale
+
+
+class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
+    r"""Gaussian-process regression on random Fourier (or Nyström) features.
+
+    Model: ``f(x) = √a · z(x)ᵀw``, ``w ~ N(0, I_D)``, ``y = f(x) + ε``, ``ε ~ N(0, s)``, with
+    ``z(x) = φ(x/ℓ)`` a fixed random feature map of the unit-lengthscale kernel ``κ``, so
+    ``Cov f(x), f(x') = a z(x)ᵀz(x') ≈ a κ((x − x')/ℓ)``. With ``Z`` the ``n × D`` features
+    of the training rows and ``A = ZᵀZ + (s/a) I`` (Cholesky ``A = L Lᵀ``), the posterior
+    of the latent ``f`` at a test point ``x*`` with features ``z*`` is Gaussian with
+
+    ``mean  = z*ᵀ A⁻¹ Zᵀ y``,    ``var = s ‖L⁻¹ z*‖² (+ a (κ(0) − ‖z*‖²) for Nyström)``.
+
+    The second variance term (the deterministic training conditional, DTC) adds back the
+    prior variance the Nyström map cannot see; it makes the Nyström GP with every training
+    row as a centre *the exact GP*. For Fourier features ``‖z*‖² = κ(0)`` exactly (cos/sin
+    pairs) and the term vanishes. ``ZᵀZ`` and ``Zᵀy`` are accumulated over row blocks, so the
+    ``n × D`` feature matrix is never held: a fit costs ``O(nD²)`` time and ``O(D² +
+    block·D)`` memory, a prediction ``O(D²)`` per test point.
+
+    Hyper-parameters ``ℓ`` (``lengthscale``), ``a`` (``amplitude``) and ``s`` (``noise``)
+    are fitted (``optimize=True``) by maximising the log marginal likelihood of the feature
+    model, ``log N(y; 0, a ZZᵀ + s I)``, computed exactly on the features by the Woodbury
+    identity (see :func:`log_marginal_likelihood_from_stats`) with the random draw held
+    fixed: the unit-lengthscale frequencies are a buffer and the inputs are divided by
+    ``ℓ``, so gradients flow to ``ℓ``. The gradient is exact and blocked: one pass computes
+    ``G = ZᵀZ`` and ``b = Zᵀy``; autograd on the ``D × D`` stage gives ``∂/∂G`` and ``∂/∂b``;
+    a second pass pushes ``∂/∂Z = Z (Ḡ + Ḡᵀ) + y b̄ᵀ`` of each row block back to ``ℓ``. One
+    evaluation costs about ``2nD² + D³/3`` flops. The optimiser works on the logarithms of the
+    three hyper-parameters, each bounded to ``[1e-5, 1e5]``. When ``n`` exceeds
+    ``max_optimize_rows``, the likelihood is optimised on that many rows drawn at random
+    (the final posterior always uses every row).
+
+    Parameters
+    ----------
+    kernel : str or Kernel, default "gaussian"
+        ``"gaussian"`` (``"rbf"``), ``"laplace"``, ``"matern"`` (ν = 1.5), or a
+        shift-invariant :mod:`snnk.kernels` object (e.g. ``Matern(nu=2.5)``), possibly scaled
+        (``2.0 * Gaussian(3.0)``). For an object, its own lengthscale is the starting
+        lengthscale (the ``lengthscale`` argument is then ignored) and its scale multiplies
+        ``amplitude``.
+    lengthscale : float, default 1.0
+        ``ℓ``: starting value (``optimize=True``) or value used.
+    amplitude : float, default 1.0
+        ``a``, the signal variance ``Var f(x) = k(x, x)``: ``ConstantKernel``'s value in
+        scikit-learn, ``outputscale`` in GPyTorch. Starting value or value used.
+    noise : float, default 0.1
+        ``s``, the noise variance (scikit-learn's ``WhiteKernel`` noise level, GPyTorch's
+        ``likelihood.noise``). Starting value or value used. Must be positive.
+    num_features : int, default 1024
+        ``D``: random features (``"fourier"``; even, cos/sin pairs) or Nyström centres
+        (``"nystrom"``; at most ``n``, the number of rows used is ``num_features_``).
+    sampler : {"orthogonal", "iid", "structured", "qmc", "halton"}, default "orthogonal"
+        Frequency sampler of the Fourier features (see :class:`~snnk.features.FourierFeatures`).
+    features : {"fourier", "nystrom"}, default "fourier"
+        ``"fourier"``: random Fourier features. ``"nystrom"``: ``z(x) = κ(x/ℓ, C/ℓ)
+        K_CC^{-1/2}`` on ``num_features`` training rows ``C`` drawn uniformly; more accurate
+        per feature, and with ``num_features = n`` it is the exact GP. During the
+        optimisation its centres are the first ``min(num_features, max_optimize_rows)`` of the
+        rows drawn for it (a subset of the final centres), factored by a jittered Cholesky.
+    normalize_y : bool, default True
+        Centre ``y`` and divide it by its standard deviation before fitting (scikit-learn's
+        ``normalize_y``); ``amplitude``, ``noise`` and their fitted values are then in units
+        of the normalised target, and predictions are mapped back.
+    optimize : bool, default True
+        Fit ``ℓ, a, s`` by maximising the log marginal likelihood; ``False`` keeps the given
+        values.
+    optimizer : {"lbfgs", "adam"}, default "lbfgs"
+        ``"lbfgs"``: SciPy's L-BFGS-B with the exact gradient (a line search may evaluate the
+        likelihood several times per iteration). ``"adam"``: ``max_iter`` Adam steps of
+        ``learning_rate`` on the log-parameters, one likelihood evaluation each.
+    max_iter : int, default 100
+        Iterations (L-BFGS) or steps (Adam) of the optimisation.
+    learning_rate : float, default 0.05
+        Adam step size on the log-parameters.
+    max_optimize_rows : int or None, default 20000
+        Rows the likelihood is optimised on (drawn without replacement when ``n`` is larger);
+        ``None``: all rows.
+    dtype : {"float64", "float32"}, default "float64"
+        Dtype of the features. ``ZᵀZ`` is accumulated, and every ``D × D`` factorisation done,
+        in float64 whatever ``dtype`` is; a float32 input gives float32 predictions either way.
+    batch_size : int, default 4096
+        Rows per block (capped so that a block of features stays within about 128 MB).
+    random_state : int, RandomState or None
+        Seeds the feature draw, the Nyström centres and the optimisation subsample.
+    verbose : bool, default False
+        Show a tqdm progress bar over the optimisation.
+
+    Attributes
+    ----------
+    lengthscale_, amplitude_, noise_ : float
+        Fitted hyper-parameters (normalised units when ``normalize_y``).
+    kernel_ : Kernel
+        ``amplitude_ * κ`` at ``lengthscale_`` (the prior covariance of ``f``).
+    log_marginal_likelihood_ : float
+        ``log p(y)`` of the fitted model on all training rows (normalised ``y`` when
+        ``normalize_y``).
+    n_iter_ : int
+        Optimiser iterations (0 when ``optimize=False``).
+    coef_ : ndarray of shape ``(D,)``
+        ``A⁻¹ Zᵀ y``: the posterior mean is ``z(x)ᵀ coef_`` (before un-normalising).
+    cholesky_ : ndarray of shape ``(D, D)``
+        Lower Cholesky factor ``L`` of ``A``.
+    feature_map_ : FourierFeatures or NystromFeatures
+        The unit-lengthscale map ``φ``; ``z(x) = φ(x / lengthscale_)``.
+    num_features_ : int
+        ``D`` actually used.
+    y_mean_, y_scale_ : float
+        Target normalisation (0 and 1 without ``normalize_y``).
+    n_features_in_ : int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from snnk.models import RandomFeatureGP
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(500, 3)); y = np.sin(X[:, 0]) + 0.1 * rng.normal(size=500)
+    >>> gp = RandomFeatureGP(num_features=256, random_state=0).fit(X, y)
+    >>> mean, std = gp.predict(X[:5], return_std=True)
+    """
+
+    _persist_private: tuple[str, ...] = ("_X_opt", "_y_opt", "_centers_opt")
+
+    def __init__(
+        self,
+        kernel: str | Kernel = "gaussian",
+        lengthscale: float = 1.0,
+        amplitude: float = 1.0,
+        noise: float = 0.1,
+        num_features: int = 1024,
+        sampler: str = "orthogonal",
+        features: str = "fourier",
+        normalize_y: bool = True,
+        optimize: bool = True,
+        optimizer: str = "lbfgs",
+        max_iter: int = 100,
+        learning_rate: float = 0.05,
+        max_optimize_rows: int | None = 20000,
+        dtype: str = "float64",
+        batch_size: int = 4096,
+        random_state=None,
+        verbose: bool = False,
+    ):
+        self.kernel = kernel
+        self.lengthscale = lengthscale
+        self.amplitude = amplitude
+        self.noise = noise
+        self.num_features = num_features
+        self.sampler = sampler
+        self.features = features
+        self.normalize_y = normalize_y
+        self.optimize = optimize
+        self.optimizer = optimizer
+        self.max_iter = max_iter
+        self.learning_rate = learning_rate
+        self.max_optimize_rows = max_optimize_rows
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- parameters ------------------------------------------------------------------------------
+    def _check_params(self) -> tuple[ShiftInvariantKernel, float, float, float]:
+        """Validate the hyper-parameters; return ``(κ, ℓ₀, a₀, s₀)``."""
+        ints = ["num_features", "max_iter", "batch_size"]
+        if self.max_optimize_rows is not None:
+            ints.append("max_optimize_rows")
+        for name in ints:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0:
+                raise ValueError(
+                    f"{name} must be a positive integer, got {v!r}"
+                    + ("; pass None to use every row" if name == "max_optimize_rows" else "")
+                )
+        for name in ("lengthscale", "amplitude", "noise", "learning_rate"):
+            v = getattr(self, name)
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, numbers.Real)
+                or not math.isfinite(v)
+                or v <= 0
+            ):
+                hint = " (a noise-free GP is ill-posed: use a small value such as 1e-6)"
+                raise ValueError(
+                    f"{name} must be a positive finite number, got {v!r}"
+                    + (hint if name == "noise" else "")
+                )
+        check_in(self.features, "features", _FEATURES)
+        check_in(self.optimizer, "optimizer", _OPTIMIZERS)
+        check_in(self.dtype, "dtype", tuple(_DTYPES))
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
+        if self.features == "fourier" and self.num_features % 2:
+            raise ValueError(
+                f"num_features must be even for features='fourier' (cos/sin pairs), got "
+                f"{self.num_features}; use {self.num_features + 1}"
+            )
+        unit, ls, scale = _split_kernel(self.kernel, float(self.lengthscale))
+        return unit, float(ls), float(self.amplitude) * scale, float(self.noise)
+
+    @property
+    def _step(self) -> int:
+        return max(1, min(self.batch_size, default_block_rows(self.num_features, 1 << 24)))
+
+    # -- feature maps ----------------------------------------------------------------------------
+    def _fourier_map(self, unit: ShiftInvariantKernel, d: int, seed: int) -> FourierFeatures:
+        return FourierFeatures(
+            unit, d, self.num_features, sampler=self.sampler, seed=seed, dtype=_DTYPES[self.dtype]
+        ).requires_grad_(False)
+
+    def _build_modules(self) -> None:
+        """Recreate ``feature_map_``'s skeleton for :func:`snnk.io.load_model`."""
+        unit, _, _ = _split_kernel(self.kernel, 1.0)
+        if self.features == "fourier":
+            self.feature_map_ = self._fourier_map(unit, self.n_features_in_, 0)
+        else:
+            self.feature_map_ = NystromFeatures(unit, self.num_features_, seed=0)
+
+    def _blocks(self, X: np.ndarray) -> Iterator[tuple[torch.Tensor, slice]]:
+        """``(z(X[rows]), rows)`` over row blocks with the fitted map (no autograd)."""
+        dt = _DTYPES[self.dtype]
+        with torch.no_grad():
+            for rows in iter_blocks(X.shape[0], self._step):
+                xb = torch.tensor(X[rows], dtype=dt) / self.lengthscale_
+                yield self.feature_map_(xb).to(dt), rows
+
+    # -- likelihood and its gradient on the optimisation rows ------------------------------------
+    def _objective_maps(
+        self, log_ls: torch.Tensor
+    ) -> tuple[Callable[[torch.Tensor], torch.Tensor], list[torch.Tensor], Callable]:
+        """The feature map of the optimisation as a differentiable function of ``log ℓ``.
+
+        Returns ``(zfun, leaves, finish)``: ``zfun(x_block)`` gives the block's features,
+        ``leaves`` are extra tensors the blocks depend on (detached leaves, so each block's
+        backward stays local), and ``finish(grads_of_leaves)`` pushes their accumulated
+        gradients back to ``log ℓ``.
+        """
+        # exp(log ℓ) is recomputed per use so that every backward walks a graph of its own
+        if self.features == "fourier":
+            fmap = self._opt_map
+            return (lambda xb: fmap(xb / torch.exp(log_ls))), [], (lambda g: None)
+        C = self._centers_opt / torch.exp(log_ls)
+        Kcc = self._unit(C, C)
+        Lc = _cholesky(0.5 * (Kcc + Kcc.T))
+        eye = torch.eye(Lc.shape[0], dtype=Lc.dtype)
+        norm = torch.linalg.solve_triangular(Lc, eye, upper=False).T  # L⁻ᵀ: Z = K_xC L⁻ᵀ
+        leaf = norm.detach().requires_grad_(log_ls.requires_grad)
+
+        def zfun(xb: torch.Tensor) -> torch.Tensor:
+            ls = torch.exp(log_ls)
+            return self._unit(xb / ls, self._centers_opt / ls) @ leaf
+
+        def finish(grads: list[torch.Tensor]) -> torch.Tensor:
+            (g,) = torch.autograd.grad(norm, log_ls, grad_outputs=grads[0])
+            return g
+
+        return zfun, [leaf], finish
+
+    def _objective(self, theta: np.ndarray, want_grad: bool = True) -> tuple[float, np.ndarray]:
+        """``(log p(y), ∂ log p(y)/∂θ)`` on the optimisation rows, ``θ = log(ℓ, a, s)``."""
+        th = torch.tensor(np.asarray(theta, dtype=np.float64))
+        log_ls = th[0].clone().requires_grad_(want_grad)
+        X, y = self._X_opt_t, self._y_opt_t
+        step = self._step
+        # Pass 1: sufficient statistics G = ZᵀZ, b = Zᵀy (no graph).
+        with torch.no_grad():
+            zfun, _, _ = self._objective_maps(log_ls.detach())
+            D = zfun(X[:1]).shape[1]
+            ne = NormalEquations(D, 1)
+            for rows in iter_blocks(X.shape[0], step):
+                ne.update(zfun(X[rows]), y[rows, None])
+        G = ne.FtF.requires_grad_(want_grad)
+        b = ne.FtY[:, 0].requires_grad_(want_grad)
+        la = th[1].clone().requires_grad_(want_grad)
+        ln = th[2].clone().requires_grad_(want_grad)
+        lml = log_marginal_likelihood_from_stats(
+            G, b, ne.YtY[0], ne.n, torch.exp(la), torch.exp(ln)
+        )
+        if not want_grad:
+            return float(lml), np.zeros(3)
+        gG, gb, ga, gn = torch.autograd.grad(lml, [G, b, la, ln])
+        # Pass 2: ∂/∂Z of each block, pushed back to log ℓ (and the map's leaves).
+        S = gG + gG.T
+        zfun, leaves, finish = self._objective_maps(log_ls)
+        dt = _DTYPES[self.dtype]
+        g_ls = torch.zeros((), dtype=torch.float64)
+        g_leaves = [torch.zeros_like(t) for t in leaves]
+        for rows in iter_blocks(X.shape[0], step):
+            Zb = zfun(X[rows])
+            gZ = Zb.detach().double() @ S + y[rows, None] * gb[None, :]
+            grads = torch.autograd.grad(Zb, [log_ls, *leaves], grad_outputs=gZ.to(dt))
+            g_ls += grads[0]
+            for acc, g in zip(g_leaves, grads[1:], strict=True):
+                acc += g
+        if leaves:
+            g_ls += finish(g_leaves)
+        grad = np.array([float(g_ls), float(ga), float(gn)])
+        return float(lml.detach()), grad
+
+    def _optimize(self, theta0: np.ndarray) -> tuple[np.ndarray, int]:
+        bounds = [(math.log(_BOUNDS[0]), math.log(_BOUNDS[1]))] * 3
+        n = self._X_opt_t.shape[0]
+        bar = None
+        if self.verbose:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.max_iter, desc="RandomFeatureGP: marginal likelihood")
+
+        def fun(theta):
+            v, g = self._objective(theta)
+            return -v / n, -g / n
+
+        try:
+            if self.optimizer == "lbfgs":
+
+                def callback(intermediate_result):
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(nlml=f"{intermediate_result.fun:.4f}")
+
+                res = minimize(
+                    fun,
+                    theta0,
+                    jac=True,
+                    method="L-BFGS-B",
+                    bounds=bounds,
+                    options={"maxiter": self.max_iter},
+                    callback=callback,
+                )
+                if res.status == 1:  # iteration limit (a line-search stop is at the optimum)
+                    warnings.warn(
+                        f"RandomFeatureGP: L-BFGS-B stopped after {res.nit} iterations without "
+                        f"converging ({res.message}); raise max_iter or try optimizer='adam'",
+                        ConvergenceWarning,
+                        stacklevel=3,
+                    )
+                return np.clip(res.x, *bounds[0]), int(res.nit)
+            theta = torch.tensor(theta0, dtype=torch.float64, requires_grad=True)
+            opt = torch.optim.Adam([theta], lr=self.learning_rate)
+            for _ in range(self.max_iter):
+                v, g = fun(theta.detach().numpy())
+                opt.zero_grad()
+                theta.grad = torch.from_numpy(g)
+                opt.step()
+                with torch.no_grad():
+                    theta.clamp_(*bounds[0])
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(nlml=f"{v:.4f}")
+            return theta.detach().numpy().copy(), self.max_iter
+        finally:
+            if bar is not None:
+                bar.close()
+
+    # -- fit -------------------------------------------------------------------------------------
+    def fit(self, X, y) -> RandomFeatureGP:
+        """Fit the hyper-parameters (``optimize=True``) and the posterior.
+
+        Parameters
+        ----------
+        X : array-like of shape ``(n, d)``
+        y : array-like of shape ``(n,)``
+
+        Returns
+        -------
+        self
+        """
+        unit, ls0, amp0, noise0 = self._check_params()
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=True)
+        y = column_or_1d(y, warn=True).astype(np.float64)
+        n, d = X.shape
+        if self.normalize_y:
+            self.y_mean_ = float(y.mean())
+            sd = float(y.std())
+            self.y_scale_ = sd if sd > 0 else 1.0
+        else:
+            self.y_mean_, self.y_scale_ = 0.0, 1.0
+        yn = (y - self.y_mean_) / self.y_scale_
+        rng = check_random_state(self.random_state)
+        seed = int(rng.randint(2**31 - 1))
+        perm = rng.permutation(n)
+        n_opt = n if self.max_optimize_rows is None else min(n, self.max_optimize_rows)
+        D = self.num_features if self.features == "fourier" else min(self.num_features, n)
+        self.num_features_ = D
+        dt = _DTYPES[self.dtype]
+        self._unit = unit
+        self._X_opt = X[np.sort(perm[:n_opt])].astype(np.float64)
+        self._y_opt = yn[np.sort(perm[:n_opt])]
+        self._X_opt_t = torch.from_numpy(self._X_opt).to(dt)
+        self._y_opt_t = torch.from_numpy(self._y_opt)
+        if self.features == "fourier":
+            self._opt_map = self._fourier_map(unit, d, seed)
+        else:
+            centers = X[perm[:D]].astype(np.float64)
+            self._centers_opt = torch.from_numpy(centers[: min(D, n_opt)]).to(dt)
+        theta = np.log([ls0, amp0, noise0])
+        self.n_iter_ = 0
+        if self.optimize:
+            theta, self.n_iter_ = self._optimize(theta)
+        ls, amp, noise = (float(v) for v in np.exp(theta))
+        self.lengthscale_, self.amplitude_, self.noise_ = ls, amp, noise
+        self.kernel_ = amp * make_kernel(**{**unit.get_config(), "lengthscale": ls})
+        # Final map over every row.
+        if self.features == "fourier":
+            self.feature_map_ = self._opt_map
+        else:
+            fmap = NystromFeatures(unit, D, seed=seed)
+            self.feature_map_ = fmap.fit(torch.from_numpy(centers).to(dt) / ls)
+        self._posterior(X, yn)
+        return self
+
+    def _posterior(self, X: np.ndarray, yn: np.ndarray) -> None:
+        """Accumulate ``ZᵀZ``, ``Zᵀy`` over all rows; factor ``A``; set the fitted state."""
+        ne = NormalEquations(self.num_features_, 1)
+        yt = torch.from_numpy(yn)
+        for Z, rows in self._blocks(X):
+            ne.update(Z, yt[rows, None])
+        G, b = ne.FtF, ne.FtY[:, 0]
+        amp = torch.tensor(self.amplitude_, dtype=torch.float64)
+        noise = torch.tensor(self.noise_, dtype=torch.float64)
+        self.log_marginal_likelihood_ = float(
+            log_marginal_likelihood_from_stats(G, b, ne.YtY[0], ne.n, amp, noise)
+        )
+        eye = torch.eye(G.shape[0], dtype=torch.float64)
+        L = _cholesky(G + (self.noise_ / self.amplitude_) * eye)
+        self.coef_ = torch.cholesky_solve(b[:, None], L)[:, 0].numpy()
+        self.cholesky_ = L.numpy()
+
+    # -- the likelihood as a function ------------------------------------------------------------
+    def log_marginal_likelihood(
+        self, theta=None, eval_gradient: bool = False
+    ) -> float | tuple[float, np.ndarray]:
+        """Log marginal likelihood of log-hyper-parameters ``θ = log(ℓ, a, s)``.
+
+        ``theta=None`` returns ``log_marginal_likelihood_`` (all training rows, fitted
+        values). Otherwise the objective of the optimisation is evaluated: the likelihood of
+        the (normalised) targets on the optimisation rows (all rows when ``n <=
+        max_optimize_rows``) with the optimisation's feature map, and with
+        ``eval_gradient=True`` also its gradient with respect to ``θ`` (shape ``(3,)``), as
+        in scikit-learn's ``GaussianProcessRegressor``.
+        """
+        check_is_fitted(self)
+        if theta is None:
+            if eval_gradient:
+                raise ValueError("eval_gradient=True needs theta (log of ℓ, a, s)")
+            return self.log_marginal_likelihood_
+        theta = np.asarray(theta, dtype=np.float64).reshape(-1)
+        if theta.shape != (3,) or not np.isfinite(theta).all():
+            raise ValueError(
+                f"theta must hold 3 finite numbers, log(lengthscale), log(amplitude), "
+                f"log(noise); got {theta!r}"
+            )
+        self._restore_objective()
+        value, grad = self._objective(theta, want_grad=eval_gradient)
+        return (value, grad) if eval_gradient else value
+
+    def _restore_objective(self) -> None:
+        """Rebuild the optimisation's tensors (after :func:`snnk.io.load_model`)."""
+        dt = _DTYPES[self.dtype]
+        self._X_opt_t = torch.from_numpy(np.asarray(self._X_opt)).to(dt)
+        self._y_opt_t = torch.from_numpy(np.asarray(self._y_opt, dtype=np.float64))
+        self._unit, _, _ = _split_kernel(self.kernel, 1.0)
+        if self.features == "fourier":
+            self._opt_map = self.feature_map_
+        else:
+            self._centers_opt = torch.as_tensor(self._centers_opt).to(dt)
+
+    # -- prediction ------------------------------------------------------------------------------
+    def predict(self, X, return_std: bool = False, return_cov: bool = False):
+        """Posterior predictive mean of ``f`` (and its standard deviation or covariance).
+
+        As in scikit-learn's ``GaussianProcessRegressor`` with the noise given as ``alpha``,
+        the standard deviation and covariance are those of the latent function ``f`` (noise
+        excluded); the predictive standard deviation of a new observation ``y`` is
+        ``sqrt(std² + noise_ · y_scale_²)``.
+
+        Parameters
+        ----------
+        X : array-like of shape ``(m, d)``
+        return_std : bool, default False
+            Also return the standard deviation, shape ``(m,)``.
+        return_cov : bool, default False
+            Also return the covariance, shape ``(m, m)`` (not with ``return_std``).
+
+        Returns
+        -------
+        mean : ndarray of shape ``(m,)``, in ``X``'s floating dtype
+        std or cov : ndarray, when asked for
+        """
+        if return_std and return_cov:
+            raise RuntimeError(
+                "at most one of return_std or return_cov can be requested; call predict twice"
+            )
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        m = X.shape[0]
+        w = torch.from_numpy(self.coef_)
+        L = torch.from_numpy(self.cholesky_)
+        nystrom = self.features == "nystrom"
+        mean = np.empty(m, dtype=np.float64)
+        var = np.empty(m, dtype=np.float64) if return_std else None
+        V = np.empty((self.num_features_, m)) if return_cov else None
+        for Z, rows in self._blocks(X):
+            Z = Z.double()
+            mean[rows] = (Z @ w).numpy()
+            if return_std or return_cov:
+                Vb = torch.linalg.solve_triangular(L, Z.T, upper=False)  # L⁻¹ z*, (D, b)
+                if return_cov:
+                    V[:, rows] = Vb.numpy()
+                else:
+                    v = self.noise_ * Vb.square().sum(0)
+                    if nystrom:  # DTC: prior variance the centres cannot represent
+                        v += self.amplitude_ * (1.0 - Z.square().sum(1)).clamp_min(0.0)
+                    var[rows] = v.clamp_min(0.0).numpy()
+        out_dtype = X.dtype
+        mean = (mean * self.y_scale_ + self.y_mean_).astype(out_dtype, copy=False)
+        if return_std:
+            return mean, (np.sqrt(var) * self.y_scale_).astype(out_dtype, copy=False)
+        if return_cov:
+            cov = self.noise_ * (V.T @ V)
+            if nystrom:
+                Xs = torch.from_numpy(X).double() / self.lengthscale_
+                Zs = np.concatenate([Z.double().numpy() for Z, _ in self._blocks(X)], 0)
+                cov += self.amplitude_ * (
+                    _split_kernel(self.kernel, 1.0)[0](Xs).numpy() - Zs @ Zs.T
+                )
+            return mean, (cov * self.y_scale_**2).astype(out_dtype, copy=False)
+        return mean
+
+    def sample_y(self, X, n_samples: int = 1, random_state=0) -> np.ndarray:
+        """Draw latent functions ``f`` from the posterior at ``X``, shape ``(m, n_samples)``."""
+        mean, cov = self.predict(X, return_cov=True)
+        evals, evecs = np.linalg.eigh(np.asarray(cov, dtype=np.float64))
+        root = evecs * np.sqrt(np.clip(evals, 0.0, None))
+        noise = check_random_state(random_state).standard_normal((mean.shape[0], n_samples))
+        return mean.astype(np.float64)[:, None] + root @ noise
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags
