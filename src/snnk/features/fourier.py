@@ -41,6 +41,14 @@ class FourierFeatures(RandomFeatures):
     dtype, device
         Of the stored buffers (default: torch's default dtype, CPU).
 
+    phases : {"paired", "random"}, default "paired"
+        ``"paired"``: ``D/2`` frequencies, each as a cos/sin pair (above; lowest kernel
+        error per feature). ``"random"``: ``D`` frequencies with uniform phases ``b_j``,
+        ``φ(x) = σ (2/D)^{1/2} cos(Ωx + b)`` (Rahimi & Recht's second form, scikit-learn's
+        ``RBFSampler``); unbiased with a larger per-feature variance, but twice the
+        distinct frequencies, which spans a richer function space for regression at the
+        same ``D`` (``D`` may be odd).
+
     Shapes
     ------
     ``(..., d) -> (..., D)``.
@@ -56,6 +64,7 @@ class FourierFeatures(RandomFeatures):
         seed: int | torch.Generator | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        phases: str = "paired",
     ):
         kernel = make_kernel(kernel)
         if not kernel.shift_invariant:
@@ -66,22 +75,29 @@ class FourierFeatures(RandomFeatures):
             )
         in_features = check_positive_int(in_features, "in_features")
         num_features = check_positive_int(num_features, "num_features")
-        if num_features % 2:
+        if phases not in ("paired", "random"):
+            raise ValueError(f"phases must be 'paired' or 'random', got {phases!r}")
+        if num_features % 2 and phases == "paired":
             raise ValueError(
-                f"num_features must be even for FourierFeatures (cos/sin pairs), got {num_features}"
+                f"num_features must be even for FourierFeatures with phases='paired' (cos/sin "
+                f"pairs), got {num_features}; use an even number or phases='random'"
             )
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
         super().__init__(in_features, num_features, seed)
         self.kernel = kernel
         self.sampler = sampler
-        self.amplitude = math.sqrt(kernel.variance / (num_features // 2))
+        self.phases = phases
+        self.num_frequencies = num_features // 2 if phases == "paired" else num_features
+        # paired: σ²/m per cos/sin pair; random: 2σ²/D, since E[2 cos(a+b)cos(c+b)] = cos(a-c)
+        scale = 2.0 if phases == "random" else 1.0
+        self.amplitude = math.sqrt(scale * kernel.variance / self.num_frequencies)
         self._draw(dtype, device)
 
     def _draw(self, dtype, device) -> None:
         self.projection = RandomProjection(
             self.in_features,
-            self.num_features // 2,
+            self.num_frequencies,
             self.kernel.spectrum,
             self.sampler,
             self.generator,
@@ -89,9 +105,28 @@ class FourierFeatures(RandomFeatures):
             dtype=dtype,
             device=device,
         )
+        if self.phases == "random":
+            b = torch.rand(self.num_frequencies, generator=self.generator, dtype=torch.float64)
+            self.register_buffer("offset", (2 * math.pi * b).to(dtype=dtype, device=device))
+        else:
+            self.offset = None
+
+    def _forward_random(self, x2: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x2.requires_grad:
+            return torch.cos(self.projection(x2) + self.offset) * self.amplitude
+        n, D = x2.shape[0], self.num_features
+        z = empty_output((n, D), x2.dtype, x2.device)
+        step = default_block_rows(D, self.projection.block_elements, minimum=8)
+        for rows in iter_blocks(n, step):
+            zr = z[rows]
+            torch.add(self.projection(x2[rows]), self.offset, out=zr)
+            zr.cos_().mul_(self.amplitude)
+        return z
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2, lead, out_dtype = self._prepare(x)
+        if self.phases == "random":
+            return self._forward_random(x2).reshape(*lead, self.num_features).to(out_dtype)
         m = self.num_features // 2
         if torch.is_grad_enabled() and x2.requires_grad:
             p = self.projection(x2)
@@ -111,4 +146,7 @@ class FourierFeatures(RandomFeatures):
         return z.reshape(*lead, 2 * m).to(out_dtype)
 
     def extra_repr(self) -> str:
-        return f"kernel={self.kernel!r}, {super().extra_repr()}, sampler={self.sampler!r}"
+        return (
+            f"kernel={self.kernel!r}, {super().extra_repr()}, sampler={self.sampler!r}, "
+            f"phases={self.phases!r}"
+        )

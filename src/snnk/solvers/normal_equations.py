@@ -54,6 +54,37 @@ class NormalEquations:
         self.n += F.shape[0]
         return self
 
+    def merge(self, other: NormalEquations) -> NormalEquations:
+        """Add another accumulator's statistics (same ``D`` and outputs): the reduction step
+        of a chunked or distributed fit. Returns ``self``."""
+        if other._gram.shape != self._gram.shape or other.FtY.shape != self.FtY.shape:
+            raise ValueError(
+                f"cannot merge normal equations of {tuple(other.FtY.shape)} (features, outputs) "
+                f"into {tuple(self.FtY.shape)}: the chunks were fitted with different widths"
+            )
+        self._gram += other._gram.to(self._gram.device)
+        for name in ("FtY", "YtY", "Fsum", "Ysum"):
+            getattr(self, name).add_(getattr(other, name).to(self._gram.device))
+        self.wsum += other.wsum
+        self.n += other.n
+        return self
+
+    def add_outputs(self, k: int) -> NormalEquations:
+        """Append ``k`` zero output columns (a class first seen in a later chunk)."""
+        dd = {"dtype": torch.float64, "device": self._gram.device}
+        self.FtY = torch.cat([self.FtY, torch.zeros(self.FtY.shape[0], k, **dd)], 1)
+        self.YtY = torch.cat([self.YtY, torch.zeros(k, **dd)])
+        self.Ysum = torch.cat([self.Ysum, torch.zeros(k, **dd)])
+        return self
+
+    def copy(self) -> NormalEquations:
+        """An independent copy (so a failed update can leave the original untouched)."""
+        new = NormalEquations.__new__(NormalEquations)
+        for name in ("_gram", "FtY", "YtY", "Fsum", "Ysum"):
+            setattr(new, name, getattr(self, name).clone())
+        new.wsum, new.n = self.wsum, self.n
+        return new
+
     @property
     def FtF(self) -> torch.Tensor:
         """The accumulated ``FᵀWF`` (float64, symmetric)."""

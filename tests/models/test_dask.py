@@ -1,0 +1,95 @@
+"""The same random-feature fit on a Dask cluster: per-chunk statistics, tree reduction,
+equal weights, and a worker killed during the fit (issue #4)."""
+
+import os
+import signal
+import threading
+import time
+
+import dask.array as da
+import distributed
+import numpy as np
+import pytest
+
+from snnk.models import RandomFeatureClassifier, RandomFeatureRidge
+
+
+def _data(n=3000, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    y = np.sin(X[:, 0]) + X[:, 1] * X[:, 2] / 2 + 0.1 * rng.normal(size=n)
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=40,
+    )
+    with distributed.Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+def test_dask_fit_equals_in_memory_fit(client):
+    X, y = _data()
+    kw = {"num_features": 128, "alpha": 1e-2, "random_state": 0}
+    ref = RandomFeatureRidge(**kw).fit(X, y)
+    Xd, yd = da.from_array(X, chunks=(400, 3)), da.from_array(y, chunks=250)
+    m = RandomFeatureRidge(**kw).fit(Xd, yd)
+    np.testing.assert_allclose(m.coef_, ref.coef_, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(m.intercept_, ref.intercept_, rtol=1e-6)
+    lazy = m.predict(Xd)
+    assert isinstance(lazy, da.Array)
+    np.testing.assert_allclose(lazy.compute(), ref.predict(X), rtol=1e-6, atol=1e-9)
+    gcv_ref = RandomFeatureRidge(num_features=64, random_state=1).fit(X, y)
+    gcv = RandomFeatureRidge(num_features=64, random_state=1).fit(Xd, yd)
+    assert gcv.alpha_ == pytest.approx(gcv_ref.alpha_, rel=1e-9)
+    labels = np.where(y > 0.2, "up", "down")
+    c_ref = RandomFeatureClassifier(loss="squared", **kw).fit(X, labels)
+    c = RandomFeatureClassifier(loss="squared", **kw).fit(Xd, da.from_array(labels, chunks=500))
+    np.testing.assert_allclose(c.coef_, c_ref.coef_, rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="loss='log' on a Dask array"):
+        RandomFeatureClassifier(**kw).fit(Xd, da.from_array(labels, chunks=500))
+
+
+def _slow_identity(block):
+    time.sleep(0.05)  # gives the test time to kill a worker while chunks are in flight
+    return block
+
+
+def test_fit_survives_a_killed_worker(client):
+    X, y = _data(n=4000)
+    kw = {"num_features": 64, "alpha": 1e-2, "random_state": 0}
+    ref = RandomFeatureRidge(**kw).fit(X, y)
+    Xd = da.from_array(X, chunks=(50, 6)).map_blocks(_slow_identity, dtype=X.dtype)
+    yd = da.from_array(y, chunks=50)
+    pids = client.run(os.getpid)
+    victim = sorted(pids.items())[0][1]
+
+    def kill_soon():
+        time.sleep(0.6)
+        os.kill(victim, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_soon)
+    killer.start()
+    m = RandomFeatureRidge(**kw).fit(Xd, yd)
+    killer.join()
+    assert victim not in client.run(os.getpid).values()  # the worker really died
+    np.testing.assert_allclose(m.coef_, ref.coef_, rtol=1e-6, atol=1e-9)
+
+
+def test_dask_bad_input(client):
+    X, y = _data(n=200)
+    Xn = X.copy()
+    Xn[5, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        RandomFeatureRidge(num_features=8).fit(
+            da.from_array(Xn, chunks=50), da.from_array(y, chunks=50)
+        )
+    with pytest.raises(ValueError, match="rows"):
+        RandomFeatureRidge(num_features=8).fit(da.from_array(X, chunks=50), y[:-1])
