@@ -28,3 +28,103 @@ def test_quick_demo_prints_table_and_writes_png(tmp_path, capsys):
         assert name in text
     assert "closed form" in text and "MLP 256-256" in text
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _table(n=400, seed=0):
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3))
+    y = np.sin(2 * X[:, 0]) + X[:, 1] * X[:, 2] + 0.05 * rng.normal(size=n)
+    return pd.DataFrame(X, columns=["a", "b", "c"]).assign(y=y, label=np.where(y > 0, "hi", "lo"))
+
+
+def test_fit_and_predict_on_csv_round_trip(tmp_path, capsys):
+    import numpy as np
+    import pandas as pd
+
+    from snnk.io import load_model
+
+    df = _table()
+    df.drop(columns="label").to_csv(tmp_path / "train.csv", index=False)
+    model = tmp_path / "m.snnk"
+    argv = ["fit", str(tmp_path / "train.csv"), "--target", "y", "--num-features", "256"]
+    assert (
+        main(
+            [*argv, "--lengthscale", "1", "--alpha", "1e-3", "--chunk-rows", "64", "-o", str(model)]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    r2 = float(text.split("R2 = ")[1].split()[0])
+    assert r2 > 0.8 and "peak memory" in text and "every 5th row" in text
+    assert model.read_bytes()[8:9] == b"{"  # safetensors: length prefix, then a JSON header
+    df[["a", "b", "c"]].to_csv(tmp_path / "new.csv", index=False)
+    assert (
+        main(["predict", str(model), str(tmp_path / "new.csv"), "-o", str(tmp_path / "p.csv")]) == 0
+    )
+    pred = pd.read_csv(tmp_path / "p.csv")["prediction"].to_numpy()
+    ref = load_model(model).predict(df[["a", "b", "c"]])
+    np.testing.assert_allclose(pred, ref, rtol=1e-12)
+
+
+def test_classifier_on_parquet_with_probabilities(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    df = _table(seed=1)
+    df.drop(columns="y").to_parquet(tmp_path / "d.parquet", row_group_size=100)
+    model, out = tmp_path / "c.snnk", tmp_path / "p.csv"
+    assert (
+        main(
+            [
+                "fit",
+                str(tmp_path / "d.parquet"),
+                "--target",
+                "label",
+                "--model",
+                "classifier",
+                "--num-features",
+                "128",
+                "--quiet",
+                "-o",
+                str(model),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["predict", str(model), str(tmp_path / "d.parquet"), "--proba", "-o", str(out)]) == 0
+    )
+    p = pd.read_csv(out)
+    assert list(p.columns) == ["prediction", "proba_hi", "proba_lo"]
+    np.testing.assert_allclose(p[["proba_hi", "proba_lo"]].sum(axis=1), 1.0, rtol=1e-9)
+    assert (p["prediction"] == df["label"]).mean() > 0.8
+
+
+def test_in_memory_models_from_the_command_line(tmp_path):
+    df = _table(n=200)
+    df.drop(columns="label").to_csv(tmp_path / "t.csv", index=False)
+    for kind in ("gp", "nystrom"):
+        argv = ["fit", str(tmp_path / "t.csv"), "--target", "y", "--model", kind, "--quiet"]
+        assert main([*argv, "--num-features", "32", "-o", str(tmp_path / f"{kind}.snnk")]) == 0
+
+
+def test_bad_input_gives_a_message_and_exit_code_2(tmp_path, capsys):
+    df = _table(n=50)
+    df.to_csv(tmp_path / "t.csv", index=False)
+    base = ["fit", str(tmp_path / "t.csv"), "--quiet", "-o", str(tmp_path / "m.snnk")]
+    assert main([*base, "--target", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert main([*base, "--target", "y"]) == 2  # the "label" column is text
+    err = capsys.readouterr().err
+    assert "label" in err and "--categorical" in err
+    assert main([*base, "--target", "y", "--categorical", "drop"]) == 0
+    assert main([*base, "--target", "y", "--alpha", "lots"]) == 2
+    assert "--alpha" in capsys.readouterr().err
+    assert main(["fit", str(tmp_path / "missing.csv"), "--target", "y", "-o", "x.snnk"]) == 2
+    (tmp_path / "junk.snnk").write_bytes(b"\x00not a model")
+    out = str(tmp_path / "p.csv")
+    assert main(["predict", str(tmp_path / "junk.snnk"), str(tmp_path / "t.csv"), "-o", out]) == 2
+    assert "snnk predict: error" in capsys.readouterr().err

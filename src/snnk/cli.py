@@ -19,6 +19,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a smaller, faster run")
     demo.add_argument("--no-plot", action="store_true", help="print the table only")
     demo.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    from snnk._cli_models import add_parsers
+
+    add_parsers(sub)
     return p
 
 
@@ -30,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         kwargs = {"num_features": (32, 128, 512), "seeds": 1, "max_rows": 400} if args.quick else {}
         run_demo(args.out, plot=not args.no_plot, verbose=not args.quiet, **kwargs)
         return 0
+    if args.command in ("fit", "predict"):
+        from snnk._cli_models import run
+
+        return run(args)
     _parser().print_help()
     return 0
 
