@@ -393,11 +393,13 @@ def test_module_replaces_multihead_attention(method):
 
 def test_newton_schulz_converges_monotonically_to_the_inverse():
     g = torch.Generator().manual_seed(0)
-    X = torch.randn(64, 8, generator=g, dtype=torch.float64)
+    # Condition number ~300 (converges in ~14 steps). The checkpoints stop a few steps past
+    # convergence: iterating far beyond it only repeats rounding-level updates, slowly.
+    X = 0.5 * torch.randn(64, 8, generator=g, dtype=torch.float64)
     A = torch.exp(-0.5 * torch.cdist(X, X).square()) + 1e-3 * torch.eye(64, dtype=torch.float64)
     exact = torch.linalg.inv(A)
     errs = [float(torch.linalg.norm(newton_schulz_inverse(A, it, 0.0)[0] - exact)) for it in
-            (5, 10, 20, 40, 80)]  # fmt: skip
+            (2, 4, 6, 8, 10, 12, 16, 20)]  # fmt: skip
     assert all(b <= a * (1 + 1e-9) + 1e-13 for a, b in itertools.pairwise(errs)), errs
     inv, _, res = newton_schulz_inverse(A, 200, 1e-12)
     assert res <= 1e-12 and rel(inv, exact) < 1e-9

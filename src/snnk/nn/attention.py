@@ -425,14 +425,15 @@ class _FeatureAttention(torch.autograd.Function):
         for a, b_ in _chunks(L, chunk):
             out[..., a:b_, :] = _query_out(spec, q[..., a:b_, :], Z, c, B, b, aff)
         ctx.spec, ctx.chunk, ctx.seg, ctx.has_lw = spec, chunk, seg, lw is not None
-        ctx.save_for_backward(q, k, v, lw, Z, counts, Ssum, zsum, c, B, b)
+        # ``out`` is saved as an output (no copy): backward reuses it instead of f·B.
+        ctx.save_for_backward(q, k, v, lw, Z, counts, Ssum, zsum, c, B, b, out)
         return out
 
     @staticmethod
     def backward(ctx, g):
         if ctx.spec.affine_fn is not None:
             return _affine_backward(ctx, g)
-        q, k, v, lw, Z, counts, Ssum, zsum, c, B, b = ctx.saved_tensors
+        q, k, v, lw, Z, counts, Ssum, zsum, c, B, b, _ = ctx.saved_tensors
         spec, chunk = ctx.spec, ctx.chunk
         L, S = q.shape[-2], k.shape[-2]
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
@@ -499,13 +500,14 @@ def _logit_backward(dt, x, P, sq: bool, gamma: float, dP, dconst):
 def _affine_backward(ctx, g):
     r"""Hand-written backward for exp-affine features ``f = exp(x Pᵀ + const − …)``.
 
-    Query rows (normalised): ``out = N/D``, ``N = f B``, ``D = f b``; ``∂N = g/D``,
-    ``∂D = −(g·out)/D``, ``∂f = ∂N Bᵀ + ∂D bᵀ``, ``∂t = ∂f ⊙ f`` and ``∂x = ∂t P`` (the row
-    shift and ``−‖x‖²/2`` of normalised queries carry no gradient: ``Σ_w ∂t_w = 0``). Key rows:
+    Query rows (normalised): ``out = N/D`` (saved by forward), ``N = f B``, ``D = f b``;
+    ``∂N = g/D``, ``∂D = −(g·out)/D``, ``∂f = ∂N Bᵀ + ∂D bᵀ``, ``∂t = ∂f ⊙ f`` and
+    ``∂x = ∂t P`` (the row shift and ``−‖x‖²/2`` of normalised queries carry no gradient:
+    ``Σ_w ∂t_w = 0``). Key rows:
     ``∂f_k = v ∂Sᵀ + ∂z``, ``∂v = f_k ∂S``, ``∂k = ∂t P − γ (Σ_w ∂t_w) k`` when the key
     log-features contain ``−γ‖k‖²/2``. Features are recomputed chunk by chunk.
     """
-    q, k, v, lw, Z, counts, Ssum, zsum, c, B, b = ctx.saved_tensors
+    q, k, v, lw, Z, counts, Ssum, zsum, c, B, b, out_all = ctx.saved_tensors
     spec, chunk = ctx.spec, ctx.chunk
     L, S = q.shape[-2], k.shape[-2]
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
@@ -519,10 +521,10 @@ def _affine_backward(ctx, g):
         qc, gc = q[..., a:e, :], g[..., a:e, :]
         f = _query_features(spec, qc, None, c, (P, const))
         if spec.normalize:
-            num, den = f @ B, f @ b.unsqueeze(-1)
+            den = f @ b.unsqueeze(-1)
             ok = den > 0
             dens = torch.where(ok, den, torch.ones_like(den))
-            out = torch.where(ok, num / dens, 0.0)
+            out = out_all[..., a:e, :]
             dN = torch.where(ok, gc / dens, 0.0)
             dD = torch.where(ok, -(gc * out).sum(-1, keepdim=True) / dens, 0.0)
             df = dN @ B.mT + dD * b.unsqueeze(-2)
