@@ -45,9 +45,10 @@ def rel_err(a, b):
     "est",
     [
         NystromRidge(num_centers=20, lengthscale=2.0, alpha=1e-2, random_state=0),
+        NystromRidge(num_centers=20, lengthscale=2.0, alpha=1e-2, solver="cg", random_state=0),
         KernelRidgeCG(num_centers=10, lengthscale=2.0, alpha=1e-2, random_state=0),
     ],
-    ids=["nystrom", "krr-cg"],
+    ids=["nystrom-direct", "nystrom-cg", "krr-cg"],
 )
 def test_sklearn_estimator_checks(est):
     check_estimator(est)
@@ -68,17 +69,22 @@ def test_float32_kept(cls):
 
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize(
-    ("cls", "num_centers", "tol"),
-    [(NystromRidge, 10_000, 1e-6), (KernelRidgeCG, 150, 1e-7)],
-    ids=["nystrom-all-centres", "krr-cg"],
+    ("cls", "num_centers", "tol", "solver"),
+    [
+        (NystromRidge, 10_000, 1e-6, "direct"),
+        (NystromRidge, 10_000, 1e-6, "cg"),
+        (KernelRidgeCG, 150, 1e-7, None),
+    ],
+    ids=["nystrom-all-centres-direct", "nystrom-all-centres-cg", "krr-cg"],
 )
-def test_matches_kernel_ridge(cls, num_centers, tol, weighted):
+def test_matches_kernel_ridge(cls, num_centers, tol, solver, weighted):
     """NystromRidge with num_centers >= n is exact KRR (G3), as is KernelRidgeCG (float64)."""
     X, y = smooth_problem(600, outputs=2)
     Xq, _ = smooth_problem(200, seed=1)
     sw = np.random.default_rng(2).uniform(0.2, 3.0, 600) if weighted else None
     ref = sklearn_krr(X, y, Xq, 2.0, 1e-2, sw)
-    m = cls(num_centers=num_centers, lengthscale=2.0, alpha=1e-2, tol=1e-11, max_iter=300)
+    kw = {} if solver is None else {"solver": solver}
+    m = cls(num_centers=num_centers, lengthscale=2.0, alpha=1e-2, tol=1e-11, max_iter=300, **kw)
     m.fit(X, y, sample_weight=sw)
     assert m.predict(Xq).shape == (200, 2)
     assert rel_err(m.predict(Xq), ref) < tol
@@ -90,7 +96,19 @@ def test_all_centres_n_2000():
     Xq, _ = smooth_problem(300, d=8, seed=1)
     ref = sklearn_krr(X, y, Xq, 3.0, 1e-1)
     m = NystromRidge(num_centers=2000, lengthscale=3.0, alpha=1e-1, tol=1e-12).fit(X, y)
+    assert m.solver_ == "direct"
     assert rel_err(m.predict(Xq), ref) < 1e-6
+
+
+def test_direct_and_cg_solve_the_same_system():
+    X, y = smooth_problem(1500, d=6)
+    kw = {"num_centers": 200, "lengthscale": 2.0, "alpha": 1e-3, "random_state": 0}
+    direct = NystromRidge(**kw, solver="direct").fit(X, y)
+    cg = NystromRidge(**kw, solver="cg", tol=1e-12, max_iter=500).fit(X, y)
+    assert (direct.n_iter_, cg.solver_) == (1, "cg")
+    assert rel_err(direct.predict(X), cg.predict(X)) < 1e-6
+    with pytest.raises(ValueError, match="solver"):
+        NystromRidge(solver="lu").fit(X, y)
 
 
 def test_preconditioner_helps():
@@ -120,7 +138,13 @@ def test_cg_objective_never_increases():
     objs, errs = [], []
     for k in range(1, 9):
         m = NystromRidge(
-            num_centers=60, lengthscale=2.0, alpha=1e-3, tol=0.0, max_iter=k, random_state=0
+            num_centers=60,
+            lengthscale=2.0,
+            alpha=1e-3,
+            solver="cg",
+            tol=0.0,
+            max_iter=k,
+            random_state=0,
         )
         with pytest.warns(UserWarning, match="raise max_iter"):
             m.fit(X, y)
@@ -129,7 +153,7 @@ def test_cg_objective_never_increases():
         errs.append(float(np.sqrt(np.mean((m.predict(Xq) - yq) ** 2))))
     assert all(b <= a * (1 + 1e-10) for a, b in itertools.pairwise(objs))
     converged = NystromRidge(
-        num_centers=60, lengthscale=2.0, alpha=1e-3, tol=1e-12, random_state=0
+        num_centers=60, lengthscale=2.0, alpha=1e-3, solver="cg", tol=1e-12, random_state=0
     ).fit(X, y)
     best = nystrom_objective(converged, X, y)
     assert best <= objs[-1]

@@ -36,10 +36,13 @@ from snnk._utils import check_positive, check_positive_int, iter_blocks, make_ge
 from snnk.io import PersistMixin
 from snnk.kernels import Kernel, make_kernel
 from snnk.solvers import SPDSolver
+from snnk.solvers.normal_equations import _add_lower_gram
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: elements of one kernel block (rows x columns); about 32 MB in float64
 _BLOCK_ELEMENTS = 1 << 22
+#: ``solver="auto"`` uses the direct solver up to this many centres (an M x M float64 Gram)
+_DIRECT_MAX_CENTERS = 8192
 
 
 # -- solver pieces --------------------------------------------------------------------------------
@@ -303,15 +306,25 @@ class NystromRidge(_KernelExpansion):
     Nyström-KRR literature write the same system with ``λ n`` in place of ``α``, i.e.
     ``λ = alpha / n``.
 
-    **Solver.** Conjugate gradients with Falkon's preconditioner. With ``K_MM + εI = TᵀT``
+    **Solvers.** ``solver="direct"`` makes one pass over the data in row blocks and accumulates
+    ``G = K_nMᵀ W K_nM`` (lower block triangle)
+    and ``K_nMᵀ W y`` (the kernel values in the compute dtype, the products in float64);
+    with ``K_MM + εI = L Lᵀ`` it then solves the equivalent, well
+    conditioned ridge system ``(L^{-1} G L^{-T} + αI) u = L^{-1} K_nMᵀ W y``, ``β = L^{-T} u``
+    (Ridge on the Nyström features ``K_nM L^{-T}``, i.e. scikit-learn's ``Nystroem + Ridge``
+    model without its intercept). Cost ``n M²`` flops at GEMM speed plus ``O(M³)``; memory
+    ``O(M² + b M)``. ``solver="cg"`` is Falkon's conjugate gradient method: cheaper in memory
+    and preferable for large ``M`` (``"auto"`` takes ``"direct"`` up to 8,192 centres).
+
+    Conjugate gradients with Falkon's preconditioner. With ``K_MM + εI = TᵀT``
     (Cholesky with a small jitter ``ε``) and ``AᵀA = T Tᵀ / M + (α / Σw) I``, the matrix
     ``P = (Σw/M) K_MM² + α K_MM`` (what ``K_nMᵀWK_nM + αK_MM`` would be if every centre stood
     for ``Σw/M`` training rows) equals ``Σw · Tᵀ AᵀA T``, and ``P^{-1} = T^{-1} A^{-1} A^{-T}
     T^{-T} / Σw`` costs four triangular solves. The preconditioned system is close to the
     identity, so a few tens of iterations suffice whatever ``α``.
 
-    **Cost.** ``O(M³)`` once (two Cholesky factorisations and one ``lauum``, in float64), then
-    ``O(n M (d + o))`` per CG iteration for ``o`` outputs: every iteration recomputes
+    **Cost of CG.** ``O(M³)`` once (two Cholesky factorisations and one ``lauum``, in float64),
+    then ``O(n M (d + o))`` per CG iteration for ``o`` outputs: every iteration recomputes
     ``K_nM`` in row blocks of ``b`` rows. Memory ``O(M² + b M + n d)``: ``K_MM`` and two
     ``M x M`` factors, one block, the data. Prediction: ``O(n_test M d)`` in blocks.
 
@@ -334,6 +347,8 @@ class NystromRidge(_KernelExpansion):
         This is not an error and gives no warning; ``centers_.shape[0]`` says what was used.
     center_selection : {"uniform"}, default "uniform"
         Uniform sampling without replacement of distinct rows (Falkon's default).
+    solver : {"auto", "direct", "cg"}, default "auto"
+        See **Solvers** above. ``max_iter`` and ``tol`` apply to ``"cg"`` only.
     max_iter : int, default 100
         Maximum CG iterations.
     tol : float, default 1e-6
@@ -361,9 +376,61 @@ class NystromRidge(_KernelExpansion):
         ``β``, float64.
     kernel_ : snnk.kernels.Kernel
     n_iter_ : int
-        CG iterations done.
+        CG iterations done (1 for the direct solver: one pass, one solve).
+    solver_ : str
+        The solver used ("direct" or "cg").
     n_features_in_ : int
     """
+
+    def __init__(
+        self,
+        kernel: str | Kernel = "gaussian",
+        lengthscale: float | None = 1.0,
+        num_centers: int = 1000,
+        alpha: float = 1e-3,
+        center_selection: str = "uniform",
+        solver: str = "auto",
+        max_iter: int = 100,
+        tol: float = 1e-6,
+        dtype: str | None = None,
+        batch_size: int | None = None,
+        random_state=None,
+        verbose: bool = False,
+    ):
+        super().__init__(
+            kernel=kernel,
+            lengthscale=lengthscale,
+            num_centers=num_centers,
+            alpha=alpha,
+            center_selection=center_selection,
+            max_iter=max_iter,
+            tol=tol,
+            dtype=dtype,
+            batch_size=batch_size,
+            random_state=random_state,
+            verbose=verbose,
+        )
+        self.solver = solver
+
+    def _fit_direct(self, Xt, C, Kmm, Yt, w, alpha: float, step: int) -> torch.Tensor:
+        """``β`` from one pass of blocked normal equations (see **Solvers**)."""
+        k, m = self.kernel_, C.shape[0]
+        G = torch.zeros(m, m, dtype=torch.float64)
+        B = torch.zeros(m, Yt.shape[1], dtype=torch.float64)
+        for rows in iter_blocks(Xt.shape[0], step):
+            # kernel values in the compute dtype; the Gram in float64, because L⁻¹ G L⁻ᵀ
+            # amplifies its rounding by up to cond(K_MM) (float32 sums gave 5e-3 errors)
+            Kb = k(Xt[rows], C, block_rows=step).double()
+            Kw = Kb if w is None else Kb * w[rows, None]
+            _add_lower_gram(G, Kw, Kb)
+            B += Kw.T @ Yt[rows]
+        G = torch.tril(G) + torch.tril(G, -1).T
+        L = _jittered_cholesky(Kmm, "K_MM")
+        A = torch.linalg.solve_triangular(L, G, upper=False)  # L⁻¹ G
+        A = torch.linalg.solve_triangular(L, A.T, upper=False)  # L⁻¹ G L⁻ᵀ (G symmetric)
+        A = 0.5 * (A + A.T)
+        U = SPDSolver(A, alpha)(torch.linalg.solve_triangular(L, B, upper=False))
+        return torch.linalg.solve_triangular(L.T, U, upper=True)
 
     def fit(self, X, y, sample_weight=None) -> NystromRidge:
         """Fit on ``X`` (n, d) and ``y`` (n,) or (n, n_outputs); optional ``sample_weight``."""
@@ -378,9 +445,20 @@ class NystromRidge(_KernelExpansion):
         w = _tensor(sw) if sw is not None else None
         wsum = float(sw.sum()) if sw is not None else float(X.shape[0])
         step = self._rows(m)
+        if self.solver not in ("auto", "direct", "cg"):
+            raise ValueError(f"solver must be 'auto', 'direct' or 'cg', got {self.solver!r}")
+        Kmm = k(C, C).double()
+        direct = self.solver == "direct" or (self.solver == "auto" and m <= _DIRECT_MAX_CENTERS)
+        if direct:
+            beta = self._fit_direct(Xt, C, Kmm, Yt, w, alpha, step)
+            self.solver_, self.n_iter_ = "direct", 1
+            self.centers_ = C.numpy().copy()
+            self.center_indices_ = idx.astype(np.int64)
+            self.dual_coef_ = beta.numpy().copy()
+            return self
+        self.solver_ = "cg"
 
         # Preconditioner (float64): K_MM + εI = L Lᵀ (T = Lᵀ), L_A L_Aᵀ = LᵀL / M + (α/Σw) I.
-        Kmm = k(C, C).double()
         L = _jittered_cholesky(Kmm, "K_MM")
         inner = _lower_gram(L) / m
         inner.diagonal().add_(alpha / wsum)

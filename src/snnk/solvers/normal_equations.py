@@ -152,7 +152,7 @@ class NormalEquations:
 
 
 #: column-block size of the lower-triangle Gram update
-_GRAM_BLOCK = 512
+_GRAM_BLOCK = 256
 
 
 def _add_lower_gram(acc: torch.Tensor, Fw: torch.Tensor, F: torch.Tensor) -> None:
