@@ -34,6 +34,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bundling.py
 	$(PY) benchmarks/adapters.py
 	$(PY) benchmarks/kernel_machines.py
+	$(PY) benchmarks/attention.py
+	$(PY) benchmarks/attention_task.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
