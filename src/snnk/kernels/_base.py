@@ -112,11 +112,25 @@ class Kernel:
         raise NotImplementedError
 
 
+def _needs_graph(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def _sq_dist(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances ``‖x - y‖²`` (clamped at 0 against round-off)."""
+    """Squared Euclidean distances ``‖x - y‖²`` (clamped at 0 against round-off).
+
+    Without autograd the block is written once by the GEMM and updated in place (three
+    passes over it, no temporaries): kernel blocks are memory-bound beyond the GEMM.
+    """
     xx = X.square().sum(-1, keepdim=True)
     yy = Y.square().sum(-1).unsqueeze(-2)
-    return (xx + yy - 2.0 * (X @ Y.transpose(-1, -2))).clamp_min_(0.0)
+    if _needs_graph(X, Y):
+        return (xx + yy - 2.0 * (X @ Y.transpose(-1, -2))).clamp_min_(0.0)
+    if X.ndim == 2 and Y.ndim == 2:
+        out = torch.addmm(yy, X, Y.T, alpha=-2.0)
+    else:
+        out = (X @ Y.transpose(-1, -2)).mul_(-2.0).add_(yy)
+    return out.add_(xx).clamp_min_(0.0)
 
 
 class ShiftInvariantKernel(Kernel):
@@ -151,7 +165,10 @@ class Gaussian(ShiftInvariantKernel):
     spectrum = GaussianSpectrum()
 
     def _gram(self, X, Y):
-        return torch.exp(_sq_dist(X, Y) / (-2.0 * self.lengthscale**2))
+        scale = -0.5 / self.lengthscale**2
+        if _needs_graph(X, Y):
+            return torch.exp(_sq_dist(X, Y) * scale)
+        return _sq_dist(X, Y).mul_(scale).exp_()
 
 
 class Laplace(ShiftInvariantKernel):
