@@ -199,8 +199,8 @@ class _KernelExpansion(RegressorMixin, PersistMixin, BaseEstimator):
             check_positive_int(self.batch_size, "batch_size")
         if self.center_selection != "uniform":
             raise ValueError(
-                f"center_selection must be 'uniform', got {self.center_selection!r}; pass "
-                "your own centres through NystromRidge.fit(..., centers=C)"
+                f"center_selection must be 'uniform' (centres drawn uniformly from the "
+                f"distinct training rows), got {self.center_selection!r}"
             )
         if self.dtype is not None and self.dtype not in _DTYPES:
             raise ValueError(
