@@ -100,6 +100,8 @@ def _estimator(args):
         params["alpha"] = alpha
     if args.num_features is not None:
         params["num_centers" if args.model == "nystrom" else "num_features"] = args.num_features
+    if args.model == "nystrom":
+        params["fit_intercept"] = True  # file targets (prices, delays) rarely have zero mean
     accepted = cls().get_params()
     unknown = [k for k in params if k not in accepted]
     if unknown:

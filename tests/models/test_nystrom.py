@@ -1,6 +1,7 @@
 """NystromRidge (Falkon) and KernelRidgeCG (exact KRR by PCG): limits, solver, contract."""
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -247,3 +248,23 @@ def test_bad_inputs(cls):
     m = cls(num_centers=10).fit(X, y)
     with pytest.raises(ValueError, match="features"):
         m.predict(X[:, :3])
+
+
+@pytest.mark.parametrize("solver", ["direct", "cg"])
+def test_fit_intercept_is_the_exact_unpenalised_constant(solver, tmp_path):
+    X, y = smooth_problem(300)
+    kw = {"num_centers": 40, "lengthscale": 2.0, "alpha": 1e-2, "solver": solver, "tol": 1e-12}
+    m = NystromRidge(**kw, fit_intercept=True, max_iter=500, random_state=0).fit(X, y + 100.0)
+    # reference: minimise Σ (y − c − K_nM β)² + α βᵀ K_MM β jointly over (β, c)
+    Knm = m.kernel_(X, m.centers_).numpy()
+    Kmm = m.kernel_(m.centers_).numpy()
+    ones = np.ones((300, 1))
+    A = np.block([[Knm.T @ Knm + 1e-2 * Kmm, Knm.T @ ones], [ones.T @ Knm, ones.T @ ones]])
+    sol = np.linalg.lstsq(A, np.concatenate([Knm.T @ (y + 100), [np.sum(y + 100)]]), rcond=None)[0]
+    ref = Knm @ sol[:-1] + sol[-1]
+    assert rel_err(m.predict(X), ref) < 1e-6
+    shifted = NystromRidge(**kw, fit_intercept=True, max_iter=500, random_state=0).fit(X, y)
+    np.testing.assert_allclose(m.predict(X) - 100.0, shifted.predict(X), atol=1e-6)
+    assert NystromRidge(**kw, random_state=0).fit(X, y).intercept_.tolist() == [0.0]
+    back = load_model(save_model(m, Path(tmp_path) / "m.snnk"))
+    np.testing.assert_array_equal(back.predict(X), m.predict(X))

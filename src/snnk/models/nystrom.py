@@ -278,6 +278,9 @@ class _KernelExpansion(RegressorMixin, PersistMixin, BaseEstimator):
         step = self._rows(C.shape[0])
         for rows in iter_blocks(Xt.shape[0], step):
             out[rows] = self.kernel_(Xt[rows], C, block_rows=step) @ B
+        intercept = getattr(self, "intercept_", None)
+        if intercept is not None:
+            out += torch.from_numpy(np.asarray(intercept)).to(out.dtype)
         res = out.numpy()
         return res[:, 0] if self._y_1d else res
 
@@ -349,6 +352,11 @@ class NystromRidge(_KernelExpansion):
         Uniform sampling without replacement of distinct rows (Falkon's default).
     solver : {"auto", "direct", "cg"}, default "auto"
         See **Solvers** above. ``max_iter`` and ``tol`` apply to ``"cg"`` only.
+    fit_intercept : bool, default False
+        Add an unpenalised constant ``c``: minimise ``Σ w_i (y_i − c − f(x_i))² + α‖f‖²``
+        (exactly, by centring the kernel columns and the targets with their weighted means).
+        ``False`` is scikit-learn's ``KernelRidge`` model; use ``True`` for targets far from
+        zero mean (prices, delays), which a Gaussian expansion fits poorly.
     max_iter : int, default 100
         Maximum CG iterations.
     tol : float, default 1e-6
@@ -374,6 +382,8 @@ class NystromRidge(_KernelExpansion):
         Their row numbers in the training data.
     dual_coef_ : ndarray of shape (M, n_outputs)
         ``β``, float64.
+    intercept_ : ndarray of shape (n_outputs,)
+        ``c`` (zeros unless ``fit_intercept``).
     kernel_ : snnk.kernels.Kernel
     n_iter_ : int
         CG iterations done (1 for the direct solver: one pass, one solve).
@@ -390,6 +400,7 @@ class NystromRidge(_KernelExpansion):
         alpha: float = 1e-3,
         center_selection: str = "uniform",
         solver: str = "auto",
+        fit_intercept: bool = False,
         max_iter: int = 100,
         tol: float = 1e-6,
         dtype: str | None = None,
@@ -411,8 +422,9 @@ class NystromRidge(_KernelExpansion):
             verbose=verbose,
         )
         self.solver = solver
+        self.fit_intercept = fit_intercept
 
-    def _fit_direct(self, Xt, C, Kmm, Yt, w, alpha: float, step: int) -> torch.Tensor:
+    def _fit_direct(self, Xt, C, Kmm, Yt, w, alpha: float, step: int, centre) -> torch.Tensor:
         """``β`` from one pass of blocked normal equations (see **Solvers**)."""
         k, m = self.kernel_, C.shape[0]
         G = torch.zeros(m, m, dtype=torch.float64)
@@ -425,6 +437,10 @@ class NystromRidge(_KernelExpansion):
             _add_lower_gram(G, Kw, Kb)
             B += Kw.T @ Yt[rows]
         G = torch.tril(G) + torch.tril(G, -1).T
+        if centre is not None:  # unpenalised intercept: centred columns and targets
+            wsum, mbar, ybar = centre
+            G -= wsum * torch.outer(mbar, mbar)
+            B -= wsum * torch.outer(mbar, ybar)
         L = _jittered_cholesky(Kmm, "K_MM")
         A = torch.linalg.solve_triangular(L, G, upper=False)  # L⁻¹ G
         A = torch.linalg.solve_triangular(L, A.T, upper=False)  # L⁻¹ G L⁻ᵀ (G symmetric)
@@ -449,8 +465,16 @@ class NystromRidge(_KernelExpansion):
             raise ValueError(f"solver must be 'auto', 'direct' or 'cg', got {self.solver!r}")
         Kmm = k(C, C).double()
         direct = self.solver == "direct" or (self.solver == "auto" and m <= _DIRECT_MAX_CENTERS)
+        centre = None
+        if self.fit_intercept:  # weighted means of the kernel columns and of the targets
+            wv = w if w is not None else torch.ones(Xt.shape[0], dtype=torch.float64)
+            ksum = torch.zeros(m, dtype=torch.float64)
+            for rows in iter_blocks(Xt.shape[0], step):
+                ksum += k(Xt[rows], C, block_rows=step).double().T @ wv[rows]
+            centre = (wsum, ksum / wsum, (wv @ Yt) / wsum)
         if direct:
-            beta = self._fit_direct(Xt, C, Kmm, Yt, w, alpha, step)
+            beta = self._fit_direct(Xt, C, Kmm, Yt, w, alpha, step, centre)
+            self._set_intercept(beta, centre, Yt.shape[1])
             self.solver_, self.n_iter_ = "direct", 1
             self.centers_ = C.numpy().copy()
             self.center_indices_ = idx.astype(np.int64)
@@ -486,9 +510,14 @@ class NystromRidge(_KernelExpansion):
             return out
 
         def matvec(U: torch.Tensor) -> torch.Tensor:
-            return knm_products(U, None) + alpha * (Kmm @ U)
+            out = knm_products(U, None) + alpha * (Kmm @ U)
+            if centre is not None:
+                out -= centre[0] * torch.outer(centre[1], centre[1] @ U)
+            return out
 
         rhs = knm_products(None, Yt * w[:, None] if w is not None else Yt)
+        if centre is not None:
+            rhs -= centre[0] * torch.outer(centre[1], centre[2])
         bar = self._progress("NystromRidge CG")
         try:
             beta, self.n_iter_, rel = _pcg(
@@ -498,10 +527,18 @@ class NystromRidge(_KernelExpansion):
             if bar is not None:
                 bar.close()
         self._warn_convergence(rel)
+        self._set_intercept(beta, centre, Yt.shape[1])
         self.centers_ = C.numpy().copy()
         self.center_indices_ = idx.astype(np.int64)
         self.dual_coef_ = beta.numpy().copy()
         return self
+
+    def _set_intercept(self, beta: torch.Tensor, centre, outputs: int) -> None:
+        """``c = ȳ − m̄ᵀβ`` (zeros without ``fit_intercept``), shape ``(n_outputs,)``."""
+        if centre is None:
+            self.intercept_ = np.zeros(outputs)
+        else:
+            self.intercept_ = (centre[2] - centre[1] @ beta).numpy().copy()
 
     def _expansion(self):
         return self.centers_, self.dual_coef_
