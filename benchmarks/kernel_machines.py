@@ -612,7 +612,11 @@ def part_real(args) -> dict:
                 ),
                 "NystromRidge M=2000 (f32)": (
                     lambda ls=ls: NystromRidge(
-                        lengthscale=ls, num_centers=2000, alpha=ALPHA, random_state=0
+                        lengthscale=ls,
+                        num_centers=2000,
+                        alpha=ALPHA,
+                        fit_intercept=True,
+                        random_state=0,
                     ),
                     np.float32,
                 ),
