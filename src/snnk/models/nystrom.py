@@ -260,6 +260,7 @@ class _KernelExpansion(RegressorMixin, PersistMixin, BaseEstimator):
 
     # -- prediction ---------------------------------------------------------------------------
     def _expansion(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(points, coefficients)`` of the fitted expansion; each subclass defines it."""
         raise NotImplementedError
 
     def predict(self, X) -> np.ndarray:
@@ -424,11 +425,20 @@ class NystromRidge(_KernelExpansion):
         self.solver = solver
         self.fit_intercept = fit_intercept
 
-    def _fit_direct(self, Xt, C, Kmm, Yt, w, alpha: float, step: int, centre) -> torch.Tensor:
-        """``β`` from one pass of blocked normal equations (see **Solvers**)."""
+    def _centre(self, ksum: torch.Tensor, Yt: torch.Tensor, w, wsum: float):
+        """``(Σw, m̄, ȳ)``: weighted means of the kernel columns (``ksum = K_nMᵀ w``) and of
+        the targets, or ``None`` without ``fit_intercept``."""
+        if not self.fit_intercept:
+            return None
+        ysum = Yt.sum(0) if w is None else w @ Yt
+        return wsum, ksum / wsum, ysum / wsum
+
+    def _fit_direct(self, Xt, C, Kmm, Yt, w, alpha: float, step: int, wsum: float):
+        """``(β, centre)`` from one pass of blocked normal equations (see **Solvers**)."""
         k, m = self.kernel_, C.shape[0]
         G = torch.zeros(m, m, dtype=torch.float64)
         B = torch.zeros(m, Yt.shape[1], dtype=torch.float64)
+        ksum = torch.zeros(m, dtype=torch.float64)
         for rows in iter_blocks(Xt.shape[0], step):
             # kernel values in the compute dtype; the Gram in float64, because L⁻¹ G L⁻ᵀ
             # amplifies its rounding by up to cond(K_MM) (float32 sums gave 5e-3 errors)
@@ -436,7 +446,9 @@ class NystromRidge(_KernelExpansion):
             Kw = Kb if w is None else Kb * w[rows, None]
             _add_lower_gram(G, Kw, Kb)
             B += Kw.T @ Yt[rows]
+            ksum += Kw.sum(0)
         G = torch.tril(G) + torch.tril(G, -1).T
+        centre = self._centre(ksum, Yt, w, wsum)
         if centre is not None:  # unpenalised intercept: centred columns and targets
             wsum, mbar, ybar = centre
             G -= wsum * torch.outer(mbar, mbar)
@@ -446,7 +458,7 @@ class NystromRidge(_KernelExpansion):
         A = torch.linalg.solve_triangular(L, A.T, upper=False)  # L⁻¹ G L⁻ᵀ (G symmetric)
         A = 0.5 * (A + A.T)
         U = SPDSolver(A, alpha)(torch.linalg.solve_triangular(L, B, upper=False))
-        return torch.linalg.solve_triangular(L.T, U, upper=True)
+        return torch.linalg.solve_triangular(L.T, U, upper=True), centre
 
     def fit(self, X, y, sample_weight=None) -> NystromRidge:
         """Fit on ``X`` (n, d) and ``y`` (n,) or (n, n_outputs); optional ``sample_weight``."""
@@ -465,15 +477,8 @@ class NystromRidge(_KernelExpansion):
             raise ValueError(f"solver must be 'auto', 'direct' or 'cg', got {self.solver!r}")
         Kmm = k(C, C).double()
         direct = self.solver == "direct" or (self.solver == "auto" and m <= _DIRECT_MAX_CENTERS)
-        centre = None
-        if self.fit_intercept:  # weighted means of the kernel columns and of the targets
-            wv = w if w is not None else torch.ones(Xt.shape[0], dtype=torch.float64)
-            ksum = torch.zeros(m, dtype=torch.float64)
-            for rows in iter_blocks(Xt.shape[0], step):
-                ksum += k(Xt[rows], C, block_rows=step).double().T @ wv[rows]
-            centre = (wsum, ksum / wsum, (wv @ Yt) / wsum)
         if direct:
-            beta = self._fit_direct(Xt, C, Kmm, Yt, w, alpha, step, centre)
+            beta, centre = self._fit_direct(Xt, C, Kmm, Yt, w, alpha, step, wsum)
             self._set_intercept(beta, centre, Yt.shape[1])
             self.solver_, self.n_iter_ = "direct", 1
             self.centers_ = C.numpy().copy()
@@ -515,7 +520,13 @@ class NystromRidge(_KernelExpansion):
                 out -= centre[0] * torch.outer(centre[1], centre[1] @ U)
             return out
 
-        rhs = knm_products(None, Yt * w[:, None] if w is not None else Yt)
+        Yw = Yt * w[:, None] if w is not None else Yt
+        if self.fit_intercept:  # K_nMᵀ w in the same pass as the right-hand side
+            wv = w if w is not None else torch.ones(Xt.shape[0], dtype=torch.float64)
+            both = knm_products(None, torch.cat([Yw, wv[:, None]], 1))
+            rhs, centre = both[:, :-1], self._centre(both[:, -1], Yt, w, wsum)
+        else:
+            rhs, centre = knm_products(None, Yw), None
         if centre is not None:
             rhs -= centre[0] * torch.outer(centre[1], centre[2])
         bar = self._progress("NystromRidge CG")

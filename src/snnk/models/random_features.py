@@ -600,8 +600,6 @@ class RandomFeatureRidge(RegressorMixin, _RandomFeatureModel):
                 "this model was loaded from a file or fitted without statistics; partial_fit "
                 "needs the statistics of the earlier chunks: refit with fit or partial_fit"
             )
-        if self.alpha == "loo":
-            raise ValueError("partial_fit cannot use alpha='loo' (it needs all rows again)")
         X, y = validate_data(
             self,
             _as_numpy(X),
@@ -956,11 +954,7 @@ class RandomFeatureClassifier(ClassifierMixin, _RandomFeatureModel):
 
         A chunk that fails validation leaves the fitted state exactly as it was.
         """
-        self._check_loss()
-        if self.loss != "squared":
-            raise ValueError("partial_fit needs loss='squared' (closed form from statistics)")
-        if self.alpha == "loo":
-            raise ValueError("partial_fit cannot use alpha='loo' (it needs all rows again)")
+        self._check_loss()  # loss="squared" and alpha != "loo" are ensured by available_if
         first = not hasattr(self, "_ne")
         if first and hasattr(self, "coef_"):
             raise ValueError(
