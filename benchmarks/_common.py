@@ -223,11 +223,17 @@ def reference_problem(
         raise ValueError("the reference target uses the first 20 coordinates; d must be >= 20")
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n_train + n_test, d))
-    y = (
+    y = reference_target(X, rng.standard_normal(n_train + n_test))
+    return X[:n_train], y[:n_train], X[n_train:], y[n_train:]
+
+
+def reference_target(X: np.ndarray, eps: np.ndarray) -> np.ndarray:
+    """``sin(1.5 x0) + 0.5 x1 x2 + cos(Σ x3..x7 / 2) + 0.3 tanh(Σ x8..x19 / 3) + 0.1 ε``
+    (the target of :func:`reference_problem`), in ``X``'s dtype."""
+    return (
         np.sin(1.5 * X[:, 0])
         + 0.5 * X[:, 1] * X[:, 2]
         + np.cos(X[:, 3:8].sum(1) / 2)
         + 0.3 * np.tanh(X[:, 8:20].sum(1) / 3)
-        + 0.1 * rng.standard_normal(n_train + n_test)
-    )
-    return X[:n_train], y[:n_train], X[n_train:], y[n_train:]
+        + 0.1 * eps
+    ).astype(X.dtype, copy=False)

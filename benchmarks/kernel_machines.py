@@ -60,6 +60,7 @@ from _common import (
     markdown_table,
     prepare_out,
     reference_problem,
+    reference_target,
     time_interleaved,
 )
 
@@ -77,27 +78,32 @@ def log(*a) -> None:
 
 # -- shared timing helpers ----------------------------------------------------------------------
 def interleaved(contenders: dict, X, y, Xq, yq, repeats: int) -> dict:
-    """Fit times round-robin (median of ``repeats``); predict time and RMSE of one more fit.
+    """Fit times round-robin (median of ``repeats``); predict time and RMSE of the model of
+    the last timed fit.
 
     ``contenders``: name -> (factory, dtype of X).
     """
     data = {name: X.astype(dt) for name, (_, dt) in contenders.items()}
+    models: dict = {}
+
+    def fit(name, make):
+        models[name] = make().fit(data[name], y)
+
     fits = time_interleaved(
-        {nm: (lambda mk=mk, nm=nm: mk().fit(data[nm], y)) for nm, (mk, _) in contenders.items()},
+        {nm: (lambda nm=nm, mk=mk: fit(nm, mk)) for nm, (mk, _) in contenders.items()},
         repeats=repeats,
         warmup=0,
     )
     out = {}
-    for name, (make, dt) in contenders.items():
-        model = make().fit(data[name], y)
+    for name, (_, dt) in contenders.items():
         t = time.perf_counter()
-        p = model.predict(Xq.astype(dt))
+        p = models[name].predict(Xq.astype(dt))
         out[name] = {
             "fit": fits[name][0],
             "fits": fits[name][1],
             "predict": time.perf_counter() - t,
             "rmse": rmse(p, yq),
-            "n_iter": getattr(model, "n_iter_", None),
+            "n_iter": getattr(models[name], "n_iter_", None),
         }
         log(name, json.dumps(out[name]))
     return out
@@ -164,19 +170,24 @@ def sk_nystroem(M: int, seed: int = 0, gamma: float = GAMMA, alpha: float = ALPH
     )
 
 
-def gpytorch_posterior_mean(X, y, Xq, lengthscale, noise, dtype=torch.float32):
-    """GPyTorch exact GP with fixed hyper-parameters: time to the posterior mean at ``Xq``
-    (the prediction cache is built by CG on the first call) and the mean itself."""
+def gpytorch_exact_gp(X, y, dtype, lengthscale, noise, scaled: bool, outputscale=None):
+    """A GPyTorch ``ExactGP`` with an RBF kernel and its Gaussian likelihood: zero mean and
+    unit amplitude (``scaled=False``), or a constant mean and an outputscale (``True``).
+    Hyper-parameters given as ``None`` keep GPyTorch's defaults."""
     import gpytorch
-
-    Xt = torch.as_tensor(X, dtype=dtype)
-    yt = torch.as_tensor(y, dtype=dtype)
 
     class Exact(gpytorch.models.ExactGP):
         def __init__(self, x, t, lik):
             super().__init__(x, t, lik)
-            self.mean_module = gpytorch.means.ZeroMean()
-            self.covar_module = gpytorch.kernels.RBFKernel()
+            rbf = gpytorch.kernels.RBFKernel()
+            self.mean_module = (
+                gpytorch.means.ConstantMean() if scaled else gpytorch.means.ZeroMean()
+            )
+            self.covar_module = gpytorch.kernels.ScaleKernel(rbf) if scaled else rbf
+            if lengthscale is not None:
+                rbf.lengthscale = lengthscale
+            if outputscale is not None:
+                self.covar_module.outputscale = outputscale
 
         def forward(self, x):
             return gpytorch.distributions.MultivariateNormal(
@@ -184,9 +195,18 @@ def gpytorch_posterior_mean(X, y, Xq, lengthscale, noise, dtype=torch.float32):
             )
 
     lik = gpytorch.likelihoods.GaussianLikelihood().to(dtype)
-    model = Exact(Xt, yt, lik).to(dtype)
-    model.covar_module.lengthscale = lengthscale
-    lik.noise = noise
+    if noise is not None:
+        lik.noise = noise
+    xt, yt = torch.as_tensor(X, dtype=dtype), torch.as_tensor(y, dtype=dtype)
+    return Exact(xt, yt, lik).to(dtype), lik
+
+
+def gpytorch_posterior_mean(X, y, Xq, lengthscale, noise, dtype=torch.float32):
+    """GPyTorch exact GP with fixed hyper-parameters: time to the posterior mean at ``Xq``
+    (the prediction cache is built by CG on the first call) and the mean itself."""
+    import gpytorch
+
+    model, lik = gpytorch_exact_gp(X, y, dtype, lengthscale, noise, scaled=False)
     model.eval()
     lik.eval()
     t = time.perf_counter()
@@ -401,24 +421,8 @@ def part_gp(args) -> dict:
     dt = torch.float64
     Xt, yt = torch.as_tensor(X, dtype=dt), torch.as_tensor(yn, dtype=dt)
 
-    class Exact(gpytorch.models.ExactGP):
-        def __init__(self, x, t, lik):
-            super().__init__(x, t, lik)
-            self.mean_module = gpytorch.means.ConstantMean()
-            self.covar_module = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel())
-
-        def forward(self, x):
-            return gpytorch.distributions.MultivariateNormal(
-                self.mean_module(x), self.covar_module(x)
-            )
-
     def exact_model():
-        lik = gpytorch.likelihoods.GaussianLikelihood().to(dt)
-        model = Exact(Xt, yt, lik).to(dt)
-        model.covar_module.base_kernel.lengthscale = LENGTHSCALE
-        model.covar_module.outputscale = 1.0
-        lik.noise = 0.05
-        return model, lik
+        return gpytorch_exact_gp(X, yn, dt, LENGTHSCALE, 0.05, scaled=True, outputscale=1.0)
 
     log(f"\n## GP, n = {n}: exact GP (GPyTorch, Cholesky, Adam {args.gp_steps} steps, float64)")
     model, lik = exact_model()
@@ -486,8 +490,7 @@ def part_gp(args) -> dict:
     model.train()
     lik.train()
     mll = gpytorch.mlls.ExactMarginalLogLikelihood(lik, model)
-    lik32 = gpytorch.likelihoods.GaussianLikelihood()
-    model32 = Exact(Xt.float(), yt.float(), lik32)
+    model32, lik32 = gpytorch_exact_gp(X, yn, torch.float32, None, None, scaled=True)
     model32.train()
     lik32.train()
     mll32 = gpytorch.mlls.ExactMarginalLogLikelihood(lik32, model32)
@@ -677,13 +680,7 @@ def write_scale_file(path: Path, rows: int, d: int = 20, group: int = 262_144) -
         for start in range(0, rows, group):
             b = min(group, rows - start)
             X = rng.standard_normal((b, d), dtype=np.float32)
-            y = (
-                np.sin(1.5 * X[:, 0])
-                + 0.5 * X[:, 1] * X[:, 2]
-                + np.cos(X[:, 3:8].sum(1) / 2)
-                + 0.3 * np.tanh(X[:, 8:20].sum(1) / 3)
-                + 0.1 * rng.standard_normal(b, dtype=np.float32)
-            ).astype(np.float32)
+            y = reference_target(X, rng.standard_normal(b, dtype=np.float32))
             cols = [pa.array(X[:, i]) for i in range(d)] + [pa.array(y)]
             w.write_table(pa.Table.from_arrays(cols, schema=schema))
     tmp.replace(path)
@@ -728,13 +725,7 @@ def scale_worker(path: str, D: int, chunk_rows: int) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rng = np.random.default_rng(999)
     Xq = rng.standard_normal((100_000, 20))
-    yq = (
-        np.sin(1.5 * Xq[:, 0])
-        + 0.5 * Xq[:, 1] * Xq[:, 2]
-        + np.cos(Xq[:, 3:8].sum(1) / 2)
-        + 0.3 * np.tanh(Xq[:, 8:20].sum(1) / 3)
-        + 0.1 * rng.standard_normal(100_000)
-    )
+    yq = reference_target(Xq, rng.standard_normal(100_000))
     return {
         "rows": int(est.n_samples_seen_),
         "wall_s": wall,
