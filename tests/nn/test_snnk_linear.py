@@ -170,3 +170,44 @@ def test_snnkify_per_layer_widths():
         snnkify(_mlp(), num_features=[24], seed=0)
     with pytest.raises(ValueError, match="one entry per"):
         snnkify(_mlp(), num_features=[24, 8, 4], seed=0)
+
+
+class _ScalarReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts reads of tensor values to the host (``bool(t)``, ``t.item()``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.reads += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("activation", ["relu", "exp", "cos"])
+@pytest.mark.parametrize("mode", ["direct", "weights"])
+def test_forward_and_backward_never_read_values_to_the_host(activation, mode):
+    # Like torch.nn layers: shapes are checked, values are not (a NaN scan would be a host
+    # synchronisation per call on a GPU, 12 of them per step in an adapted transformer).
+    layer = SNNKLinear(6, 5, 16, activation, mode=mode, seed=0, input_norm=1.0)
+    x = torch.randn(3, 4, 6, requires_grad=True)
+    with _ScalarReads() as mode_:
+        layer(x).sum().backward()
+    assert mode_.reads == 0
+    # NaN propagates instead of raising, as in nn.Linear
+    assert torch.isnan(layer(torch.full((2, 6), float("nan")))).all()
+    with pytest.raises(ValueError, match="last dimension"):
+        layer(torch.randn(2, 7))
+
+
+def test_weights_are_checked_once_at_construction():
+    lin = nn.Linear(4, 3)
+    with torch.no_grad():
+        lin.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        SNNKLinear.from_linear(lin, "relu", 8)
+    # the feature maps themselves still check their inputs when called directly
+    layer = SNNKLinear(4, 3, 8, "exp", seed=0)
+    with pytest.raises(ValueError, match="NaN"), layer.towers.maps._checking_values():
+        layer.towers.maps.input_map(torch.full((1, 4), float("nan")))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -29,6 +32,11 @@ class RandomFeatures(nn.Module):
 
     in_features: int
     num_features: int
+    #: Check inputs for NaN/Inf (and, for :class:`~snnk.features.URF`, warn on norms that
+    #: explode the variance). Both read values back to the host, one synchronisation per
+    #: call on a GPU; layers that use a feature map inside a network switch it off and,
+    #: like ``torch.nn`` layers, check only shapes, dtypes and devices.
+    check_values: bool = True
 
     def __init__(self, in_features: int, num_features: int, seed: int | torch.Generator | None):
         super().__init__()
@@ -50,9 +58,19 @@ class RandomFeatures(nn.Module):
         ref = self._reference_buffer()
         if ref is not None:
             check_same_device(ref, x, "this module", name)
-        check_finite(x, name)
+        if self.check_values:
+            check_finite(x, name)
         lead = tuple(x.shape[:-1])
         return x.reshape(-1, self.in_features).to(compute_dtype(x.dtype)), lead, x.dtype
+
+    @contextlib.contextmanager
+    def _checking_values(self) -> Iterator[None]:
+        """Turn :attr:`check_values` on for the calls inside the block."""
+        old, self.check_values = self.check_values, True
+        try:
+            yield
+        finally:
+            self.check_values = old
 
     def resample(self, seed: int | torch.Generator | None = None) -> None:
         """Draw new random matrices (in place, same shapes, dtype and device)."""

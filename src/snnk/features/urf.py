@@ -278,7 +278,7 @@ class URF(RandomFeatures):
         """``Φ(x)``: ``(..., d) -> (..., D)``."""
         x2, lead, out_dtype = self._prepare(x)
         sq = x2.square().sum(-1, keepdim=True)
-        if sq.numel():
+        if self.check_values and sq.numel():
             self._warn_norms(float(sq.detach().max()), "input")
         if self.is_fourier:
             p = self.projection(x2) * (self.omega.to(x2.dtype) * self.split)
@@ -298,7 +298,12 @@ class URF(RandomFeatures):
             b = torch.zeros(w2.shape[0], dtype=w2.dtype, device=w2.device)
         else:
             b = bias if isinstance(bias, torch.Tensor) else torch.as_tensor(bias, dtype=w2.dtype)
-            b = as_float_tensor(b if b.is_floating_point() else b.double(), "bias", min_ndim=0)
+            b = as_float_tensor(
+                b if b.is_floating_point() else b.double(),
+                "bias",
+                min_ndim=0,
+                check_finite_values=self.check_values,
+            )
             b = b.to(w2.device)
             if b.ndim and tuple(b.shape) != lead:
                 raise ValueError(
@@ -307,7 +312,7 @@ class URF(RandomFeatures):
                 )
             b = b.to(w2.dtype).expand(lead).reshape(-1)
         sq = w2.square().sum(-1, keepdim=True)
-        if sq.numel():
+        if self.check_values and sq.numel():
             self._warn_norms(float(sq.detach().max()), "weight")
         if self.is_fourier:
             s = self.split

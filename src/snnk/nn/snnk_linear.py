@@ -76,6 +76,9 @@ class SNNKMaps(nn.Module):
                 device=device,
                 **urf_kwargs,
             )
+        # Inside a network the towers check shapes, dtypes and devices but not values: a
+        # NaN/Inf scan is a host synchronisation per call (as in torch.nn layers).
+        self.maps.check_values = False
 
     @property
     def seed(self) -> int | None:
@@ -143,6 +146,10 @@ class SNNKLinear(nn.Module):
     Shapes
     ------
     ``(..., d) -> (..., l)``.
+
+    Like ``torch.nn`` layers, ``forward`` checks shapes, dtypes and devices but never reads
+    values back to the host (no NaN/Inf scan, no per-call synchronisation on a GPU); the
+    initial weights are checked once, at construction.
     """
 
     def __init__(
@@ -191,9 +198,10 @@ class SNNKLinear(nn.Module):
             if name in self._parameters:
                 del self._parameters[name]
         self._cache: tuple | None = None
+        # Values are checked here, once (NaN/Inf, URF variance warning), not in forward.
+        with torch.no_grad(), self.towers.maps._checking_values():
+            psi = self.towers.parameter_map(weight, bias)
         if self.mode == "direct":
-            with torch.no_grad():
-                psi = self.towers.parameter_map(weight, bias)
             self.psi = nn.Parameter(psi.detach().clone())
             self.weight = self.bias = None
         else:
@@ -242,7 +250,9 @@ class SNNKLinear(nn.Module):
         return psi
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = as_float_tensor(x, "x", min_ndim=1, last_dim=self.in_features)
+        x = as_float_tensor(
+            x, "x", min_ndim=1, last_dim=self.in_features, check_finite_values=False
+        )
         if self.input_norm is not None:
             x = F.normalize(x, dim=-1) * self.input_norm
         phi = self.towers.input_map(x)
