@@ -140,3 +140,51 @@ def test_blocked_lower_triangle_gram_equals_full_product():
     ne = _accumulate(F, torch.randn(40, 1, generator=g, dtype=F64), w, block=13)
     torch.testing.assert_close(ne.FtF, (F * w[:, None]).T @ F, rtol=1e-12, atol=1e-12)
     assert torch.equal(ne.FtF, ne.FtF.T)
+
+
+@pytest.mark.parametrize("k", [1, 10, 32, 33, 100])
+def test_crossprod_and_cholesky_solve_equal_the_plain_products(k):
+    from snnk._utils import crossprod
+    from snnk.solvers.normal_equations import cholesky_solve
+
+    g = torch.Generator().manual_seed(k)
+    A = torch.randn(300, 50, dtype=torch.float64, generator=g)
+    B = torch.randn(300, k, dtype=torch.float64, generator=g)
+    torch.testing.assert_close(crossprod(A, B), A.T @ B, rtol=1e-12, atol=1e-12)
+    S = A.T @ A + torch.eye(50, dtype=torch.float64)
+    L = torch.linalg.cholesky(S)
+    R = torch.randn(50, k, dtype=torch.float64, generator=g)
+    torch.testing.assert_close(cholesky_solve(L, R), torch.cholesky_solve(R, L))
+    torch.testing.assert_close(S @ cholesky_solve(L, R), R)
+
+
+def test_multinomial_logistic_without_intercept_and_with_weights_is_stationary():
+    # the gradient of the penalised weighted loss vanishes at the returned solution
+    g = torch.Generator().manual_seed(3)
+    F = torch.randn(400, 12, dtype=torch.float64, generator=g)
+    y = torch.randint(0, 4, (400,), generator=g)
+    Y = torch.nn.functional.one_hot(y, 4).double()
+    w = torch.rand(400, dtype=torch.float64, generator=g) + 0.5
+    alpha = 0.3
+    for fit_intercept in (True, False):
+        Fw = F * w[:, None]
+        res = multinomial_logistic(
+            lambda: iter([(F, slice(0, 400))]),
+            Y,
+            Fw.T @ F,
+            Fw.sum(0),
+            alpha,
+            sample_weight=w,
+            tol=1e-12,
+            fit_intercept=fit_intercept,
+        )
+        assert res.converged
+        P = torch.softmax(F @ res.coef + res.intercept, dim=1)
+        R = w[:, None] * (P - Y)
+        grad = F.T @ R + alpha * res.coef
+        center = torch.eye(4, dtype=torch.float64) - 0.25  # softmax shift invariance
+        assert float((grad @ center).abs().max()) < 1e-8
+        if fit_intercept:
+            assert float((R.sum(0) @ center).abs().max()) < 1e-8
+        else:
+            assert float(res.intercept.abs().max()) == 0.0

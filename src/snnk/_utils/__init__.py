@@ -1,6 +1,6 @@
 """Internal helpers: validation, random generators and row blocking."""
 
-from snnk._utils.blocks import default_block_rows, empty_output, iter_blocks
+from snnk._utils.blocks import crossprod, default_block_rows, empty_output, iter_blocks
 from snnk._utils.random import draw_seed, make_generator
 from snnk._utils.validation import (
     as_float_tensor,
@@ -20,6 +20,7 @@ __all__ = [
     "check_positive_int",
     "check_same_device",
     "compute_dtype",
+    "crossprod",
     "default_block_rows",
     "draw_seed",
     "empty_output",

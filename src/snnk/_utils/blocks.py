@@ -22,6 +22,20 @@ def iter_blocks(n: int, block_rows: int) -> Iterator[slice]:
         yield slice(start, min(n, start + block_rows))
 
 
+def crossprod(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """``Aᵀ B`` for a row-major ``A`` of shape ``(n, D)`` and ``B`` of shape ``(n, k)``.
+
+    For narrow ``B`` (``k <= 32``: targets, class scores, CG directions) it is computed as
+    ``(Bᵀ A)ᵀ``: the CPU BLAS runs ``Aᵀ B`` with a transposed tall operand and few columns
+    4-9x slower than the same product laid out the other way (measured with torch 2.13 /
+    MKL at n = 1,400-4,096, D = 2,000, k = 10). Wider ``B`` uses ``Aᵀ B`` directly. Returns a
+    (possibly transposed) view; the values are the same product either way.
+    """
+    if B.shape[-1] <= 32:
+        return (B.mT @ A).mT
+    return A.mT @ B
+
+
 def empty_output(shape: tuple[int, ...], dtype, device) -> torch.Tensor:
     """An uninitialised output tensor; large CPU ones come from NumPy's allocator.
 

@@ -39,6 +39,7 @@ from snnk.features import SAMPLERS, FourierFeatures, NystromFeatures
 from snnk.io import PersistMixin
 from snnk.kernels import Kernel, ScaledKernel, ShiftInvariantKernel, make_kernel
 from snnk.solvers import NormalEquations
+from snnk.solvers.normal_equations import cholesky_solve
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _FEATURES = ("fourier", "nystrom")
@@ -564,7 +565,7 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
         )
         eye = torch.eye(G.shape[0], dtype=torch.float64)
         L = _cholesky(G + (self.noise_ / self.amplitude_) * eye)
-        self.coef_ = torch.cholesky_solve(b[:, None], L)[:, 0].numpy()
+        self.coef_ = cholesky_solve(L, b[:, None])[:, 0].numpy()
         self.cholesky_ = L.numpy()
 
     # -- the likelihood as a function ------------------------------------------------------------

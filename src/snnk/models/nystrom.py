@@ -32,11 +32,17 @@ try:
 except ImportError as exc:  # pragma: no cover - the sklearn extra installs it
     raise ImportError("snnk.models needs scikit-learn: pip install 'snnk[sklearn]'") from exc
 
-from snnk._utils import check_positive, check_positive_int, iter_blocks, make_generator
+from snnk._utils import (
+    check_positive,
+    check_positive_int,
+    crossprod,
+    iter_blocks,
+    make_generator,
+)
 from snnk.io import PersistMixin
 from snnk.kernels import Kernel, make_kernel
 from snnk.solvers import SPDSolver
-from snnk.solvers.normal_equations import _add_lower_gram
+from snnk.solvers.normal_equations import _add_lower_gram, cholesky_solve
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: elements of one kernel block (rows x columns); about 32 MB in float64
@@ -445,7 +451,7 @@ class NystromRidge(_KernelExpansion):
             Kb = k(Xt[rows], C, block_rows=step).double()
             Kw = Kb if w is None else Kb * w[rows, None]
             _add_lower_gram(G, Kw, Kb)
-            B += Kw.T @ Yt[rows]
+            B += crossprod(Kw, Yt[rows])
             ksum += Kw.sum(0)
         G = torch.tril(G) + torch.tril(G, -1).T
         centre = self._centre(ksum, Yt, w, wsum)
@@ -496,7 +502,7 @@ class NystromRidge(_KernelExpansion):
 
         def precond(R: torch.Tensor) -> torch.Tensor:
             V = torch.linalg.solve_triangular(L, R, upper=False)
-            V = torch.cholesky_solve(V, LA)
+            V = cholesky_solve(LA, V)
             return torch.linalg.solve_triangular(L.T, V, upper=True) / wsum
 
         def knm_products(U: torch.Tensor | None, Yw: torch.Tensor | None) -> torch.Tensor:
@@ -511,7 +517,7 @@ class NystromRidge(_KernelExpansion):
                     V = Kb @ Ud
                     if w is not None:
                         V = V * w[rows, None].to(dt)
-                out += (Kb.T @ V).double()
+                out += crossprod(Kb, V).double()
             return out
 
         def matvec(U: torch.Tensor) -> torch.Tensor:
@@ -652,7 +658,7 @@ class KernelRidgeCG(_KernelExpansion):
             Rd = R / d[:, None]
             t = torch.zeros(C.shape[0], R.shape[1], dtype=torch.float64)
             for rows in iter_blocks(n, step_c):
-                t += k(Xt[rows], C, block_rows=step_c).T @ (s[rows, None] * Rd[rows]).to(dt)
+                t += crossprod(k(Xt[rows], C, block_rows=step_c), (s[rows, None] * Rd[rows]).to(dt))
             u = torch.linalg.solve_triangular(
                 L.T, inner(torch.linalg.solve_triangular(L, t, upper=False)), upper=True
             ).to(dt)
