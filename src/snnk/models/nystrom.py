@@ -635,16 +635,21 @@ class KernelRidgeCG(_KernelExpansion):
         k = self.kernel_
         alpha = float(self.alpha)
         s = torch.sqrt(_tensor(sw)) if sw is not None else torch.ones(n, dtype=torch.float64)
-        L = _jittered_cholesky(k(C, C).double(), "K_CC")
+        L = _jittered_cholesky(k(C.double(), C.double()), "K_CC")
         kdiag = k.diag(Xt).double()
 
+        # The preconditioner runs in float64 whatever the data's dtype: its ``u`` comes
+        # through ``L⁻ᵀ`` (entries up to cond(K_CC) larger than the result) and cancels in
+        # ``Rd − G u``; in float32 that rounding made P⁻¹ inexact and CG stall near 1e-2
+        # (n = 20,000, M = 4,000). Its products are O(n M d), small beside K v (O(n² d)).
+        X64, C64 = Xt.double(), C.double()
         # One pass over G = K_nC: the diagonal D and the Woodbury inner matrix F S D^{-1} S Fᵀ.
         step_c = self._rows(C.shape[0])
         d = torch.empty(n, dtype=torch.float64)
         Q = torch.zeros(C.shape[0], C.shape[0], dtype=torch.float64)
         for rows in iter_blocks(n, step_c):
             Fb = torch.linalg.solve_triangular(
-                L, k(Xt[rows], C, block_rows=step_c).double().T, upper=False
+                L, k(X64[rows], C64, block_rows=step_c).T, upper=False
             )
             resid = (kdiag[rows] - Fb.square().sum(0)).clamp_min(0.0)
             d[rows] = s[rows].square() * resid + alpha
@@ -658,13 +663,13 @@ class KernelRidgeCG(_KernelExpansion):
             Rd = R / d[:, None]
             t = torch.zeros(C.shape[0], R.shape[1], dtype=torch.float64)
             for rows in iter_blocks(n, step_c):
-                t += crossprod(k(Xt[rows], C, block_rows=step_c), (s[rows, None] * Rd[rows]).to(dt))
+                t += crossprod(k(X64[rows], C64, block_rows=step_c), s[rows, None] * Rd[rows])
             u = torch.linalg.solve_triangular(
                 L.T, inner(torch.linalg.solve_triangular(L, t, upper=False)), upper=True
-            ).to(dt)
+            )
             out = torch.empty_like(R)
             for rows in iter_blocks(n, step_c):
-                Gu = (k(Xt[rows], C, block_rows=step_c) @ u).double()
+                Gu = k(X64[rows], C64, block_rows=step_c) @ u
                 out[rows] = Rd[rows] - (s[rows, None] / d[rows, None]) * Gu
             return out
 
