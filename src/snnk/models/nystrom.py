@@ -638,18 +638,19 @@ class KernelRidgeCG(_KernelExpansion):
         L = _jittered_cholesky(k(C.double(), C.double()), "K_CC")
         kdiag = k.diag(Xt).double()
 
-        # The preconditioner runs in float64 whatever the data's dtype: its ``u`` comes
-        # through ``L⁻ᵀ`` (entries up to cond(K_CC) larger than the result) and cancels in
-        # ``Rd − G u``; in float32 that rounding made P⁻¹ inexact and CG stall near 1e-2
-        # (n = 20,000, M = 4,000). Its products are O(n M d), small beside K v (O(n² d)).
-        X64, C64 = Xt.double(), C.double()
+        # The preconditioner's products run in float64 whatever the data's dtype: its ``u``
+        # comes through ``L⁻ᵀ`` (entries up to cond(K_CC) larger than the result) and
+        # cancels in ``Rd − G u``; float32 products made P⁻¹ inexact and CG stall near 1e-2
+        # (n = 20,000, M = 4,000). The kernel blocks ``G`` themselves are evaluated in the
+        # data's dtype (the exponentials are the cost) and widened: the same values enter
+        # the Woodbury inner matrix and every application, so P⁻¹ stays one fixed SPD map.
         # One pass over G = K_nC: the diagonal D and the Woodbury inner matrix F S D^{-1} S Fᵀ.
         step_c = self._rows(C.shape[0])
         d = torch.empty(n, dtype=torch.float64)
         Q = torch.zeros(C.shape[0], C.shape[0], dtype=torch.float64)
         for rows in iter_blocks(n, step_c):
             Fb = torch.linalg.solve_triangular(
-                L, k(X64[rows], C64, block_rows=step_c).T, upper=False
+                L, k(Xt[rows], C, block_rows=step_c).double().T, upper=False
             )
             resid = (kdiag[rows] - Fb.square().sum(0)).clamp_min(0.0)
             d[rows] = s[rows].square() * resid + alpha
@@ -663,13 +664,13 @@ class KernelRidgeCG(_KernelExpansion):
             Rd = R / d[:, None]
             t = torch.zeros(C.shape[0], R.shape[1], dtype=torch.float64)
             for rows in iter_blocks(n, step_c):
-                t += crossprod(k(X64[rows], C64, block_rows=step_c), s[rows, None] * Rd[rows])
+                t += crossprod(k(Xt[rows], C, block_rows=step_c).double(), s[rows, None] * Rd[rows])
             u = torch.linalg.solve_triangular(
                 L.T, inner(torch.linalg.solve_triangular(L, t, upper=False)), upper=True
             )
             out = torch.empty_like(R)
             for rows in iter_blocks(n, step_c):
-                Gu = k(X64[rows], C64, block_rows=step_c) @ u
+                Gu = k(Xt[rows], C, block_rows=step_c).double() @ u
                 out[rows] = Rd[rows] - (s[rows, None] / d[rows, None]) * Gu
             return out
 
