@@ -200,6 +200,10 @@ def load_model(path: str | Path) -> Any:
         raise ValueError(
             f"{path}: unknown estimator class {doc.get('class')!r}; known: {sorted(classes)}"
         )
-    est = cls(**{k: _from_json(v) for k, v in doc["params"].items()})
+    # hyper-parameters added after a file was written take the value that reproduces the
+    # model it holds (``_legacy_params``), not today's default
+    params = dict(getattr(cls, "_legacy_params", {}))
+    params.update({k: _from_json(v) for k, v in doc["params"].items()})
+    est = cls(**params)
     est._import_state(doc["state"], tensors)
     return est

@@ -152,27 +152,32 @@ def test_failed_partial_fit_leaves_state_intact():
 def test_alpha_selection_matches_hold_out_search(criterion):
     """The chosen α is within one grid step of the α a large hold-out set prefers.
 
-    A finite hold-out set is noisy; with 3,000 held-out points the hold-out optimum is
-    stable to a grid step on this smooth problem. Inputs are uniform on a cube: GCV is
-    leave-one-out with every leverage replaced by their mean, and heavy-tailed inputs (e.g.
-    Gaussian) have uneven leverages, where GCV picks a smaller α than LOO (measured: 3 grid
-    steps at N(0, I) inputs, noise 0.1); LOO itself is exact, see the next test."""
-    rng = np.random.default_rng(5)
-    X = rng.uniform(-2, 2, size=(4000, 5))
-    y = np.sin(X[:, 0]) + 0.5 * X[:, 1] * X[:, 2] + 0.3 * rng.normal(size=4000)
-    Xtr, ytr, Xho, yho = X[:1000], y[:1000], X[1000:], y[1000:]
-    m = RandomFeatureRidge(num_features=128, alpha=criterion, random_state=0).fit(Xtr, ytr)
-    ne = m._ne
-    A, _, _ = ne.centred(True)
-    scale = float(torch.linalg.eigvalsh(A).clamp_min(0).mean())
-    grid = scale * np.logspace(-5, 2, 29)
-    errs = []
-    for a in grid:
-        h = RandomFeatureRidge(num_features=128, alpha=float(a), random_state=0).fit(Xtr, ytr)
-        errs.append(np.mean((h.predict(Xho) - yho) ** 2))
-    best = int(np.argmin(errs))
-    chosen = int(np.argmin(np.abs(np.log(grid) - np.log(m.alpha_))))
-    assert abs(chosen - best) <= 1, (criterion, chosen, best)
+    Statistical: GCV/LOO on 200 noisy training rows and the hold-out argmin on a flat risk
+    curve are both random, so the claim is checked over 5 feature seeds: within one
+    grid step on at least 4 of them, never more than 2 steps off (measured: within one step
+    on 5 of 5 here, 7 of 8 over seeds 0-7, the eighth 3 steps off). Inputs are uniform on a
+    cube: GCV is leave-one-out with every leverage replaced by their mean, and heavy-tailed
+    inputs have uneven leverages, where GCV picks a smaller α than LOO; LOO itself is exact,
+    see the next test."""
+    diffs = []
+    for seed in range(5):
+        rng = np.random.default_rng(5)
+        X = rng.uniform(-2, 2, size=(20_200, 5))
+        y = np.sin(X[:, 0]) + 0.5 * X[:, 1] * X[:, 2] + rng.normal(size=20_200)
+        Xtr, ytr, Xho, yho = X[:200], y[:200], X[200:], y[200:]
+        m = RandomFeatureRidge(num_features=128, alpha=criterion, random_state=seed)
+        m.fit(Xtr, ytr)
+        A, _, _ = m._ne.centred(True)
+        scale = float(torch.linalg.eigvalsh(A).clamp_min(0).mean())
+        grid = scale * np.logspace(-5, 2, 29)
+        errs = []
+        for a in grid:
+            h = RandomFeatureRidge(num_features=128, alpha=float(a), random_state=seed)
+            errs.append(np.mean((h.fit(Xtr, ytr).predict(Xho) - yho) ** 2))
+        best = int(np.argmin(errs))
+        chosen = int(np.argmin(np.abs(np.log(grid) - np.log(m.alpha_))))
+        diffs.append(abs(chosen - best))
+    assert sum(d <= 1 for d in diffs) >= 4 and max(diffs) <= 2, (criterion, diffs)
 
 
 def test_loo_press_equals_explicit_leave_one_out():
@@ -253,3 +258,30 @@ def test_bad_input_messages(tmp_path):
         RandomFeatureRidge().fit(tmp_path / "s.csv", "price")
     m = RandomFeatureRidge(num_features=8).fit(tmp_path / "s.csv", "t", categorical="drop")
     assert list(m.feature_names_in_) == ["a"]
+
+
+def test_phases_option_and_files_written_before_it(tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    X, y = _problem()
+    rand = RandomFeatureRidge(num_features=64, random_state=0).fit(X, y)
+    paired = RandomFeatureRidge(num_features=64, phases="paired", random_state=0).fit(X, y)
+    assert rand.feature_map_.num_frequencies == 64  # default: D frequencies, random phases
+    assert paired.feature_map_.num_frequencies == 32  # cos/sin pairs
+    with pytest.raises(ValueError, match="phases"):
+        RandomFeatureRidge(phases="both").fit(X, y)
+    # A file from before the option (no "phases" in its parameters) holds paired features
+    # and must load as such, predicting exactly what it did.
+    path = paired.save(tmp_path / "new.snnk")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    doc = json.loads(meta["snnk"])
+    del doc["params"]["phases"]
+    save_file(tensors, str(tmp_path / "old.snnk"), metadata={"snnk": json.dumps(doc)})
+    old = load_model(tmp_path / "old.snnk")
+    assert old.phases == "paired"
+    np.testing.assert_array_equal(old.predict(X), paired.predict(X))
