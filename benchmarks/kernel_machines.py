@@ -360,8 +360,8 @@ def part_draws(args) -> dict:
     D = M = 2000
     makers = {
         f"sklearn RBFSampler({D}) + Ridge": lambda s: sk_rff(D, s),
-        f"RandomFeatureRidge D={D} (default orthogonal)": lambda s: RandomFeatureRidge(
-            lengthscale=LENGTHSCALE, num_features=D, alpha=ALPHA, random_state=s
+        f"RandomFeatureRidge D={D} (default: orthogonal, random phases)": lambda s: (
+            RandomFeatureRidge(lengthscale=LENGTHSCALE, num_features=D, alpha=ALPHA, random_state=s)
         ),
         f"sklearn Nystroem({M}) + Ridge": lambda s: sk_nystroem(M, s),
         f"NystromRidge M={M}": lambda s: NystromRidge(
