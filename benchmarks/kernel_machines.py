@@ -150,9 +150,10 @@ def table(rows: dict, base: str | None, title: str) -> str:
     return f"{title}\n\n" + markdown_table(head, body)
 
 
-def problem(args):
-    """The reference problem (``--quick``: 3,000 train and 1,000 test rows, for a smoke run)."""
-    return reference_problem(3000, 1000) if args.quick else reference_problem()
+def problem(args, seed: int = 0):
+    """The reference problem drawn with ``seed`` (``--quick``: 3,000 train and 1,000 test
+    rows, for a smoke run)."""
+    return reference_problem(3000, 1000, seed=seed) if args.quick else reference_problem(seed=seed)
 
 
 # -- part: reference problem --------------------------------------------------------------------
@@ -374,9 +375,7 @@ def part_draws(args) -> dict:
     draws = list(range(args.draws))
     errs: dict[str, list[float]] = {name: [] for name in makers}
     for s in draws:
-        X, y, Xq, yq = (
-            reference_problem(3000, 1000, seed=s) if args.quick else reference_problem(seed=s)
-        )
+        X, y, Xq, yq = problem(args, s)
         for name, make in makers.items():
             errs[name].append(rmse(make(s).fit(X, y).predict(Xq), yq))
         log(f"draw {s}:", " ".join(f"{v[-1]:.4f}" for v in errs.values()))
@@ -408,9 +407,7 @@ def part_phases(args) -> dict:
     ]
     errs: dict[str, list[list[float]]] = {f"{smp}, {ph}": [] for smp, ph in configs}
     for s in range(args.draws):
-        X, y, Xq, yq = (
-            reference_problem(3000, 1000, seed=s) if args.quick else reference_problem(seed=s)
-        )
+        X, y, Xq, yq = problem(args, s)
         for smp, ph in configs:
             per = [
                 rmse(
