@@ -18,3 +18,23 @@ def sphere(n: int, d: int, radius: float, seed: int) -> torch.Tensor:
 
 def loglog_slope(xs, ys) -> float:
     return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
+
+
+class _ScalarReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts reads of tensor values to the host (``bool(t)``, ``t.item()``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.reads += 1
+        return func(*args, **(kwargs or {}))
+
+
+def host_reads(fn) -> int:
+    """How many times ``fn()`` reads a tensor value back to the host (a GPU synchronisation)."""
+    with _ScalarReads() as mode:
+        fn()
+    return mode.reads

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from snnk.nn import BundledNetwork, bundle
-from tests.conftest import sphere
+from tests.conftest import host_reads, sphere
 from tests.nn.test_snnk_linear import Exp
 
 F64 = torch.float64
@@ -97,3 +97,16 @@ def test_bundle_rejects_other_stacks():
         bundle(nn.Linear(3, 3))
     with pytest.raises(ValueError, match="widths"):
         bundle(nn.Sequential(nn.Linear(3, 3), nn.ReLU()), num_features=[4, 4])
+
+
+@pytest.mark.parametrize("activation", ["relu", "exp"])
+def test_forward_never_reads_values_to_the_host(activation):
+    # As SNNKLinear and torch.nn layers: shapes are checked, values are not.
+    net = BundledNetwork(6, [16, 8], activation, 3, seed=0)
+    with torch.no_grad():
+        net.weight.normal_(generator=torch.Generator().manual_seed(1))
+    x = torch.randn(4, 6, requires_grad=True)
+    assert host_reads(lambda: net(x).sum().backward()) == 0
+    assert torch.isnan(net(torch.full((2, 6), float("nan")))).all()
+    with pytest.raises(ValueError, match="last dimension"):
+        net(torch.randn(2, 7))

@@ -88,8 +88,15 @@ class BundledNetwork(nn.Module):
         return self.weight.shape[1]
 
     def input_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(Φ_L ∘ … ∘ Φ_1)(x)``: ``(..., d) -> (..., D_L)``; no trainable parameter involved."""
-        u = as_float_tensor(x, "x", min_ndim=1, last_dim=self.in_features)
+        """``(Φ_L ∘ … ∘ Φ_1)(x)``: ``(..., d) -> (..., D_L)``; no trainable parameter involved.
+
+        Like ``torch.nn`` layers, shapes, dtypes and devices are checked but values are not
+        (a NaN/Inf scan would be one host synchronisation per call on a GPU; NaN propagates).
+        The estimators built on this network validate their data before calling it.
+        """
+        u = as_float_tensor(
+            x, "x", min_ndim=1, last_dim=self.in_features, check_finite_values=False
+        )
         for maps in self.tower:
             u = maps.input_map(u)
         return u
