@@ -27,7 +27,8 @@ Parts (``--parts``, default all, in this order):
     over 5,000 test points, noise included) of GPyTorch's exact GP (hyper-parameters trained
     by Adam) and of ``RandomFeatureGP`` (Fourier and Nyström features, L-BFGS on the
     feature likelihood); then the time of one marginal-likelihood step (value + gradient)
-    of each, interleaved.
+    of each, interleaved; then NLPD and step time against the number of features
+    (``--gp-curve``) at the exact GP's hyper-parameters.
 ``real``
     diamonds (log price, 43k train rows) and flights ``arr_delay`` (``dep_delay``, schedule,
     distance, carrier and origin; 262k train rows), standardised, against
@@ -649,7 +650,106 @@ def part_gp(args) -> dict:
             ],
         ),
     ]
-    return {"fits": res, "steps": {k: v[0] for k, v in steps.items()}, "markdown": md}
+    curve = gp_feature_curve(args, X, y, Xq, yq, res["exact GP (GPyTorch)"])
+    md += curve.pop("markdown")
+    return {
+        "fits": res,
+        "steps": {k: v[0] for k, v in steps.items()},
+        "curve": curve,
+        "markdown": md,
+    }
+
+
+def gp_feature_curve(args, X, y, Xq, yq, exact: dict) -> dict:
+    """NLPD and step time against the number of features, at the exact GP's hyper-parameters.
+
+    Every model uses the hyper-parameters GPyTorch's exact GP learned in this run (no
+    optimisation), so the table isolates the approximation: how many features the feature
+    GP needs before its predictive density is within 5% of the exact one, and what one
+    marginal-likelihood step (value and gradient) then costs next to GPyTorch's exact step at
+    the same hyper-parameters (float32 and float64, default settings: CG and Lanczos).
+    Nyström with ``M = n`` centres is the exact GP itself (a check on the NLPD code).
+    """
+    import gpytorch
+
+    from snnk.models import RandomFeatureGP
+
+    ls, amp, noise = exact["hyper"]
+    theta = np.log([ls, amp, noise])
+    mu, sd = float(y.mean()), float(y.std())
+    yn = (y - mu) / sd
+    n = X.shape[0]
+    sizes = [("nystrom", m) for m in args.gp_curve if m <= n]
+    sizes += [("fourier", m + m % 2) for m in args.gp_curve if m < n]
+    log(
+        f"\n## GP: NLPD and step time against features, at the exact GP's ℓ, a, s = {ls:.3g}, "
+        f"{amp:.3g}, {noise:.3g}"
+    )
+    rows, fns = {}, {}
+    for kind, m in sizes:
+        est = RandomFeatureGP(
+            lengthscale=ls,
+            amplitude=amp,
+            noise=noise,
+            num_features=m,
+            features=kind,
+            optimize=False,
+            random_state=0,
+        ).fit(X, y)
+        mean, std = est.predict(Xq, return_std=True)
+        var = std**2 + est.noise_ * est.y_scale_**2
+        name = f"{'Nyström M' if kind == 'nystrom' else 'Fourier D'}={m}"
+        rows[name] = {"rmse": rmse(mean, yq), "nlpd": gaussian_nlpd(mean, var, yq)}
+        fns[name] = lambda e=est: e.log_marginal_likelihood(theta, eval_gradient=True)
+        log(name, json.dumps(rows[name]))
+    for dt, tag in ((torch.float32, "f32"), (torch.float64, "f64")):
+        model, lik = gpytorch_exact_gp(X, yn, dt, ls, noise, scaled=True, outputscale=amp)
+        model.train()
+        lik.train()
+        mll = gpytorch.mlls.ExactMarginalLogLikelihood(lik, model)
+        xt, yt = torch.as_tensor(X, dtype=dt), torch.as_tensor(yn, dtype=dt)
+
+        def step(model=model, mll=mll, xt=xt, yt=yt):
+            model.zero_grad()
+            (-mll(model(xt), yt)).backward()
+
+        fns[f"GPyTorch exact GP ({tag})"] = step
+    steps = time_interleaved(fns, repeats=args.repeats, warmup=0)
+    for k, (med, _) in steps.items():
+        log(k, f"step {med:.3f} s")
+    ref = exact["nlpd"]
+    base = steps["GPyTorch exact GP (f32)"][0]
+    table = [
+        [
+            k,
+            f"{v['rmse']:.4f}",
+            f"{v['nlpd']:.4f}",
+            f"{100 * (v['nlpd'] - ref) / abs(ref):+.1f}%",
+            f"{steps[k][0]:.3f}",
+            f"{base / steps[k][0]:.2f}x",
+        ]
+        for k, v in rows.items()
+    ]
+    table += [
+        [k, "—", f"{ref:.4f}" if "f64" in k else "—", "—", f"{v[0]:.3f}", f"{base / v[0]:.2f}x"]
+        for k, v in steps.items()
+        if k.startswith("GPyTorch")
+    ]
+    md = [
+        f"GP at the exact GP's hyper-parameters (ℓ = {ls:.3g}, a = {amp:.3g}, s = {noise:.3g}; "
+        f"n = {n}): test NLPD and one marginal-likelihood step against the number of "
+        f"features (step: median of {args.repeats}, interleaved; speed-up against GPyTorch's "
+        "exact step in float32 at the same hyper-parameters)\n\n"
+        + markdown_table(
+            ["model", "test RMSE", "test NLPD", "NLPD vs exact", "step (s)", "speed-up"], table
+        )
+    ]
+    return {
+        "hyper": [ls, amp, noise],
+        "rows": rows,
+        "steps": {k: v[0] for k, v in steps.items()},
+        "markdown": md,
+    }
 
 
 # -- part: real data ----------------------------------------------------------------------------
@@ -920,6 +1020,13 @@ def main() -> None:
     ap.add_argument("--gp-rows", type=int, default=5000)
     ap.add_argument("--gp-features", type=int, default=2000)
     ap.add_argument("--gp-steps", type=int, default=30)
+    ap.add_argument(
+        "--gp-curve",
+        type=int,
+        nargs="+",
+        default=[500, 1000, 2000, 3000, 4000, 5000],
+        help="feature counts of the GP's NLPD / step-time curve (part gp)",
+    )
     ap.add_argument("--scale-rows", type=int, default=10_000_000)
     ap.add_argument("--scale-features", type=int, default=2048)
     ap.add_argument("--gpytorch-timeout", type=int, default=300)
