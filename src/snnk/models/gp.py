@@ -367,36 +367,22 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
                 yield self.feature_map_(xb).to(dt), rows
 
     # -- likelihood and its gradient on the optimisation rows ------------------------------------
-    def _objective_maps(
-        self, log_ls: torch.Tensor
-    ) -> tuple[Callable[[torch.Tensor], torch.Tensor], list[torch.Tensor], Callable]:
-        """The feature map of the optimisation as a differentiable function of ``log ℓ``.
+    def _objective_map(self, log_ls: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The feature map of the optimisation at ``ℓ = exp(log_ls)``: ``x_block -> z``.
 
-        Returns ``(zfun, leaves, finish)``: ``zfun(x_block)`` gives the block's features,
-        ``leaves`` are extra tensors the blocks depend on (detached leaves, so each block's
-        backward stays local), and ``finish(grads_of_leaves)`` pushes their accumulated
-        gradients back to ``log ℓ``.
+        Differentiable in ``log_ls`` for Fourier features (the only use with a graph);
+        Nyström gradients go through :meth:`_nystrom_length_gradient`.
         """
-        # exp(log ℓ) is recomputed per use so that every backward walks a graph of its own
         if self.features == "fourier":
             fmap = self._opt_map
-            return (lambda xb: fmap(xb / torch.exp(log_ls))), [], (lambda g: None)
-        C = self._centers_opt / torch.exp(log_ls)
+            return lambda xb: fmap(xb / torch.exp(log_ls))
+        ls = torch.exp(log_ls)
+        C = self._centers_opt / ls
         Kcc = self._unit(C, C)
         Lc = _cholesky(0.5 * (Kcc + Kcc.T))
         eye = torch.eye(Lc.shape[0], dtype=Lc.dtype)
         norm = torch.linalg.solve_triangular(Lc, eye, upper=False).T  # L⁻ᵀ: Z = K_xC L⁻ᵀ
-        leaf = norm.detach().requires_grad_(log_ls.requires_grad)
-
-        def zfun(xb: torch.Tensor) -> torch.Tensor:
-            ls = torch.exp(log_ls)
-            return self._unit(xb / ls, self._centers_opt / ls) @ leaf
-
-        def finish(grads: list[torch.Tensor]) -> torch.Tensor:
-            (g,) = torch.autograd.grad(norm, log_ls, grad_outputs=grads[0])
-            return g
-
-        return zfun, [leaf], finish
+        return lambda xb: self._unit(xb / ls, C) @ norm
 
     def _objective(self, theta: np.ndarray, want_grad: bool = True) -> tuple[float, np.ndarray]:
         """``(log p(y), ∂ log p(y)/∂θ)`` on the optimisation rows, ``θ = log(ℓ, a, s)``."""
@@ -406,7 +392,7 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
         step = self._step
         # Pass 1: sufficient statistics G = ZᵀZ, b = Zᵀy (no graph).
         with torch.no_grad():
-            zfun, _, _ = self._objective_maps(log_ls.detach())
+            zfun = self._objective_map(log_ls.detach())
             D = zfun(X[:1]).shape[1]
             ne = NormalEquations(D, 1)
             for rows in iter_blocks(X.shape[0], step):
@@ -421,23 +407,58 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
         if not want_grad:
             return float(lml), np.zeros(3)
         gG, gb, ga, gn = torch.autograd.grad(lml, [G, b, la, ln])
-        # Pass 2: ∂/∂Z of each block, pushed back to log ℓ (and the map's leaves).
         S = gG + gG.T
-        zfun, leaves, finish = self._objective_maps(log_ls)
+        if self.features == "nystrom":
+            g_ls = self._nystrom_length_gradient(log_ls, S, gb, G.detach(), b.detach())
+        else:
+            # Pass 2: ∂/∂Z = Z S + y g_bᵀ of each block, pushed back to log ℓ by autograd.
+            zfun = self._objective_map(log_ls)
+            dt = _DTYPES[self.dtype]
+            g_ls = torch.zeros((), dtype=torch.float64)
+            for rows in iter_blocks(X.shape[0], step):
+                Zb = zfun(X[rows])
+                gZ = Zb.detach().double() @ S + y[rows, None] * gb[None, :]
+                (g,) = torch.autograd.grad(Zb, log_ls, grad_outputs=gZ.to(dt))
+                g_ls = g_ls + g
+        return float(lml.detach()), np.array([float(g_ls), float(ga), float(gn)])
+
+    def _nystrom_length_gradient(
+        self,
+        log_ls: torch.Tensor,
+        S: torch.Tensor,
+        gb: torch.Tensor,
+        G: torch.Tensor,
+        b: torch.Tensor,
+    ) -> torch.Tensor:
+        r"""``∂ log p(y)/∂ log ℓ`` for Nyström features, one ``n M²`` pass instead of three.
+
+        With ``Z = K N`` (``K = κ(X/ℓ, C/ℓ)``, ``N = L⁻ᵀ``, ``L Lᵀ = K_CC``) and the gradients
+        ``S = ∂/∂G + (∂/∂G)ᵀ``, ``g_b = ∂/∂b`` of the likelihood in ``G = ZᵀZ``, ``b = Zᵀy``:
+        ``∂/∂Z = Z S + y g_bᵀ``, hence ``∂/∂K = K (N S Nᵀ) + y (N g_b)ᵀ`` (one product with
+        ``K``, never forming ``Z``) and ``∂/∂N = Kᵀ ∂/∂Z = L (G S + b g_bᵀ)``, because
+        ``KᵀK N = L G`` and ``Kᵀy = L b``: no pass over the rows at all. Both are pushed back
+        to ``log ℓ`` by autograd (through the kernel blocks and through the Cholesky of
+        ``K_CC``).
+        """
         dt = _DTYPES[self.dtype]
-        g_ls = torch.zeros((), dtype=torch.float64)
-        g_leaves = [torch.zeros_like(t) for t in leaves]
-        for rows in iter_blocks(X.shape[0], step):
-            Zb = zfun(X[rows])
-            gZ = Zb.detach().double() @ S + y[rows, None] * gb[None, :]
-            grads = torch.autograd.grad(Zb, [log_ls, *leaves], grad_outputs=gZ.to(dt))
-            g_ls += grads[0]
-            for acc, g in zip(g_leaves, grads[1:], strict=True):
-                acc += g
-        if leaves:
-            g_ls += finish(g_leaves)
-        grad = np.array([float(g_ls), float(ga), float(gn)])
-        return float(lml.detach()), grad
+        X, y = self._X_opt_t, self._y_opt_t
+        C = self._centers_opt / torch.exp(log_ls)
+        Kcc = self._unit(C, C)
+        Lc = _cholesky(0.5 * (Kcc + Kcc.T))
+        eye = torch.eye(Lc.shape[0], dtype=Lc.dtype)
+        norm = torch.linalg.solve_triangular(Lc, eye, upper=False).T  # N = L⁻ᵀ
+        N, L = norm.detach().double(), Lc.detach().double()
+        S_k = N @ S @ N.T
+        g_k = N @ gb
+        g_norm = L @ (G @ S + b[:, None] * gb[None, :])
+        (g_ls,) = torch.autograd.grad(norm, log_ls, grad_outputs=g_norm.to(norm.dtype))
+        for rows in iter_blocks(X.shape[0], self._step):
+            ls = torch.exp(log_ls)
+            Kb = self._unit(X[rows] / ls, self._centers_opt / ls)
+            gK = Kb.detach().double() @ S_k + y[rows, None] * g_k[None, :]
+            (g,) = torch.autograd.grad(Kb, log_ls, grad_outputs=gK.to(dt))
+            g_ls = g_ls + g
+        return g_ls
 
     def _optimize(self, theta0: np.ndarray) -> tuple[np.ndarray, int]:
         bounds = [(math.log(_BOUNDS[0]), math.log(_BOUNDS[1]))] * 3
