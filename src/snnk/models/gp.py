@@ -377,12 +377,17 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
             fmap = self._opt_map
             return lambda xb: fmap(xb / torch.exp(log_ls))
         ls = torch.exp(log_ls)
+        _, norm = self._nystrom_factor(log_ls)
         C = self._centers_opt / ls
+        return lambda xb: self._unit(xb / ls, C) @ norm
+
+    def _nystrom_factor(self, log_ls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(L, L⁻ᵀ)`` with ``L Lᵀ = κ(C/ℓ, C/ℓ)`` (jittered): ``Z = κ(X/ℓ, C/ℓ) L⁻ᵀ``."""
+        C = self._centers_opt / torch.exp(log_ls)
         Kcc = self._unit(C, C)
         Lc = _cholesky(0.5 * (Kcc + Kcc.T))
         eye = torch.eye(Lc.shape[0], dtype=Lc.dtype)
-        norm = torch.linalg.solve_triangular(Lc, eye, upper=False).T  # L⁻ᵀ: Z = K_xC L⁻ᵀ
-        return lambda xb: self._unit(xb / ls, C) @ norm
+        return Lc, torch.linalg.solve_triangular(Lc, eye, upper=False).T
 
     def _objective(self, theta: np.ndarray, want_grad: bool = True) -> tuple[float, np.ndarray]:
         """``(log p(y), ∂ log p(y)/∂θ)`` on the optimisation rows, ``θ = log(ℓ, a, s)``."""
@@ -442,11 +447,7 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
         """
         dt = _DTYPES[self.dtype]
         X, y = self._X_opt_t, self._y_opt_t
-        C = self._centers_opt / torch.exp(log_ls)
-        Kcc = self._unit(C, C)
-        Lc = _cholesky(0.5 * (Kcc + Kcc.T))
-        eye = torch.eye(Lc.shape[0], dtype=Lc.dtype)
-        norm = torch.linalg.solve_triangular(Lc, eye, upper=False).T  # N = L⁻ᵀ
+        Lc, norm = self._nystrom_factor(log_ls)  # norm = N = L⁻ᵀ, differentiable in log ℓ
         N, L = norm.detach().double(), Lc.detach().double()
         S_k = N @ S @ N.T
         g_k = N @ gb
