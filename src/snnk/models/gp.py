@@ -367,27 +367,29 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
                 yield self.feature_map_(xb).to(dt), rows
 
     # -- likelihood and its gradient on the optimisation rows ------------------------------------
-    def _objective_map(self, log_ls: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _objective_map(
+        self, log_ls: torch.Tensor, factor: tuple[torch.Tensor, ...] | None = None
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
         """The feature map of the optimisation at ``ℓ = exp(log_ls)``: ``x_block -> z``.
 
-        Differentiable in ``log_ls`` for Fourier features (the only use with a graph);
-        Nyström gradients go through :meth:`_nystrom_length_gradient`.
+        Fourier: differentiable in ``log_ls``. Nyström: ``factor`` is
+        :meth:`_nystrom_factor`'s ``(C/ℓ, L, L⁻ᵀ)``; its gradients go through
+        :meth:`_nystrom_length_gradient`.
         """
         if self.features == "fourier":
             fmap = self._opt_map
             return lambda xb: fmap(xb / torch.exp(log_ls))
         ls = torch.exp(log_ls)
-        _, norm = self._nystrom_factor(log_ls)
-        C = self._centers_opt / ls
+        C, _, norm = factor
         return lambda xb: self._unit(xb / ls, C) @ norm
 
-    def _nystrom_factor(self, log_ls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(L, L⁻ᵀ)`` with ``L Lᵀ = κ(C/ℓ, C/ℓ)`` (jittered): ``Z = κ(X/ℓ, C/ℓ) L⁻ᵀ``."""
+    def _nystrom_factor(self, log_ls: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(C/ℓ, L, L⁻ᵀ)`` with ``L Lᵀ = κ(C/ℓ, C/ℓ)`` (jittered): ``Z = κ(X/ℓ, C/ℓ) L⁻ᵀ``."""
         C = self._centers_opt / torch.exp(log_ls)
         Kcc = self._unit(C, C)
         Lc = _cholesky(0.5 * (Kcc + Kcc.T))
         eye = torch.eye(Lc.shape[0], dtype=Lc.dtype)
-        return Lc, torch.linalg.solve_triangular(Lc, eye, upper=False).T
+        return C, Lc, torch.linalg.solve_triangular(Lc, eye, upper=False).T
 
     def _objective(self, theta: np.ndarray, want_grad: bool = True) -> tuple[float, np.ndarray]:
         """``(log p(y), ∂ log p(y)/∂θ)`` on the optimisation rows, ``θ = log(ℓ, a, s)``."""
@@ -395,9 +397,14 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
         log_ls = th[0].clone().requires_grad_(want_grad)
         X, y = self._X_opt_t, self._y_opt_t
         step = self._step
+        # The Nyström factor once per evaluation (with its graph to log ℓ when want_grad):
+        # pass 1 uses its values, the gradient its graph.
+        factor = self._nystrom_factor(log_ls) if self.features == "nystrom" else None
         # Pass 1: sufficient statistics G = ZᵀZ, b = Zᵀy (no graph).
         with torch.no_grad():
-            zfun = self._objective_map(log_ls.detach())
+            zfun = self._objective_map(
+                log_ls.detach(), None if factor is None else tuple(t.detach() for t in factor)
+            )
             D = zfun(X[:1]).shape[1]
             ne = NormalEquations(D, 1)
             for rows in iter_blocks(X.shape[0], step):
@@ -414,7 +421,7 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
         gG, gb, ga, gn = torch.autograd.grad(lml, [G, b, la, ln])
         S = gG + gG.T
         if self.features == "nystrom":
-            g_ls = self._nystrom_length_gradient(log_ls, S, gb, G.detach(), b.detach())
+            g_ls = self._nystrom_length_gradient(log_ls, factor, S, gb, G.detach(), b.detach())
         else:
             # Pass 2: ∂/∂Z = Z S + y g_bᵀ of each block, pushed back to log ℓ by autograd.
             zfun = self._objective_map(log_ls)
@@ -430,6 +437,7 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
     def _nystrom_length_gradient(
         self,
         log_ls: torch.Tensor,
+        factor: tuple[torch.Tensor, ...],
         S: torch.Tensor,
         gb: torch.Tensor,
         G: torch.Tensor,
@@ -442,12 +450,12 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
         ``∂/∂Z = Z S + y g_bᵀ``, hence ``∂/∂K = K (N S Nᵀ) + y (N g_b)ᵀ`` (one product with
         ``K``, never forming ``Z``) and ``∂/∂N = Kᵀ ∂/∂Z = L (G S + b g_bᵀ)``, because
         ``KᵀK N = L G`` and ``Kᵀy = L b``: no pass over the rows at all. Both are pushed back
-        to ``log ℓ`` by autograd (through the kernel blocks and through the Cholesky of
-        ``K_CC``).
+        to ``log ℓ`` by autograd (through the kernel blocks and through ``factor``, the
+        :meth:`_nystrom_factor` of ``log_ls`` with its graph).
         """
         dt = _DTYPES[self.dtype]
         X, y = self._X_opt_t, self._y_opt_t
-        Lc, norm = self._nystrom_factor(log_ls)  # norm = N = L⁻ᵀ, differentiable in log ℓ
+        _, Lc, norm = factor  # norm = N = L⁻ᵀ
         N, L = norm.detach().double(), Lc.detach().double()
         S_k = N @ S @ N.T
         g_k = N @ gb
