@@ -209,6 +209,24 @@ def gpytorch_exact_gp(X, y, dtype, lengthscale, noise, scaled: bool, outputscale
     return Exact(xt, yt, lik).to(dtype), lik
 
 
+def gpytorch_mll_step(model, lik, X, y):
+    """One marginal-likelihood step of a GPyTorch exact GP (value and gradient) as a
+    closure, in training mode, on ``X``, ``y`` in the model's dtype."""
+    import gpytorch
+
+    model.train()
+    lik.train()
+    mll = gpytorch.mlls.ExactMarginalLogLikelihood(lik, model)
+    dtype = next(model.parameters()).dtype
+    xt, yt = torch.as_tensor(X, dtype=dtype), torch.as_tensor(y, dtype=dtype)
+
+    def step():
+        model.zero_grad()
+        (-mll(model(xt), yt)).backward()
+
+    return step
+
+
 def gpytorch_posterior_mean(X, y, Xq, lengthscale, noise, dtype=torch.float32):
     """GPyTorch exact GP with fixed hyper-parameters: time to the posterior mean at ``Xq``
     (the prediction cache is built by CG on the first call) and the mean itself."""
@@ -589,25 +607,11 @@ def part_gp(args) -> dict:
         log(name, json.dumps(res[name]))
 
     log("\n## GP: one marginal-likelihood step (value + gradient), interleaved")
-    model, lik = exact_model()
-    model.train()
-    lik.train()
-    mll = gpytorch.mlls.ExactMarginalLogLikelihood(lik, model)
-    model32, lik32 = gpytorch_exact_gp(X, yn, torch.float32, None, None, scaled=True)
-    model32.train()
-    lik32.train()
-    mll32 = gpytorch.mlls.ExactMarginalLogLikelihood(lik32, model32)
-
-    def gp_step(mdl, ml, x, t):
-        def run():
-            mdl.zero_grad()
-            (-ml(mdl(x), t)).backward()
-
-        return run
-
     fns = {
-        "GPyTorch exact GP step (f64)": gp_step(model, mll, Xt, yt),
-        "GPyTorch exact GP step (f32)": gp_step(model32, mll32, Xt.float(), yt.float()),
+        "GPyTorch exact GP step (f64)": gpytorch_mll_step(*exact_model(), X, yn),
+        "GPyTorch exact GP step (f32)": gpytorch_mll_step(
+            *gpytorch_exact_gp(X, yn, torch.float32, None, None, scaled=True), X, yn
+        ),
     }
     for name, est in fitted.items():
         theta = np.log([est.lengthscale_, est.amplitude_, est.noise_])
@@ -650,7 +654,7 @@ def part_gp(args) -> dict:
             ],
         ),
     ]
-    curve = gp_feature_curve(args, X, y, Xq, yq, res["exact GP (GPyTorch)"])
+    curve = gp_feature_curve(args, X, y, yn, Xq, yq, res["exact GP (GPyTorch)"])
     md += curve.pop("markdown")
     return {
         "fits": res,
@@ -660,7 +664,7 @@ def part_gp(args) -> dict:
     }
 
 
-def gp_feature_curve(args, X, y, Xq, yq, exact: dict) -> dict:
+def gp_feature_curve(args, X, y, yn, Xq, yq, exact: dict) -> dict:
     """NLPD and step time against the number of features, at the exact GP's hyper-parameters.
 
     Every model uses the hyper-parameters GPyTorch's exact GP learned in this run (no
@@ -670,14 +674,10 @@ def gp_feature_curve(args, X, y, Xq, yq, exact: dict) -> dict:
     the same hyper-parameters (float32 and float64, default settings: CG and Lanczos).
     Nyström with ``M = n`` centres is the exact GP itself (a check on the NLPD code).
     """
-    import gpytorch
-
     from snnk.models import RandomFeatureGP
 
     ls, amp, noise = exact["hyper"]
     theta = np.log([ls, amp, noise])
-    mu, sd = float(y.mean()), float(y.std())
-    yn = (y - mu) / sd
     n = X.shape[0]
     sizes = [("nystrom", m) for m in args.gp_curve if m <= n]
     sizes += [("fourier", m + m % 2) for m in args.gp_curve if m < n]
@@ -703,17 +703,8 @@ def gp_feature_curve(args, X, y, Xq, yq, exact: dict) -> dict:
         fns[name] = lambda e=est: e.log_marginal_likelihood(theta, eval_gradient=True)
         log(name, json.dumps(rows[name]))
     for dt, tag in ((torch.float32, "f32"), (torch.float64, "f64")):
-        model, lik = gpytorch_exact_gp(X, yn, dt, ls, noise, scaled=True, outputscale=amp)
-        model.train()
-        lik.train()
-        mll = gpytorch.mlls.ExactMarginalLogLikelihood(lik, model)
-        xt, yt = torch.as_tensor(X, dtype=dt), torch.as_tensor(yn, dtype=dt)
-
-        def step(model=model, mll=mll, xt=xt, yt=yt):
-            model.zero_grad()
-            (-mll(model(xt), yt)).backward()
-
-        fns[f"GPyTorch exact GP ({tag})"] = step
+        exact_gp = gpytorch_exact_gp(X, yn, dt, ls, noise, scaled=True, outputscale=amp)
+        fns[f"GPyTorch exact GP ({tag})"] = gpytorch_mll_step(*exact_gp, X, yn)
     steps = time_interleaved(fns, repeats=args.repeats, warmup=0)
     for k, (med, _) in steps.items():
         log(k, f"step {med:.3f} s")
