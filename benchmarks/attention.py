@@ -11,9 +11,11 @@ first, measured call included when a call takes longer than ``--long`` seconds, 
 run). The methods are swept ``--rounds`` times per length, interleaved, and the timed calls of
 all rounds are pooled (the machine is noisy: the same call varies by up to ~25 %).
 
-Errors (``--errors``): relative Frobenius error against exact softmax attention computed in
-float64, at L = 1,024, mean of 3 seeds, for unit logits (entries ~ N(0, 1)) and logit std 2
-(entries ~ N(0, 2)), next to uniform attention ("mean of V").
+Errors: relative Frobenius error against exact softmax attention computed in float64, at
+L = 1,024, mean of 3 seeds, for unit logits (entries ~ N(0, 1)) and logit std 2 (entries
+~ N(0, 2)), next to uniform attention ("mean of V"); on random inputs (section 5.3) and on the
+clustered inputs of section 5.4 (16 centres per head, q and k of a token = its centre +
+0.3·N(0, I), rescaled to unit-variance entries).
 
 Usage::
 
@@ -53,6 +55,7 @@ METHODS = {
     "ours-favor+-256": ("favor+", 256),
     "ours-nystrom-256": ("nystrom", 256),
     "ours-nystrom-64": ("nystrom", 64),
+    "ours-hermite-256": ("hermite", 256),
     "ours-softmax-free-256": ("softmax-free", 256),
     "ours-linear": ("linear", 0),
 }
@@ -130,7 +133,22 @@ def worker(name: str, L: int, repeats: int, long_s: float) -> dict:
     }
 
 
-def errors(seeds: int = 3) -> list[dict]:
+def error_inputs(kind: str, var: float, gen: torch.Generator, L: int):
+    """``q, k, v`` of shape ``(1, H, L, D)``: random (section 5.3) or clustered (5.4)."""
+    if kind == "random":
+        q, k, v = (torch.randn(1, H, L, D, generator=gen) for _ in range(3))
+    else:
+        centres = torch.randn(1, H, 16, D, generator=gen)
+        label = torch.randint(0, 16, (1, H, L, 1), generator=gen).expand(1, H, L, D)
+        own = centres.gather(2, label)
+        q = own + 0.3 * torch.randn(1, H, L, D, generator=gen)
+        k = own + 0.3 * torch.randn(1, H, L, D, generator=gen)
+        q, k = q / q.std(), k / k.std()
+        v = torch.randn(1, H, L, D, generator=gen)
+    return q * math.sqrt(var), k * math.sqrt(var), v
+
+
+def errors(seeds: int = 3, kinds: tuple[str, ...] = ("random", "clustered")) -> list[dict]:
     """Relative errors at L=1,024 of every method and setting against exact softmax."""
     torch.set_num_threads(2)
     L = 1024
@@ -144,14 +162,15 @@ def errors(seeds: int = 3) -> list[dict]:
     settings += [("nystrom", f"ours-nystrom-{m}", m, {}) for m in (32, 64, 128, 256)]
     settings += [("nystrom", "ours-nystrom-256-newton", 256, {"pinv": "newton"})]
     settings += [("nystrom", f"ours-nystrom-256-jitter{j}", 256, {"jitter": j}) for j in (1e-5,)]
+    settings += [("hermite", f"ours-hermite-{m}", m, {}) for m in (66, 128, 256)]
+    settings += [("hermite", "ours-hermite-256-jitter1e-08", 256, {"jitter": 1e-8})]
     settings += [("softmax-free", f"ours-softmax-free-{m}", m, {}) for m in (64, 256)]
     settings += [("linear", "ours-linear", 0, {})]
-    for var in (1.0, 2.0):
+    for kind_in, var in [(kind_in, var) for kind_in in kinds for var in (1.0, 2.0)]:
         acc: dict[str, list[float]] = {}
         for seed in range(seeds):
             gen = torch.Generator().manual_seed(1000 + seed)
-            q, k, v = (torch.randn(1, H, L, D, generator=gen) for _ in range(3))
-            q, k = q * math.sqrt(var), k * math.sqrt(var)
+            q, k, v = error_inputs(kind_in, var, gen, L)
             exact = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
             for kind, label, m, opts in settings:
                 with torch.no_grad():
@@ -186,6 +205,7 @@ def errors(seeds: int = 3) -> list[dict]:
         for label, vals in acc.items():
             rows.append(
                 {
+                    "inputs": kind_in,
                     "logit_std": round(math.sqrt(var), 3) if var != 2.0 else 2.0,
                     "method": label,
                     "error": statistics.mean(vals),
@@ -256,10 +276,13 @@ def main() -> None:
     if not a.skip_errors:
         rows = errors()
         (a.out / "attention_errors.json").write_text(json.dumps(rows, indent=1))
-        print("\n| method | logit std | rel. error (mean of 3 seeds) | sd |")
-        print("|---|---|---|---|")
+        print("\n| inputs | method | logit std | rel. error (mean of 3 seeds) | sd |")
+        print("|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['method']} | {r['logit_std']} | {r['error']:.3f} | {r['sd']:.3f} |")
+            print(
+                f"| {r['inputs']} | {r['method']} | {r['logit_std']} | {r['error']:.3f} "
+                f"| {r['sd']:.3f} |"
+            )
 
 
 def print_speed(results: list[dict]) -> None:

@@ -28,6 +28,11 @@ def qkv(L=64, E=16, H=2, std=1.0, seed=0, dtype=torch.float64, S=None):
     return q, k, v
 
 
+def nf(method, m, E=16):
+    """``num_features`` giving ``m`` landmarks/features: ``"hermite"`` also has 1 + E."""
+    return E + 1 + m if method == "hermite" else m
+
+
 def rel(a, b):
     a, b = a.detach().double(), b.detach().double()
     return float(torch.linalg.norm(a - b) / torch.linalg.norm(b))
@@ -86,6 +91,64 @@ def test_nystrom_estimates_softmax(seed):
     assert full < 1e-4, full
 
 
+def hermite_reference(q, k, v, m, keep=None, jitter=1e-3):
+    """Dense second-order Hermite estimate around each row's mean logit (the docstring's).
+
+    ``w_ij = 1 + t_ij + ½(t̂²_ij − mean_j t̂²_ij)`` with ``t = q'·(k' − k̄')`` and ``t̂²`` the
+    Nyström projection of ``t²`` onto the squares of ``m`` evenly spaced unmasked keys.
+    """
+    S, r = k.shape[-2], q.shape[-1] ** -0.25
+    keep = torch.ones(S, dtype=torch.bool) if keep is None else keep
+    idx = keep.nonzero()[:, 0]
+    n = len(idx)
+    sel = idx[torch.floor((torch.arange(m, dtype=torch.float64) + 0.5) * n / m).long()]
+    kbar = k[..., idx, :].mean(-2, keepdim=True)
+    U = F.normalize(k[..., sel, :] - kbar, dim=-1)
+    qs, kc = q * r, (k[..., idx, :] - kbar) * r
+    G = (U @ U.mT).square() + jitter * torch.eye(m, dtype=q.dtype)
+    quad = (qs @ U.mT).square() @ torch.linalg.solve(G, (kc @ U.mT).square().mT)
+    W = 1 + qs @ kc.mT + 0.5 * (quad - quad.mean(-1, keepdim=True))
+    return (W @ v[..., idx, :]) / n
+
+
+def test_hermite_matches_its_dense_formula():
+    q, k, v = qkv(L=40, S=70, std=0.8)
+    out = kernel_attention(q, k, v, "hermite", num_features=16 + 1 + 12, chunk_size=16)
+    torch.testing.assert_close(out, hermite_reference(q, k, v, 12), rtol=1e-8, atol=1e-10)
+    keep = torch.ones(70, dtype=torch.bool)
+    keep[[3, 4, 5, 30, 31, 60, 61, 62, 63]] = False
+    out = kernel_attention(
+        q, k, v, "hermite", num_features=16 + 1 + 12, key_padding_mask=~keep, chunk_size=16
+    )
+    torch.testing.assert_close(out, hermite_reference(q, k, v, 12, keep), rtol=1e-8, atol=1e-10)
+    # The normaliser is exact: the weights of every row sum to the number of keys.
+    ones = torch.ones_like(v)
+    out = kernel_attention(q, k, ones, "hermite", num_features=29, key_padding_mask=~keep)
+    torch.testing.assert_close(out, torch.ones_like(out), rtol=1e-12, atol=1e-12)
+
+
+def test_hermite_is_exact_to_second_order():
+    """With E=4 the quadratic space has 10 dimensions: 10 landmarks span it, and the error
+    against softmax is the Hermite remainder, third order in the logits."""
+    errs = []
+    for std in (0.4, 0.2):
+        q, k, v = qkv(L=128, E=4, std=std, seed=4)
+        exact = F.scaled_dot_product_attention(q, k, v)
+        out = kernel_attention(q, k, v, "hermite", num_features=1 + 4 + 10, jitter=1e-12)
+        lin = kernel_attention(q, k, v, "hermite", num_features=1 + 4 + 1, jitter=1e-12)
+        errs.append(rel(out, exact))
+        assert rel(out, exact) < 0.2 * rel(lin, exact)
+    # Halving q and k quarters the logits: a third-order remainder shrinks 4³ = 64 times
+    # (measured 64; a second-order one, like the linear term alone, only 16 times).
+    assert errs[1] < errs[0] / 40, errs
+
+
+def test_hermite_needs_room_for_its_features():
+    q, k, v = qkv(L=8, E=16)
+    with pytest.raises(ValueError, match="at least E \\+ 2 = 18"):
+        kernel_attention(q, k, v, "hermite", num_features=17)
+
+
 def test_linear_matches_its_dense_formula():
     q, k, v = qkv(L=50, S=70, std=1.0)
     out = kernel_attention(q, k, v, "linear", chunk_size=16)
@@ -101,8 +164,8 @@ def test_softmax_free_matches_its_dense_formula():
 @pytest.mark.parametrize("method", ["favor+", "nystrom", "softmax-free", "linear"])
 def test_chunk_size_does_not_change_the_result(method):
     q, k, v = qkv(L=100, std=0.7)
-    a = kernel_attention(q, k, v, method, num_features=32, chunk_size=17)
-    b = kernel_attention(q, k, v, method, num_features=32, chunk_size=1000)
+    a = kernel_attention(q, k, v, method, num_features=nf(method, 32), chunk_size=17)
+    b = kernel_attention(q, k, v, method, num_features=nf(method, 32), chunk_size=1000)
     torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
@@ -125,6 +188,33 @@ def test_nystrom_beats_mean_of_v_at_unit_logits(stress, m):
     q, k, v, exact, base = stress[1.0]
     err = rel(kernel_attention(q, k, v, "nystrom", num_features=m), exact)
     assert err < 0.9 * base, (err, base)
+
+
+@pytest.mark.parametrize("m", [128, 256])
+def test_hermite_beats_mean_of_v_at_unit_logits(stress, m):
+    q, k, v, exact, base = stress[1.0]
+    err = rel(kernel_attention(q, k, v, "hermite", num_features=m), exact)
+    assert err < 0.9 * base, (err, base)
+    if m == 256:
+        # Acceptance bar of the attention issue: <= 0.50 at <= 256 features (0.472 in the
+        # benchmark's mean of 3 seeds; one draw of 8 heads varies by about +-0.01).
+        assert err < 0.50, err
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"num_features": 66},
+        {"num_features": 128},
+        {"num_features": 256},
+        {"num_features": 256, "jitter": 1e-8},
+        {"num_features": 256, "jitter": 1.0},
+    ],
+)
+def test_hermite_never_worse_than_uniform_at_logit_std_2(stress, opts):
+    q, k, v, exact, base = stress[2.0]
+    err = rel(kernel_attention(q, k, v, "hermite", **opts), exact)
+    assert err < base, (opts, err, base)
 
 
 @pytest.mark.parametrize(
@@ -170,7 +260,7 @@ def test_gradcheck(method, causal):
 
     def f(q, k, v):
         return kernel_attention(
-            q, k, v, method, num_features=12, is_causal=causal, chunk_size=24,
+            q, k, v, method, num_features=nf(method, 12, E=4), is_causal=causal, chunk_size=24,
             key_padding_mask=mask,
         )  # fmt: skip
 
@@ -230,7 +320,7 @@ def test_module_step_equals_causal_forward():
     torch.testing.assert_close(steps, full, rtol=1e-9, atol=1e-11)
 
 
-@pytest.mark.parametrize("method", ["nystrom", "softmax-free"])
+@pytest.mark.parametrize("method", ["nystrom", "hermite", "softmax-free"])
 def test_landmark_methods_refuse_causal(method):
     q, k, v = qkv(L=8)
     with pytest.raises(ValueError, match="cannot be causal"):
@@ -249,14 +339,15 @@ def test_masked_keys_have_no_influence(method):
     q, k, v = qkv(L=48, S=64, std=0.7)
     mask = torch.zeros(1, 1, 64, dtype=torch.bool)
     mask[..., 40:] = True
-    out = kernel_attention(q, k, v, method, key_padding_mask=mask, num_features=8)
+    m = nf(method, 8)
+    out = kernel_attention(q, k, v, method, key_padding_mask=mask, num_features=m)
     k2, v2 = k.clone(), v.clone()
     k2[..., 40:, :] = torch.randn(k2[..., 40:, :].shape, dtype=k.dtype) * 5
     v2[..., 40:, :] = 1e3
-    out2 = kernel_attention(q, k2, v2, method, key_padding_mask=mask, num_features=8)
+    out2 = kernel_attention(q, k2, v2, method, key_padding_mask=mask, num_features=m)
     torch.testing.assert_close(out, out2, rtol=1e-10, atol=1e-12)
     # The same through an SDPA-style boolean attn_mask (True = attend).
-    out3 = kernel_attention(q, k2, v2, method, attn_mask=~mask[..., None, :], num_features=8)
+    out3 = kernel_attention(q, k2, v2, method, attn_mask=~mask[..., None, :], num_features=m)
     torch.testing.assert_close(out, out3, rtol=1e-10, atol=1e-12)
 
 
@@ -291,22 +382,24 @@ def test_half_precision_is_finite_on_stress_inputs(stress, method, dtype):
     q, k, v, _, _ = stress[2.0]
     q, k, v = (t[:, :2, :256].clone().requires_grad_() for t in (q, k, v))
     ex = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
-    ref = rel(kernel_attention(q, k, v, method, num_features=64), ex)
+    m = nf(method, 64, E=64)
+    ref = rel(kernel_attention(q, k, v, method, num_features=m), ex)
     qh, kh, vh = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
-    out = kernel_attention(qh, kh, vh, method, num_features=64)
+    out = kernel_attention(qh, kh, vh, method, num_features=m)
     assert out.dtype == dtype and torch.isfinite(out).all()
     out.float().square().sum().backward()
     assert all(torch.isfinite(t.grad).all() for t in (qh, kh, vh))
     assert rel(out, ex) <= 1.5 * ref + 0.02
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out_ac = kernel_attention(q, k, v, method, num_features=64)
+        out_ac = kernel_attention(q, k, v, method, num_features=m)
     assert torch.isfinite(out_ac).all()
 
 
 def test_large_logits_do_not_overflow():
     q, k, v = qkv(L=64, E=16, std=8.0, dtype=torch.float32)  # logits of std 16
     for method in METHODS:
-        assert torch.isfinite(kernel_attention(q, k, v, method, num_features=16)).all()
+        out = kernel_attention(q, k, v, method, num_features=nf(method, 16))
+        assert torch.isfinite(out).all()
     for method in CAUSAL:
         assert torch.isfinite(kernel_attention(q, k, v, method, is_causal=True)).all()
 
@@ -328,8 +421,8 @@ def test_determinism_under_a_seed():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_state_dict_round_trip_is_bit_exact(method):
-    src = KernelAttention(32, 4, method, num_features=16, seed=1)
-    dst = KernelAttention(32, 4, method, num_features=16, seed=2)
+    src = KernelAttention(32, 4, method, num_features=nf(method, 16, E=8), seed=1)
+    dst = KernelAttention(32, 4, method, num_features=nf(method, 16, E=8), seed=2)
     dst.load_state_dict(src.state_dict())
     x = torch.randn(2, 20, 32)
     assert torch.equal(src(x)[0], dst(x)[0])
@@ -373,11 +466,13 @@ def test_global_rng_untouched():
 def test_module_replaces_multihead_attention(method):
     x = torch.randn(3, 20, 32)
     mha = torch.nn.MultiheadAttention(32, 4, batch_first=True)
-    ours = KernelAttention(32, 4, method, num_features=16, seed=0)
+    ours = KernelAttention(32, 4, method, num_features=nf(method, 16, E=8), seed=0)
     y_ref, _ = mha(x, x, x, need_weights=False)
     y, w = ours(x, x, x)
     assert y.shape == y_ref.shape and w is None
-    seq_first = KernelAttention(32, 4, method, batch_first=False, num_features=16, seed=0)
+    seq_first = KernelAttention(
+        32, 4, method, batch_first=False, num_features=nf(method, 16, E=8), seed=0
+    )
     y2, _ = seq_first(x.transpose(0, 1))
     torch.testing.assert_close(y2.transpose(0, 1), y)
     pad = torch.zeros(3, 20, dtype=torch.bool)

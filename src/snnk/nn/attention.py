@@ -30,6 +30,23 @@ Methods
     a regularised inverse that is computed exactly (Cholesky) or by Newton–Schulz iterations
     that converge monotonically to it (more iterations never make it worse). Biased (it is
     a projection), deterministic, not causal (landmarks pool the future).
+``"hermite"``
+    Second-order Hermite expansion of softmax attention around each row's mean logit, with
+    the quadratic term compressed by Nyström. With ``t_ij = q'·(k_j' − k̄')`` (``x' =
+    x·scale^{1/2}``, ``k̄`` the mean of the unmasked keys), ``exp(s_ij) ∝ exp(t_ij)`` within a
+    row and, for Gaussian ``t``, the L²-optimal quadratic approximation of ``exp(t)`` is
+    ``1 + t + (t² − E t²)/2`` (Hermite polynomials). The weights are
+    ``w_ij = 1 + t_ij + ½(t̂²_ij − mean_j t̂²_ij)`` where ``t̂²`` projects ``(q'⊗q')·(k̃'⊗k̃')``
+    onto the squares of ``m − 1 − E`` landmarks (evenly spaced unmasked keys, centred, unit
+    norm): ``t̂²(q, k) = a(q)ᵀ (G + λI)⁻¹ a(k)`` with ``a(x)_l = (x'·u_l)²`` and
+    ``G = (U Uᵀ)^{∘2}``. So ``m = 1 + E + landmarks`` features in all; both correction terms sum
+    to zero over the keys, so the normaliser is exactly the number (total weight) of the
+    unmasked keys and no division can blow up. Deterministic; biased: the remainder is third
+    order in the logits (exact at ``q = 0``), so it is faithful when the logits of a row are
+    small or roughly Gaussian (random or freshly initialised projections: best of all
+    methods at unit logits, see docs/benchmarks.md) and poor when a row's logits are
+    multi-modal (clustered keys; use ``"nystrom"`` there). Weights can be negative. Not causal
+    (the key mean and landmarks use the whole sequence).
 ``"softmax-free"``
     SOFT (Lu et al., 2021): Gaussian-kernel attention ``G(q, k) = exp(−‖q − k‖²·scale/2)``
     with ``m`` landmarks by adaptive average pooling of the keys (``m`` fixed, so cost stays
@@ -66,7 +83,7 @@ from snnk._utils import check_in, check_positive, check_positive_int, compute_dt
 from snnk._utils.random import make_generator, numpy_seed_from
 from snnk.features import PositiveFeatures
 
-METHODS = ("favor+", "nystrom", "softmax-free", "linear")
+METHODS = ("favor+", "nystrom", "hermite", "softmax-free", "linear")
 CAUSAL_METHODS = ("favor+", "linear")
 PINV_METHODS = ("solve", "newton")
 
@@ -158,6 +175,11 @@ class _Spec:
     key_sq: bool = False
     query_sq: bool = False
     gamma: float = 1.0
+    #: ``"pool"``: landmarks = adaptive average pooling of the keys; ``"select"``: evenly
+    #: spaced unmasked keys plus, as the last row of ``Z``, the mean of the unmasked keys
+    landmarks: str = "pool"
+    #: ``(Z, Σ φ_k vᵀ, Σ φ_k) -> (B, b)`` when the sums need more than ``M @`` (``"hermite"``)
+    finish_fn: Callable | None = None
 
 
 def _sq(x: torch.Tensor) -> torch.Tensor:
@@ -224,6 +246,50 @@ def _make_spec(
             expf, expf, True, True, "scalar", num_landmarks, inner, landmark_affine, False, False
         )
 
+    if method == "hermite":
+        # Z = [selected keys; key mean]. Quadratic features use the centred landmarks at unit
+        # norm: the quadratic kernel is homogeneous, so their scale does not change the
+        # projection, and the Gram matrix below has a unit diagonal (a scale-free jitter).
+        def directions(Z):
+            return F.normalize(Z[..., :-1, :] - Z[..., -1:, :], dim=-1)
+
+        def hermite_key(x, Z):
+            xc = (x - Z[..., -1:, :]) * r
+            quad = (xc @ directions(Z).mT).square()
+            return torch.cat([torch.ones_like(xc[..., :1]), xc, quad], -1)
+
+        def hermite_query(x, Z):
+            xs = x * r
+            quad = (xs @ directions(Z).mT).square()
+            return torch.cat([torch.ones_like(xs[..., :1]), xs, 0.5 * quad], -1)
+
+        def hermite_finish(Z, Ssum, zsum):
+            E = Z.shape[-1]
+            n = zsum[..., :1]
+            safe = torch.where(n > 0, n, torch.ones_like(n))
+            S0 = Ssum[..., :1, :]
+            # Centre the linear and quadratic sums on the (weighted) key mean: subtracting
+            # z_w·S0/n makes Σ_j ω_j φ_w(k_j) = 0 for every feature w > 0, so the normaliser
+            # is exactly n (the total key weight) and the estimate is a Hermite expansion
+            # around each row's mean logit.
+            cen = Ssum[..., 1:, :] - zsum[..., 1:].unsqueeze(-1) * (S0 / safe.unsqueeze(-1))
+            U = directions(Z)
+            quad = reg_inverse((U @ U.mT).square()) @ cen[..., E:, :]
+            B = torch.cat([S0, cen[..., :E, :], quad], -2)
+            b = torch.cat([n, torch.zeros_like(zsum[..., 1:])], -1)
+            return B, b
+
+        return _Spec(
+            hermite_key,
+            hermite_query,
+            False,
+            True,
+            None,
+            num_landmarks,
+            landmarks="select",
+            finish_fn=hermite_finish,
+        )
+
     # softmax-free: log G(x, z) = -‖x - z‖²/2 (≤ 0: no stabilisation needed, no row shift).
     def loggauss(x, Z):
         xs, Zs = x * r, Z * r
@@ -268,6 +334,53 @@ def _pool_matrix(seg, a: int, b: int, keep: torch.Tensor | None, counts) -> torc
     if keep is not None:
         P = P * keep[..., None, a:b]
     return P / counts.unsqueeze(-1)
+
+
+class _Landmarks:
+    """Landmarks ``Z = P k`` as a linear map of the keys, ``P`` evaluated chunk by chunk.
+
+    ``"pool"``: ``m`` rows of masked adaptive average pooling. ``"select"``: the unmasked
+    keys of rank ``⌊(l + ½)·n/m⌋`` among the ``n`` unmasked ones (``l < m``; evenly spaced,
+    never a masked key, repeated when ``n < m``) and, as row ``m``, the mean of the unmasked
+    keys.
+    """
+
+    def __init__(self, kind: str, S: int, m: int, keep: torch.Tensor | None, chunk: int, k):
+        self.kind, self.keep = kind, keep
+        if kind == "pool":
+            self.seg = _segments(S, m, k.device)
+            sizes = (self.seg[1] - self.seg[0]).to(k.dtype)
+            counts = sizes if keep is None else _segment_counts(keep, self.seg, chunk)
+            self.counts = counts.clamp_min(1.0)
+            return
+        if keep is None:
+            self.rank = torch.arange(S, device=k.device, dtype=k.dtype)
+            n = torch.full((1,), float(S), device=k.device, dtype=k.dtype)
+        else:
+            self.rank = keep.cumsum(-1) - 1.0
+            n = keep.sum(-1, keepdim=True)
+        i = torch.arange(m, device=k.device, dtype=k.dtype)
+        self.target = torch.floor((i + 0.5) * n / m)
+        self.n = n.clamp_min(1.0)
+
+    def matrix(self, a: int, b: int) -> torch.Tensor:
+        """``(..., rows, b - a)`` weights of keys ``a..b`` in every landmark row."""
+        if self.kind == "pool":
+            return _pool_matrix(self.seg, a, b, self.keep, self.counts)
+        rank = self.rank[..., a:b]
+        keep = torch.ones_like(rank) if self.keep is None else self.keep[..., a:b]
+        hit = (rank.unsqueeze(-2) == self.target.unsqueeze(-1)).to(rank.dtype)
+        return torch.cat([hit * keep.unsqueeze(-2), (keep / self.n).unsqueeze(-2)], -2)
+
+
+def _finish_sums(spec: _Spec, Z, Ssum, zsum):
+    """``(B, b)`` from the key sums: ``(M Σ φ_k vᵀ, M Σ φ_k)`` or the method's own map."""
+    if spec.finish_fn is not None:
+        return spec.finish_fn(Z, Ssum, zsum)
+    if spec.inner_fn is None:
+        return Ssum, zsum
+    M = spec.inner_fn(Z)
+    return M @ Ssum, (M @ zsum.unsqueeze(-1))[..., 0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,18 +513,13 @@ class _FeatureAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, lw, spec, chunk):
         L, S = q.shape[-2], k.shape[-2]
-        Z = counts = seg = None
+        Z = pool = None
         if spec.num_landmarks:
-            m = min(spec.num_landmarks, S)
-            seg = _segments(S, m, k.device)
             keep = None if lw is None else torch.isfinite(lw).to(k.dtype)
-            sizes = (seg[1] - seg[0]).to(k.dtype)
-            counts = sizes if keep is None else _segment_counts(keep, seg, chunk)
-            counts = counts.clamp_min(1.0)
+            pool = _Landmarks(spec.landmarks, S, min(spec.num_landmarks, S), keep, chunk, k)
             Z = 0
             for a, b in _chunks(S, chunk):
-                Z = Z + _pool_matrix(seg, a, b, keep, counts) @ k[..., a:b, :]
-        M = spec.inner_fn(Z) if spec.inner_fn is not None else None
+                Z = Z + pool.matrix(a, b) @ k[..., a:b, :]
         aff = _cast_affine(spec, Z, q.dtype)
         acc = None
         for a, b in _chunks(S, chunk):
@@ -421,20 +529,20 @@ class _FeatureAttention(torch.autograd.Function):
             part = (fk.mT @ v[..., a:b, :], fk.sum(-2), c)
             acc = part if acc is None else _combine(acc, part)
         Ssum, zsum, c = acc
-        B, b = (M @ Ssum, (M @ zsum.unsqueeze(-1))[..., 0]) if M is not None else (Ssum, zsum)
+        B, b = _finish_sums(spec, Z, Ssum, zsum)
         out = q.new_empty(*q.shape[:-1], v.shape[-1])
         for a, b_ in _chunks(L, chunk):
             out[..., a:b_, :] = _query_out(spec, q[..., a:b_, :], Z, c, B, b, aff)
-        ctx.spec, ctx.chunk, ctx.seg, ctx.has_lw = spec, chunk, seg, lw is not None
+        ctx.spec, ctx.chunk, ctx.pool, ctx.has_lw = spec, chunk, pool, lw is not None
         # ``out`` is saved as an output (no copy): backward reuses it instead of f·B.
-        ctx.save_for_backward(q, k, v, lw, Z, counts, Ssum, zsum, c, B, b, out)
+        ctx.save_for_backward(q, k, v, lw, Z, Ssum, zsum, c, B, b, out)
         return out
 
     @staticmethod
     def backward(ctx, g):
         if ctx.spec.affine_fn is not None:
             return _affine_backward(ctx, g)
-        q, k, v, lw, Z, counts, Ssum, zsum, c, B, b, _ = ctx.saved_tensors
+        q, k, v, lw, Z, Ssum, zsum, c, B, b, _ = ctx.saved_tensors
         spec, chunk = ctx.spec, ctx.chunk
         L, S = q.shape[-2], k.shape[-2]
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
@@ -453,15 +561,13 @@ class _FeatureAttention(torch.autograd.Function):
                 db += gr[2]
                 if dZ is not None:
                     dZ += gr[3]
-            if spec.inner_fn is not None:
+            if spec.inner_fn is not None or spec.finish_fn is not None:
                 Sg, zg = Ssum.detach().requires_grad_(), zsum.detach().requires_grad_()
-                M = spec.inner_fn(Zg)
-                Bn, bn = M @ Sg, (M @ zg.unsqueeze(-1))[..., 0]
+                Bn, bn = _finish_sums(spec, Zg, Sg, zg)
                 dS, dz, dZm = _grads([Bn, bn], [Sg, zg, Zg], [dB, db])
                 dZ += dZm
             else:
                 dS, dz = dB, db
-            keep = None if lw is None else torch.isfinite(lw).to(k.dtype)
             for a, e in _chunks(S, chunk):
                 kc = k[..., a:e, :].detach().requires_grad_()
                 vc = v[..., a:e, :].detach().requires_grad_()
@@ -474,9 +580,9 @@ class _FeatureAttention(torch.autograd.Function):
                 if dZ is not None:
                     dZ += gr[2]
             if dZ is not None:
-                # Landmarks are a masked average of the keys: route dZ back to them.
+                # Landmarks are a linear map of the keys: route dZ back to them.
                 for a, e in _chunks(S, chunk):
-                    P = _pool_matrix(ctx.seg, a, e, keep, counts)
+                    P = ctx.pool.matrix(a, e)
                     dk[..., a:e, :] += (P.mT @ dZ).expand_as(dk[..., a:e, :])
         return dq, dk, dv, None, None, None
 
@@ -508,7 +614,7 @@ def _affine_backward(ctx, g):
     ``∂f_k = v ∂Sᵀ + ∂z``, ``∂v = f_k ∂S``, ``∂k = ∂t P − γ (Σ_w ∂t_w) k`` when the key
     log-features contain ``−γ‖k‖²/2``. Features are recomputed chunk by chunk.
     """
-    q, k, v, lw, Z, counts, Ssum, zsum, c, B, b, out_all = ctx.saved_tensors
+    q, k, v, lw, Z, Ssum, zsum, c, B, b, out_all = ctx.saved_tensors
     spec, chunk = ctx.spec, ctx.chunk
     L, S = q.shape[-2], k.shape[-2]
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
@@ -536,11 +642,10 @@ def _affine_backward(ctx, g):
             dB += f.mT @ gc
         dq[..., a:e, :] = _logit_backward(df.mul_(f), qc, P, spec.query_sq, spec.gamma, dP, dconst)
     dZ = None
-    if spec.inner_fn is not None:
+    if spec.inner_fn is not None or spec.finish_fn is not None:
         with torch.enable_grad():
             Sg, zg = Ssum.detach().requires_grad_(), zsum.detach().requires_grad_()
-            M = spec.inner_fn(Zg)
-            Bn, bn = M @ Sg, (M @ zg.unsqueeze(-1))[..., 0]
+            Bn, bn = _finish_sums(spec, Zg, Sg, zg)
             dS, dz, dZ = _grads([Bn, bn], [Sg, zg, Zg], [dB, db])
     else:
         dS, dz = dB, db
@@ -552,9 +657,8 @@ def _affine_backward(ctx, g):
         dk[..., a:e, :] = _logit_backward(dfk.mul_(fk), kc, P, spec.key_sq, spec.gamma, dP, dconst)
     if Zg is not None:
         dZ = dZ + torch.autograd.grad([Pg, cg], Zg, [dP.to(Pg.dtype), dconst.to(cg.dtype)])[0]
-        keep = None if lw is None else torch.isfinite(lw).to(k.dtype)
         for a, e in _chunks(S, chunk):
-            P_pool = _pool_matrix(ctx.seg, a, e, keep, counts)
+            P_pool = ctx.pool.matrix(a, e)
             dk[..., a:e, :] += (P_pool.mT @ dZ).expand_as(dk[..., a:e, :])
     return dq, dk, dv, None, None, None
 
@@ -763,7 +867,7 @@ def kernel_attention(
     k : Tensor of shape ``(..., S, E)``
     v : Tensor of shape ``(..., S, Ev)``
         Same batch dimensions, dtype and device.
-    method : {"favor+", "nystrom", "softmax-free", "linear"}, default "favor+"
+    method : {"favor+", "nystrom", "hermite", "softmax-free", "linear"}, default "favor+"
         See the module docstring for the estimator behind each method.
     attn_mask : Tensor of shape ``(..., 1, S)``, optional
         As in SDPA: bool (True = the key takes part) or float (added to the logits; ``-inf``
@@ -773,19 +877,22 @@ def kernel_attention(
         from the numerator *and* the normaliser (and from the landmarks).
     is_causal : bool, default False
         Query ``i`` sees keys ``j <= i`` (needs ``L == S``); only ``"favor+"`` and
-        ``"linear"`` (landmark methods pool the future and raise).
+        ``"linear"`` (landmark methods see the future and raise).
     scale : float, optional
         Logit scale, default ``1/√E`` (softmax of ``qᵀk·scale``; for ``"softmax-free"``
         the kernel is ``exp(−‖q − k‖²·scale/2)``).
     num_features : int, default 256
-        ``m``: random features (``"favor+"``) or landmarks (``"nystrom"``,
-        ``"softmax-free"``; capped at ``S``). Ignored by ``"linear"``.
+        ``m``: random features (``"favor+"``), landmarks (``"nystrom"``,
+        ``"softmax-free"``; capped at ``S``) or the total feature width of ``"hermite"``
+        (``1 + E`` plus ``m − 1 − E`` quadratic landmarks, capped at ``S``; needs
+        ``m >= E + 2``). Ignored by ``"linear"``.
     seed : int, torch.Generator or None, default 0
         Draw of the ``"favor+"`` projection when ``feature_map`` is not given.
     feature_map : PositiveFeatures, optional
         ``"favor+"`` features to use (``in_features = E``); modules pass theirs.
     jitter : float, default 1e-3
-        ``λ`` added to the unit-diagonal landmark Gram matrix before inversion.
+        ``λ`` added to the unit-diagonal landmark Gram matrix before inversion (the
+        Gaussian Gram matrix, or ``G`` of ``"hermite"``).
     pinv : {"solve", "newton"}, default "solve"
         Exact SPD inverse (Cholesky, float64) or Newton–Schulz with a convergence check
         (raises if ``tol`` is not met within ``max_iter``).
@@ -800,8 +907,8 @@ def kernel_attention(
     _check_qkv(q, k, v)
     if is_causal and method not in CAUSAL_METHODS:
         raise ValueError(
-            f"method={method!r} cannot be causal: its landmarks average over the whole "
-            f"sequence, so every output would see future tokens. Use method='favor+' or "
+            f"method={method!r} cannot be causal: its landmarks are computed from the "
+            f"whole sequence, so every output would see future tokens. Use method='favor+' or "
             f"'linear' with is_causal=True"
         )
     if is_causal and attn_mask is not None:
@@ -816,6 +923,15 @@ def kernel_attention(
     num_features = check_positive_int(num_features, "num_features")
     check_in(pinv, "pinv", PINV_METHODS)
     jitter = check_positive(jitter, "jitter")
+    landmarks = num_features
+    if method == "hermite":
+        landmarks = num_features - E - 1
+        if landmarks < 1:
+            raise ValueError(
+                f"method='hermite' uses 1 + E + (quadratic landmarks) features, so num_features "
+                f"must be at least E + 2 = {E + 2} for head dimension E={E}; got "
+                f"num_features={num_features}"
+            )
     if method == "favor+":
         if feature_map is None:
             feature_map = PositiveFeatures(E, num_features, seed=seed, device=q.device)
@@ -829,7 +945,7 @@ def kernel_attention(
     with torch.autocast(q.device.type, enabled=False):
         qw, kw, vw = q.to(work), k.to(work), v.to(work)
         lw = _key_log_weights(attn_mask, key_padding_mask, kw, work)
-        spec = _make_spec(method, scale, feature_map, num_features, jitter, pinv, max_iter, tol)
+        spec = _make_spec(method, scale, feature_map, landmarks, jitter, pinv, max_iter, tol)
         width = feature_map.num_features if method == "favor+" else num_features
         batch = math.prod(q.shape[:-2])
         chunk = chunk_size or _default_chunk(batch, width if method != "linear" else E)
@@ -865,7 +981,7 @@ class DecodingState:
         check_in(method, "method", METHODS)
         if method not in CAUSAL_METHODS:
             raise ValueError(
-                f"method={method!r} has no causal form (its landmarks pool the future); "
+                f"method={method!r} has no causal form (its landmarks see the future); "
                 f"incremental decoding exists for {list(CAUSAL_METHODS)}"
             )
         if method == "favor+" and feature_map is None:
@@ -917,7 +1033,7 @@ class KernelAttention(nn.Module):
     ----------
     embed_dim, num_heads : int
         ``embed_dim`` must be divisible by ``num_heads``; the head dimension is the quotient.
-    method : {"favor+", "nystrom", "softmax-free", "linear"}, default "favor+"
+    method : {"favor+", "nystrom", "hermite", "softmax-free", "linear"}, default "favor+"
     batch_first : bool, default True
         Inputs ``(B, L, embed_dim)``; False means ``(L, B, embed_dim)``.
     num_features : int, default 256
@@ -972,7 +1088,7 @@ class KernelAttention(nn.Module):
         self.method = check_in(method, "method", METHODS)
         if is_causal and method not in CAUSAL_METHODS:
             raise ValueError(
-                f"method={method!r} cannot be causal (landmarks pool the future); use one of "
+                f"method={method!r} cannot be causal (its landmarks see the future); use one of "
                 f"{list(CAUSAL_METHODS)}"
             )
         unknown = set(attention_kwargs) - {"jitter", "pinv", "max_iter", "tol", "chunk_size"}
