@@ -162,6 +162,7 @@ def errors(seeds: int = 3, kinds: tuple[str, ...] = ("random", "clustered")) -> 
     settings += [("nystrom", f"ours-nystrom-{m}", m, {}) for m in (32, 64, 128, 256)]
     settings += [("nystrom", "ours-nystrom-256-newton", 256, {"pinv": "newton"})]
     settings += [("nystrom", f"ours-nystrom-256-jitter{j}", 256, {"jitter": j}) for j in (1e-5,)]
+    settings += [("nystrom", f"ours-nystrom-{m}-pool", m, {"landmarks": "pool"}) for m in (64, 256)]
     settings += [("hermite", f"ours-hermite-{m}", m, {}) for m in (66, 128, 256)]
     settings += [("hermite", "ours-hermite-256-jitter1e-08", 256, {"jitter": 1e-8})]
     settings += [("softmax-free", f"ours-softmax-free-{m}", m, {}) for m in (64, 256)]

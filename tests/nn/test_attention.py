@@ -149,6 +149,74 @@ def test_hermite_needs_room_for_its_features():
         kernel_attention(q, k, v, "hermite", num_features=17)
 
 
+def kmeans_landmarks(k, m, keep):
+    """Reference: pooled (masked) landmarks, then one Lloyd step; empty clusters stay."""
+    S = k.shape[-2]
+    idx = torch.arange(S)
+    Z = []
+    for i in range(m):
+        seg = (idx >= i * S // m) & (idx < -((-(i + 1) * S) // m)) & keep
+        Z.append(k[..., seg, :].mean(-2) if seg.any() else torch.zeros_like(k[..., 0, :]))
+    Z = torch.stack(Z, -2)
+    lab = torch.cdist(k, Z).argmin(-1)
+    out = Z.clone()
+    for i in range(m):
+        member = (lab == i) & keep
+        for h in range(k.shape[1]):
+            if member[0, h].any():
+                out[0, h, i] = k[0, h, member[0, h]].mean(-2)
+    return out
+
+
+def nystrom_reference(q, k, v, Z, keep, jitter=1e-3):
+    """Dense regularised Nyström softmax attention with landmarks ``Z`` (docstring formula)."""
+    r = q.shape[-1] ** -0.25
+    qs, ks, Zs = q * r, k[..., keep, :] * r, Z * r
+    dz = Zs.square().sum(-1)
+    A = torch.exp(Zs @ Zs.mT) + jitter * torch.diag_embed(torch.exp(dz))
+    W = torch.exp(qs @ Zs.mT) @ torch.linalg.solve(A, torch.exp(Zs @ ks.mT))
+    return (W @ v[..., keep, :]) / W.sum(-1, keepdim=True)
+
+
+def test_nystrom_kmeans_landmarks_match_their_dense_formula():
+    q, k, v = qkv(L=30, S=40, std=0.6, seed=2)
+    k[..., 30:, :] += 1.5  # a far group
+    keep = torch.ones(40, dtype=torch.bool)
+    keep[[0, 1, 17, 18, 19]] = False
+    opts = {"num_features": 8, "key_padding_mask": ~keep, "chunk_size": 7}
+    out = kernel_attention(q, k, v, "nystrom", **opts)
+    Z = kmeans_landmarks(k, 8, keep)
+    torch.testing.assert_close(out, nystrom_reference(q, k, v, Z, keep), rtol=1e-7, atol=1e-9)
+    pooled = kernel_attention(q, k, v, "nystrom", landmarks="pool", **opts)
+    assert not torch.allclose(pooled, out)
+
+
+def test_kmeans_landmark_without_members_keeps_its_pooled_value():
+    # Keys in two groups: segment 0 is group A, segment 1 group B, segment 2 half and half,
+    # so its pooled landmark lies between the groups and every key is nearer another one.
+    g = torch.Generator().manual_seed(0)
+    e = torch.zeros(8, dtype=torch.float64)
+    e[0] = 1.0
+    side = torch.tensor([1.0] * 8 + [-1.0] * 8 + [1.0, -1.0] * 4, dtype=torch.float64)
+    k = side[:, None] * e + 0.05 * torch.randn(24, 8, generator=g, dtype=torch.float64)
+    k = k.expand(1, 1, 24, 8).contiguous()
+    q = 0.5 * torch.randn(1, 1, 10, 8, generator=g, dtype=torch.float64)
+    v = torch.randn(1, 1, 24, 8, generator=g, dtype=torch.float64)
+    keep = torch.ones(24, dtype=torch.bool)
+    Z = kmeans_landmarks(k, 3, keep)
+    assert torch.allclose(Z[..., 2, :], k[..., 16:, :].mean(-2))  # no members: pooled value
+    out = kernel_attention(q, k, v, "nystrom", num_features=3, chunk_size=5)
+    torch.testing.assert_close(out, nystrom_reference(q, k, v, Z, keep), rtol=1e-7, atol=1e-9)
+
+
+def test_landmarks_option_is_checked():
+    q, k, v = qkv(L=8)
+    with pytest.raises(ValueError, match="landmarks"):
+        kernel_attention(q, k, v, "favor+", landmarks="kmeans")
+    with pytest.raises(ValueError, match="landmarks"):
+        kernel_attention(q, k, v, "nystrom", landmarks="random")
+
+
 def test_linear_matches_its_dense_formula():
     q, k, v = qkv(L=50, S=70, std=1.0)
     out = kernel_attention(q, k, v, "linear", chunk_size=16)
@@ -232,6 +300,31 @@ def test_nystrom_never_worse_than_uniform_at_logit_std_2(stress, opts):
     q, k, v, exact, base = stress[2.0]
     err = rel(kernel_attention(q, k, v, "nystrom", **opts), exact)
     assert err < base, (opts, err, base)
+
+
+@pytest.fixture(scope="module")
+def clustered():
+    """Reference section 5.4 inputs (16 centres per head), L=512, logit std 2."""
+    g = torch.Generator().manual_seed(5)
+    L, E, H = 512, 64, 4
+    centres = torch.randn(1, H, 16, E, generator=g, dtype=torch.float64)
+    own = centres.gather(2, torch.randint(0, 16, (1, H, L, 1), generator=g).expand(1, H, L, E))
+    q = own + 0.3 * torch.randn(1, H, L, E, generator=g, dtype=torch.float64)
+    k = own + 0.3 * torch.randn(1, H, L, E, generator=g, dtype=torch.float64)
+    q, k = q / q.std() * math.sqrt(2), k / k.std() * math.sqrt(2)
+    v = torch.randn(1, H, L, E, generator=g, dtype=torch.float64)
+    exact = F.scaled_dot_product_attention(q, k, v)
+    return q, k, v, exact, rel(uniform(v, exact), exact)
+
+
+@pytest.mark.parametrize("m", [64, 256])
+def test_nystrom_kmeans_landmarks_on_clustered_keys(clustered, m):
+    """Pooled landmarks fall between clusters: rows whose cluster has no landmark get
+    Nyström row sums near zero (error 2.7 to 66 at these settings); one Lloyd step puts
+    landmarks inside the clusters (0.16-0.19 in the benchmark)."""
+    q, k, v, exact, base = clustered
+    err = rel(kernel_attention(q, k, v, "nystrom", num_features=m), exact)
+    assert err < 0.4 * base, (err, base)
 
 
 def test_favor_is_not_collapsed_to_uniform(stress):
