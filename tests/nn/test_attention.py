@@ -191,9 +191,9 @@ def test_nystrom_kmeans_landmarks_match_their_dense_formula():
     assert not torch.allclose(pooled, out)
 
 
-def test_kmeans_landmark_without_members_keeps_its_pooled_value():
-    # Keys in two groups: segment 0 is group A, segment 1 group B, segment 2 half and half,
-    # so its pooled landmark lies between the groups and every key is nearer another one.
+def two_groups():
+    """Keys in two groups: segment 0 is group A, segment 1 group B, segment 2 half and half,
+    so with 3 landmarks the third pooled one lies between the groups and gets no member."""
     g = torch.Generator().manual_seed(0)
     e = torch.zeros(8, dtype=torch.float64)
     e[0] = 1.0
@@ -202,7 +202,11 @@ def test_kmeans_landmark_without_members_keeps_its_pooled_value():
     k = k.expand(1, 1, 24, 8).contiguous()
     q = 0.5 * torch.randn(1, 1, 10, 8, generator=g, dtype=torch.float64)
     v = torch.randn(1, 1, 24, 8, generator=g, dtype=torch.float64)
-    keep = torch.ones(24, dtype=torch.bool)
+    return q, k, v, torch.ones(24, dtype=torch.bool)
+
+
+def test_kmeans_landmark_without_members_keeps_its_pooled_value():
+    q, k, v, keep = two_groups()
     Z = kmeans_landmarks(k, 3, keep)
     assert torch.allclose(Z[..., 2, :], k[..., 16:, :].mean(-2))  # no members: pooled value
     out = kernel_attention(q, k, v, "nystrom", num_features=3, chunk_size=5)
@@ -359,6 +363,26 @@ def test_gradcheck(method, causal):
 
     # fast_mode checks random directional derivatives: same check, far fewer evaluations.
     assert torch.autograd.gradcheck(f, (q, k, v), atol=1e-6, rtol=1e-5, fast_mode=True)
+
+
+def test_gradcheck_landmark_rules():
+    """Pooled landmarks with overlapping segments (64 keys, 12 landmarks), and k-means with
+    a landmark that has no members (it keeps its pooled value and gradient)."""
+    q, k, v = (t.requires_grad_() for t in qkv(L=64, E=4, H=2, std=0.5, seed=3))
+
+    def f(q, k, v):
+        return kernel_attention(
+            q, k, v, "nystrom", num_features=12, landmarks="pool", chunk_size=24
+        )
+
+    assert torch.autograd.gradcheck(f, (q, k, v), atol=1e-6, rtol=1e-5, fast_mode=True)
+    q, k, v, _ = two_groups()
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+
+    def g(q, k, v):
+        return kernel_attention(q, k, v, "nystrom", num_features=3, chunk_size=5)
+
+    assert torch.autograd.gradcheck(g, (q, k, v), atol=1e-6, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------

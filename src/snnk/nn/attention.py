@@ -322,7 +322,7 @@ def _make_spec(
 
 
 # --------------------------------------------------------------------------------------------
-# Landmarks: masked adaptive average pooling, one chunk of keys at a time
+# Landmarks: pooled, k-means or selected keys, one chunk of keys at a time
 # --------------------------------------------------------------------------------------------
 def _segments(S: int, m: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Start/end of the ``m`` adaptive-pooling segments of ``range(S)`` (PyTorch's rule)."""
@@ -330,84 +330,125 @@ def _segments(S: int, m: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     return (i * S) // m, ((i + 1) * S + m - 1) // m
 
 
-def _pool_matrix(seg, a: int, b: int, keep: torch.Tensor | None, counts) -> torch.Tensor:
-    """``(..., m, b - a)`` weights of keys ``a..b`` in each landmark (rows sum to 1 overall)."""
-    start, end = seg
-    j = torch.arange(a, b, device=start.device)
-    member = (j >= start[:, None]) & (j < end[:, None])
-    P = member.to(counts.dtype)
-    if keep is not None:
-        P = P * keep[..., None, a:b]
-    return P / counts.unsqueeze(-1)
-
-
 class _Landmarks:
-    """Landmarks ``Z = P k`` as a linear map of the keys, ``P`` evaluated chunk by chunk.
+    """Landmarks ``Z = P k``, a linear map of the keys applied chunk by chunk.
 
-    ``"pool"``: ``m`` rows of masked adaptive average pooling. ``"kmeans"``: one Lloyd step
-    from the pooled rows: every unmasked key joins its nearest pooled landmark and each
-    landmark becomes the mean of its members (a landmark without members keeps its pooled
-    value), so landmarks sit where the keys are (clustered keys get landmarks inside their
-    clusters). The assignment is piecewise constant, so gradients flow through the means.
+    ``"pool"``: ``m`` rows of masked adaptive average pooling (PyTorch's segments; a key lies
+    in one or, where segments overlap, two of them). ``"kmeans"``: one Lloyd step from the
+    pooled rows: every unmasked key joins its nearest pooled landmark and each landmark
+    becomes the mean of its members (a landmark without members keeps its pooled value), so
+    landmarks sit where the keys are (clustered keys get landmarks inside their clusters).
+    The assignment is piecewise constant, so gradients flow through the means.
     ``"select"``: the unmasked keys of rank ``⌊(l + ½)·n/m⌋`` among the ``n`` unmasked ones
     (``l < m``; evenly spaced, never a masked key, repeated when ``n < m``) and, as row
     ``m``, the mean of the unmasked keys.
+
+    Pooling and k-means use segment sums and gathers (``O(S·E)``), not dense ``m x S``
+    matrices; :meth:`route` applies ``Pᵀ`` to a landmark gradient.
     """
 
     def __init__(self, kind: str, S: int, m: int, keep: torch.Tensor | None, chunk: int, k):
-        self.kind, self.keep = kind, keep
-        if kind in ("pool", "kmeans"):
-            self.seg = _segments(S, m, k.device)
-            sizes = (self.seg[1] - self.seg[0]).to(k.dtype)
-            counts = sizes if keep is None else _segment_counts(keep, self.seg, chunk)
-            self.counts = counts.clamp_min(1.0)
-            if kind == "kmeans":
-                self._lloyd(S, m, chunk, k)
+        self.kind, self.keep, self.m, self.chunk = kind, keep, m, chunk
+        dev, dt = k.device, k.dtype
+        if kind == "select":
+            if keep is None:
+                self.rank = torch.arange(S, device=dev, dtype=dt)
+                n = torch.full((1,), float(S), device=dev, dtype=dt)
+            else:
+                self.rank = keep.cumsum(-1) - 1.0
+                n = keep.sum(-1, keepdim=True)
+            i = torch.arange(m, device=dev, dtype=dt)
+            self.target = torch.floor((i + 0.5) * n / m)
+            self.n = n.clamp_min(1.0)
             return
-        if keep is None:
-            self.rank = torch.arange(S, device=k.device, dtype=k.dtype)
-            n = torch.full((1,), float(S), device=k.device, dtype=k.dtype)
-        else:
-            self.rank = keep.cumsum(-1) - 1.0
-            n = keep.sum(-1, keepdim=True)
-        i = torch.arange(m, device=k.device, dtype=k.dtype)
-        self.target = torch.floor((i + 0.5) * n / m)
-        self.n = n.clamp_min(1.0)
+        start, end = _segments(S, m, dev)
+        j = torch.arange(S, device=dev)
+        self.lo = torch.searchsorted(end, j, right=True)  # first segment holding key j
+        self.hi = torch.searchsorted(start, j, right=True) - 1  # last segment holding it
+        w = torch.ones(S, 1, dtype=dt, device=dev) if keep is None else keep.unsqueeze(-1)
+        counts = self._segment_sum(lambda a, b: w[..., a:b, :], S, 1, k)[..., 0]
+        self.counts = counts.clamp_min(1.0)
+        if kind == "kmeans":
+            self._lloyd(k)
 
-    def _lloyd(self, S: int, m: int, chunk: int, k) -> None:
-        Z = 0
-        for a, b in _chunks(S, chunk):
-            Z = Z + _pool_matrix(self.seg, a, b, self.keep, self.counts) @ k[..., a:b, :]
-        Zsq = _sq(Z).unsqueeze(-2)
-        labels, sizes = [], 0
-        for a, b in _chunks(S, chunk):
+    def _weight(self, a: int, b: int, like: torch.Tensor) -> torch.Tensor:
+        keep = torch.ones_like(like[..., 0]) if self.keep is None else self.keep[..., a:b]
+        return keep.unsqueeze(-1)
+
+    def _segment_sum(self, get, S: int, F: int, like: torch.Tensor) -> torch.Tensor:
+        """``Σ_{j ∈ segment} x_j`` with ``x[..., a:b, :] = get(a, b)`` (already masked)."""
+        out = 0
+        for a, b in _chunks(S, self.chunk):
+            lo, hi, xc = self.lo[a:b], self.hi[a:b], get(a, b)
+            part = like.new_zeros(*xc.shape[:-2], self.m, F)
+            part.index_add_(-2, lo, xc)
+            two = hi != lo
+            out = out + part.index_add_(-2, hi[two], xc[..., two, :])
+        return out
+
+    def _pooled(self, k: torch.Tensor) -> torch.Tensor:
+        def masked(a, b):
+            return k[..., a:b, :] * self._weight(a, b, k[..., a:b, :])
+
+        sums = self._segment_sum(masked, k.shape[-2], k.shape[-1], k)
+        return sums / self.counts.unsqueeze(-1)
+
+    def _lloyd(self, k: torch.Tensor) -> None:
+        Z0 = self._pooled(k)
+        Zsq = _sq(Z0).unsqueeze(-2)
+        labels, sums, sizes = [], 0, 0
+        for a, b in _chunks(k.shape[-2], self.chunk):
+            kc = k[..., a:b, :]
             # nearest landmark of every key (‖k‖² is the same for all landmarks of a key)
-            lab = (Zsq - 2.0 * (k[..., a:b, :] @ Z.mT)).argmin(-1)
-            if self.keep is not None:
-                lab = torch.where(self.keep[..., a:b] > 0, lab, -1)
+            lab = (Zsq - 2.0 * (kc @ Z0.mT)).argmin(-1)
+            w = self._weight(a, b, kc).expand(*lab.shape, 1)
+            s = kc.new_zeros(*lab.shape[:-1], self.m, kc.shape[-1])
+            sums = sums + s.scatter_add_(-2, lab.unsqueeze(-1).expand_as(kc), kc * w)
+            c = kc.new_zeros(*lab.shape[:-1], self.m)
+            sizes = sizes + c.scatter_add_(-1, lab, w[..., 0])
             labels.append(lab)
-            sizes = sizes + self._members(lab, m).sum(-1)
-        self.labels, self.sizes, self.m = torch.cat(labels, -1), sizes, m
-
-    def _members(self, lab: torch.Tensor, m: int) -> torch.Tensor:
-        """``(..., m, n)`` one-hot membership of ``n`` keys with labels ``lab``."""
-        return (lab.unsqueeze(-2) == torch.arange(m, device=lab.device)[:, None]).to(
-            self.counts.dtype
+        self.labels, self.sizes, self.Z0 = torch.cat(labels, -1), sizes, Z0
+        self.Z = torch.where(
+            (sizes > 0).unsqueeze(-1), sums / sizes.clamp_min(1.0).unsqueeze(-1), Z0
         )
 
-    def matrix(self, a: int, b: int) -> torch.Tensor:
-        """``(..., rows, b - a)`` weights of keys ``a..b`` in every landmark row."""
-        if self.kind == "pool":
-            return _pool_matrix(self.seg, a, b, self.keep, self.counts)
-        if self.kind == "kmeans":
-            member = self._members(self.labels[..., a:b], self.m)
-            empty = (self.sizes == 0).unsqueeze(-1)
-            pooled = _pool_matrix(self.seg, a, b, self.keep, self.counts)
-            return torch.where(empty, pooled, member / self.sizes.clamp_min(1.0).unsqueeze(-1))
+    def _select_matrix(self, a: int, b: int) -> torch.Tensor:
         rank = self.rank[..., a:b]
         keep = torch.ones_like(rank) if self.keep is None else self.keep[..., a:b]
         hit = (rank.unsqueeze(-2) == self.target.unsqueeze(-1)).to(rank.dtype)
         return torch.cat([hit * keep.unsqueeze(-2), (keep / self.n).unsqueeze(-2)], -2)
+
+    def compute(self, k: torch.Tensor) -> torch.Tensor:
+        """The landmarks ``P k``: ``(..., rows, E)``."""
+        if self.kind == "kmeans":
+            return self.Z
+        if self.kind == "pool":
+            return self._pooled(k)
+        Z = 0
+        for a, b in _chunks(k.shape[-2], self.chunk):
+            Z = Z + self._select_matrix(a, b) @ k[..., a:b, :]
+        return Z
+
+    def route(self, dZ: torch.Tensor, dk: torch.Tensor) -> None:
+        """``dk += Pᵀ dZ`` (the landmarks' gradient reaching the keys)."""
+        if self.kind == "select":
+            for a, b in _chunks(dk.shape[-2], self.chunk):
+                dk[..., a:b, :] += (self._select_matrix(a, b).mT @ dZ).expand_as(dk[..., a:b, :])
+            return
+        pooled = dZ / self.counts.unsqueeze(-1)
+        if self.kind == "kmeans":
+            nonempty = (self.sizes > 0).unsqueeze(-1)
+            member = torch.where(nonempty, dZ / self.sizes.clamp_min(1.0).unsqueeze(-1), 0.0)
+            pooled = torch.where(nonempty, 0.0, pooled)
+        for a, b in _chunks(dk.shape[-2], self.chunk):
+            lo, hi = self.lo[a:b], self.hi[a:b]
+            g = pooled.index_select(-2, lo) + torch.where(
+                (hi != lo).unsqueeze(-1), pooled.index_select(-2, hi), 0.0
+            )
+            if self.kind == "kmeans":
+                lab = self.labels[..., a:b].unsqueeze(-1)
+                g = g + member.gather(-2, lab.expand(*lab.shape[:-1], dZ.shape[-1]))
+            dk[..., a:b, :] += (g * self._weight(a, b, dk[..., a:b, :])).expand_as(dk[..., a:b, :])
 
 
 def _finish_sums(spec: _Spec, Z, Ssum, zsum):
@@ -554,9 +595,7 @@ class _FeatureAttention(torch.autograd.Function):
         if spec.num_landmarks:
             keep = None if lw is None else torch.isfinite(lw).to(k.dtype)
             pool = _Landmarks(spec.landmarks, S, min(spec.num_landmarks, S), keep, chunk, k)
-            Z = 0
-            for a, b in _chunks(S, chunk):
-                Z = Z + pool.matrix(a, b) @ k[..., a:b, :]
+            Z = pool.compute(k)
         aff = _cast_affine(spec, Z, q.dtype)
         acc = None
         for a, b in _chunks(S, chunk):
@@ -618,9 +657,7 @@ class _FeatureAttention(torch.autograd.Function):
                     dZ += gr[2]
             if dZ is not None:
                 # Landmarks are a linear map of the keys: route dZ back to them.
-                for a, e in _chunks(S, chunk):
-                    P = ctx.pool.matrix(a, e)
-                    dk[..., a:e, :] += (P.mT @ dZ).expand_as(dk[..., a:e, :])
+                ctx.pool.route(dZ, dk)
         return dq, dk, dv, None, None, None
 
 
@@ -694,21 +731,8 @@ def _affine_backward(ctx, g):
         dk[..., a:e, :] = _logit_backward(dfk.mul_(fk), kc, P, spec.key_sq, spec.gamma, dP, dconst)
     if Zg is not None:
         dZ = dZ + torch.autograd.grad([Pg, cg], Zg, [dP.to(Pg.dtype), dconst.to(cg.dtype)])[0]
-        for a, e in _chunks(S, chunk):
-            P_pool = ctx.pool.matrix(a, e)
-            dk[..., a:e, :] += (P_pool.mT @ dZ).expand_as(dk[..., a:e, :])
+        ctx.pool.route(dZ, dk)
     return dq, dk, dv, None, None, None
-
-
-def _segment_counts(keep, seg, chunk) -> torch.Tensor:
-    """Number of unmasked keys in every pooling segment, ``(..., m)``."""
-    S = keep.shape[-1]
-    total = 0
-    for a, b in _chunks(S, chunk):
-        ones = torch.ones(seg[0].shape[0], dtype=keep.dtype, device=keep.device)
-        P = _pool_matrix(seg, a, b, keep, ones)
-        total = total + P.sum(-1)
-    return total
 
 
 class _CausalFeatureAttention(torch.autograd.Function):
