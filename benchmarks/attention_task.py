@@ -45,7 +45,7 @@ from torch import nn
 from snnk.nn import KernelAttention
 
 OUT = Path(__file__).resolve().parent / "results"
-VARIANTS = ("exact", "favor+", "nystrom", "softmax-free", "linear", "none")
+VARIANTS = ("exact", "favor+", "nystrom", "hermite", "softmax-free", "linear", "none")
 
 
 def load_rotten_tomatoes() -> pd.DataFrame:
