@@ -47,8 +47,10 @@ Methods
     order in the logits (exact at ``q = 0``), so it is faithful when the logits of a row are
     small or roughly Gaussian (random or freshly initialised projections: best of all
     methods at unit logits, see docs/benchmarks.md) and poor when a row's logits are
-    multi-modal (clustered keys; use ``"nystrom"`` there). Weights can be negative. Not causal
-    (the key mean and landmarks use the whole sequence).
+    multi-modal (clustered keys; use ``"nystrom"`` there). Weights can be negative. Float
+    ``attn_mask`` biases weight the keys exactly (means and normaliser included); the
+    landmarks and the centring of the quadratic features use the plain mean of the unmasked
+    keys. Not causal (the key mean and landmarks use the whole sequence).
 ``"softmax-free"``
     SOFT (Lu et al., 2021): Gaussian-kernel attention ``G(q, k) = exp(−‖q − k‖²·scale/2)``
     with ``m`` landmarks by adaptive average pooling of the keys (``m`` fixed, so cost stays
