@@ -253,9 +253,19 @@ def main() -> None:
     p.add_argument("--skip-errors", action="store_true")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument(
+        "--plot",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent / "docs" / "attention.png",
+        help="figure of time against L and error against m (from the results in --out)",
+    )
+    p.add_argument("--plot-only", action="store_true", help="redraw the figure from --out")
     a = p.parse_args()
     if a.worker:
         print(json.dumps(worker(a.worker[0], int(a.worker[1]), a.repeats, a.long)))
+        return
+    if a.plot_only:
+        plot(a.out, a.plot)
         return
     a.out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -284,6 +294,67 @@ def main() -> None:
                 f"| {r['inputs']} | {r['method']} | {r['logit_std']} | {r['error']:.3f} "
                 f"| {r['sd']:.3f} |"
             )
+    plot(a.out, a.plot)
+
+
+def plot(results: Path, path: Path) -> None:
+    """Time against L (speed results) and error against m (error results), where present."""
+    import re
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    speed = {}
+    spath = results / "attention_speed.jsonl"
+    if spath.exists():
+        for line in spath.read_text().splitlines():
+            r = json.loads(line)
+            if "times" in r:
+                speed.setdefault(r["method"], {}).setdefault(r["L"], []).extend(r["times"])
+    epath = results / "attention_errors.json"
+    errors = json.loads(epath.read_text()) if epath.exists() else []
+    kinds = list(dict.fromkeys(r["inputs"] for r in errors))
+    fig, axes = plt.subplots(1, 1 + len(kinds), figsize=(5.5 * (1 + len(kinds)), 4.5))
+    axes = list(axes) if len(kinds) else [axes]
+    ax = axes[0]
+    for name, by_len in speed.items():
+        Ls = sorted(by_len)
+        ax.plot(Ls, [statistics.median(by_len[L]) for L in Ls], "o-", label=name, ms=3)
+    ax.set(xscale="log", yscale="log", xlabel="sequence length L", ylabel="s per fwd+bwd")
+    ax.set_title("time, B=1, H=8, E=64, fp32, 1 thread")
+    ax.legend(fontsize=6)
+    ax.grid(True, alpha=0.3)
+    pattern = re.compile(r"^(.*?)-(\d+)(-it6|-pool)?$")
+    for ax, kind in zip(axes[1:], kinds, strict=True):
+        for std, style in ((1.0, "-"), (2.0, "--")):
+            rows = [r for r in errors if r["inputs"] == kind and r["logit_std"] == std]
+            curves: dict[str, list] = {}
+            for r in rows:
+                if r["method"] == "uniform":
+                    ax.axhline(r["error"], color="grey", ls=style, lw=1)
+                    continue
+                hit = pattern.match(r["method"])
+                if hit:
+                    family = hit.group(1) + (hit.group(3) or "")
+                    curves.setdefault(family, []).append((int(hit.group(2)), r["error"]))
+            ax.set_prop_cycle(None)
+            for family, pts in curves.items():
+                if len(pts) > 1:
+                    pts.sort()
+                    lab = f"{family} (std {std:g})"
+                    ax.plot(*zip(*pts, strict=True), style, marker="o", ms=3, label=lab)
+        ax.set(xscale="log", yscale="log", xlabel="features / landmarks m")
+        ax.set_ylabel("relative error vs exact softmax, L=1,024")
+        ax.set_title(f"{kind} inputs (grey: uniform attention)")
+        ax.legend(fontsize=5, ncol=2)
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"figure: {path}")
 
 
 def print_speed(results: list[dict]) -> None:
