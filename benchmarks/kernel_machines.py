@@ -38,6 +38,10 @@ Parts (``--parts``, default all, in this order):
     ``RandomFeatureRidge(D=2048, dtype="float32")`` in a fresh process: wall time, peak RSS,
     and the GFLOP/s of the ``ZᵀZ`` accumulation (timed inside the fit) against the
     machine's measured float32 GEMM peak.
+``cache``
+    ``KernelRidgeCG`` (M = 4,000, float32) with ``cache_size=0`` and with the default
+    1 GiB kernel-block cache, next to ``KernelRidge``, at n = 5,000 (``K`` fits the cache)
+    and n = 20,000 (only ``K_nC`` does); fits interleaved.
 
 Usage::
 
@@ -982,6 +986,51 @@ def part_scale(args) -> dict:
     return {"result": res, "gemm": peak, "markdown": md}
 
 
+def part_cache(args) -> dict:
+    """KernelRidgeCG with and without its kernel-block cache, next to sklearn's KernelRidge.
+
+    Reference problem, M = 4,000 centres, tol 1e-3, float32 blocks: at n = 20,000 the
+    default 1 GiB holds ``K_nC`` (320 MB) but not ``K`` (1.6 GB); at n = 5,000 both.
+    Fits interleaved (``--repeats``), median.
+    """
+    from sklearn.kernel_ridge import KernelRidge
+
+    from snnk.models import KernelRidgeCG
+
+    X, y, Xq, yq = problem(args)
+    md, res = [], {}
+    for n in (5000, len(X)):
+        contenders = {
+            "sklearn KernelRidge (f64)": (
+                lambda: KernelRidge(alpha=ALPHA, kernel="rbf", gamma=GAMMA),
+                np.float64,
+            ),
+        }
+        for mib in (0, 1024):
+            contenders[f"KernelRidgeCG M=4000 f32, cache_size={mib}"] = (
+                lambda mib=mib: KernelRidgeCG(
+                    lengthscale=LENGTHSCALE,
+                    num_centers=4000,
+                    alpha=ALPHA,
+                    tol=1e-3,
+                    random_state=0,
+                    cache_size=mib,
+                ),
+                np.float32,
+            )
+        log(f"\n## KernelRidgeCG kernel cache, n = {n}")
+        rows = interleaved(contenders, X[:n], y[:n], Xq, yq, args.repeats)
+        res[n] = rows
+        md.append(
+            table(
+                rows,
+                "KernelRidgeCG M=4000 f32, cache_size=0",
+                f"KernelRidgeCG kernel-block cache, n = {n}",
+            )
+        )
+    return {"cache": res, "markdown": md}
+
+
 PARTS = {
     "reference": part_reference,
     "draws": part_draws,
@@ -990,6 +1039,7 @@ PARTS = {
     "gp": part_gp,
     "real": part_real,
     "scale": part_scale,
+    "cache": part_cache,
 }
 
 

@@ -124,6 +124,31 @@ def test_preconditioner_helps():
     assert iters[0] > iters[1] > iters[2]
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_kernel_cache_changes_nothing_but_speed(dtype):
+    """No cache, the n x M preconditioner blocks only, or all of K: the same iterates."""
+    X, y = smooth_problem(300)
+    X = X.astype(dtype)
+    w = np.random.default_rng(1).uniform(0.5, 2.0, len(y))
+    item = np.dtype(dtype).itemsize
+    sizes = {"none": 0, "G": 300 * 30 * item * 1.5 / 2**20, "G and K": 1024}
+    fits = {
+        name: KernelRidgeCG(
+            num_centers=30, lengthscale=2.0, alpha=1e-2, random_state=0, cache_size=mib
+        ).fit(X, y, sample_weight=w)
+        for name, mib in sizes.items()
+    }
+    ref = fits["none"]
+    # Cached and recomputed blocks may be evaluated in differently sized row blocks: equal
+    # up to the kernel's rounding (float32 blocks: about 1e-7 relative).
+    rtol = 1e-9 if dtype == np.float64 else 1e-5
+    for name, est in fits.items():
+        assert abs(est.n_iter_ - ref.n_iter_) <= (0 if dtype == np.float64 else 1), name
+        np.testing.assert_allclose(est.dual_coef_, ref.dual_coef_, rtol=rtol, atol=1e-9)
+    with pytest.raises(ValueError, match="cache_size"):
+        KernelRidgeCG(cache_size=-1).fit(X, y)
+
+
 def nystrom_objective(m, X, y):
     """Σ (y − K_nM β)² + α βᵀ K_MM β of a fitted NystromRidge."""
     Knm = m.kernel_(X, m.centers_).numpy()

@@ -589,7 +589,11 @@ class KernelRidgeCG(_KernelExpansion):
 
     **Cost.** ``O(n M² + M³)`` set-up, then ``O(n² d + n M d)`` per iteration; memory
     ``O(n d + b n + M²)`` (the data, one block, the factors). ``num_centers`` trades set-up
-    time against iterations.
+    time against iterations. **Cache.** Within ``cache_size`` MiB the kernel blocks are
+    evaluated once and kept: first ``G = K_nC`` (``n M`` entries, used twice per
+    iteration by the preconditioner), then, if it also fits, the whole ``K`` (``n²``
+    entries: each iteration is then one matrix product, no kernel evaluation). The solution
+    is the same; only time and memory change (``cache_size=0`` recomputes every block).
 
     Parameters
     ----------
@@ -613,6 +617,9 @@ class KernelRidgeCG(_KernelExpansion):
         Seeds the preconditioner's centres.
     verbose : bool, default False
         Progress bar over the CG iterations.
+    cache_size : float, default 1024
+        MiB for kernel blocks kept across CG iterations (in the compute dtype), as in
+        scikit-learn's ``SVC(cache_size=...)``; see "Cache" above.
 
     Attributes
     ----------
@@ -625,8 +632,39 @@ class KernelRidgeCG(_KernelExpansion):
     n_features_in_ : int
     """
 
+    def __init__(
+        self,
+        kernel: str | Kernel = "gaussian",
+        lengthscale: float | None = 1.0,
+        num_centers: int = 1000,
+        alpha: float = 1e-3,
+        center_selection: str = "uniform",
+        max_iter: int = 100,
+        tol: float = 1e-6,
+        dtype: str | None = None,
+        batch_size: int | None = None,
+        random_state=None,
+        verbose: bool = False,
+        cache_size: float = 1024,
+    ):
+        super().__init__(
+            kernel=kernel,
+            lengthscale=lengthscale,
+            num_centers=num_centers,
+            alpha=alpha,
+            center_selection=center_selection,
+            max_iter=max_iter,
+            tol=tol,
+            dtype=dtype,
+            batch_size=batch_size,
+            random_state=random_state,
+            verbose=verbose,
+        )
+        self.cache_size = cache_size
+
     def fit(self, X, y, sample_weight=None) -> KernelRidgeCG:
         """Fit on ``X`` (n, d) and ``y`` (n,) or (n, n_outputs); optional ``sample_weight``."""
+        check_positive(self.cache_size, "cache_size", allow_zero=True)
         X, Y, sw, dt = self._validate_fit(X, y, sample_weight)
         idx = _select_centers(X, sw, self.num_centers, self.random_state)
         n = X.shape[0]
@@ -646,12 +684,21 @@ class KernelRidgeCG(_KernelExpansion):
         # the Woodbury inner matrix and every application, so P⁻¹ stays one fixed SPD map.
         # One pass over G = K_nC: the diagonal D and the Woodbury inner matrix F S D^{-1} S Fᵀ.
         step_c = self._rows(C.shape[0])
+        itemsize = torch.finfo(dt).bits // 8
+        budget = float(self.cache_size) * 2**20
+        G_all = None
+        if n * C.shape[0] * itemsize <= budget:
+            blocks = [k(Xt[rows], C, block_rows=step_c) for rows in iter_blocks(n, step_c)]
+            G_all = torch.cat(blocks)
+            budget -= n * C.shape[0] * itemsize
+
+        def G(rows):
+            return G_all[rows] if G_all is not None else k(Xt[rows], C, block_rows=step_c)
+
         d = torch.empty(n, dtype=torch.float64)
         Q = torch.zeros(C.shape[0], C.shape[0], dtype=torch.float64)
         for rows in iter_blocks(n, step_c):
-            Fb = torch.linalg.solve_triangular(
-                L, k(Xt[rows], C, block_rows=step_c).double().T, upper=False
-            )
+            Fb = torch.linalg.solve_triangular(L, G(rows).double().T, upper=False)
             resid = (kdiag[rows] - Fb.square().sum(0)).clamp_min(0.0)
             d[rows] = s[rows].square() * resid + alpha
             Fs = Fb * (s[rows] / d[rows].sqrt())
@@ -664,23 +711,27 @@ class KernelRidgeCG(_KernelExpansion):
             Rd = R / d[:, None]
             t = torch.zeros(C.shape[0], R.shape[1], dtype=torch.float64)
             for rows in iter_blocks(n, step_c):
-                t += crossprod(k(Xt[rows], C, block_rows=step_c).double(), s[rows, None] * Rd[rows])
+                t += crossprod(G(rows).double(), s[rows, None] * Rd[rows])
             u = torch.linalg.solve_triangular(
                 L.T, inner(torch.linalg.solve_triangular(L, t, upper=False)), upper=True
             )
             out = torch.empty_like(R)
             for rows in iter_blocks(n, step_c):
-                Gu = k(Xt[rows], C, block_rows=step_c).double() @ u
+                Gu = G(rows).double() @ u
                 out[rows] = Rd[rows] - (s[rows, None] / d[rows, None]) * Gu
             return out
 
         step = self._rows(n)
+        K_all = None
+        if n * n * itemsize <= budget:
+            K_all = torch.cat([k(Xt[rows], Xt, block_rows=step) for rows in iter_blocks(n, step)])
 
         def matvec(P: torch.Tensor) -> torch.Tensor:
             Ps = (s[:, None] * P).to(dt)
             out = torch.empty_like(P)
             for rows in iter_blocks(n, step):
-                out[rows] = s[rows, None] * (k(Xt[rows], Xt, block_rows=step) @ Ps).double()
+                Kb = K_all[rows] if K_all is not None else k(Xt[rows], Xt, block_rows=step)
+                out[rows] = s[rows, None] * (Kb @ Ps).double()
             return out + alpha * P
 
         bar = self._progress("KernelRidgeCG")
