@@ -187,6 +187,8 @@ class _Spec:
     landmarks: str = "pool"
     #: ``(Z, Σ φ_k vᵀ, Σ φ_k) -> (B, b)`` when the sums need more than ``M @`` (``"hermite"``)
     finish_fn: Callable | None = None
+    #: hand-written ``backward(ctx, g)`` of the non-causal pass (``"hermite"``)
+    backward_fn: Callable | None = None
 
 
 def _sq(x: torch.Tensor) -> torch.Tensor:
@@ -286,6 +288,61 @@ def _make_spec(
             b = torch.cat([n, torch.zeros_like(zsum[..., 1:])], -1)
             return B, b
 
+        def hermite_backward(ctx, g):
+            # Features are polynomials of x' = r·x (keys: r·(k − k̄)) and p = x'Uᵀ:
+            # query f = [1, x', p²/2], key f = ω·[1, x', p²]. With ∂f (from out = N/D as in
+            # _affine_backward): ∂x' = ∂f_lin + (∂f_quad ⊙ p·c) U, ∂U += (∂f_quad ⊙ p·c)ᵀ x'
+            # (c = 1 for queries, 2 for keys); U = normalize(Z_l − k̄) and k̄ = Z_last get
+            # their gradient by autograd on the small landmark tensors, then reach the keys
+            # through the landmark map.
+            q, k, v, lw, Z, Ssum, zsum, _, B, b, out_all = ctx.saved_tensors
+            chunk, E = ctx.chunk, q.shape[-1]
+            with torch.enable_grad():
+                Zg = Z.detach().requires_grad_()
+                Ug = directions(Zg)
+            U, kbar = Ug.detach(), Z[..., -1:, :]
+            dU = torch.zeros_like(U)
+            dB, db = torch.zeros_like(B), torch.zeros_like(b)
+            dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+            for a, e in _chunks(q.shape[-2], chunk):
+                xs, gc = q[..., a:e, :] * r, g[..., a:e, :]
+                pq = xs @ U.mT
+                f = torch.cat([torch.ones_like(xs[..., :1]), xs, 0.5 * pq.square()], -1)
+                den = f @ b.unsqueeze(-1)
+                ok = den > 0
+                dens = torch.where(ok, den, torch.ones_like(den))
+                dN = torch.where(ok, gc / dens, 0.0)
+                dD = torch.where(ok, -(gc * out_all[..., a:e, :]).sum(-1, keepdim=True) / dens, 0.0)
+                df = dN @ B.mT + dD * b.unsqueeze(-2)
+                dB += f.mT @ dN
+                db += (f * dD).sum(-2)
+                dquad = df[..., 1 + E :] * pq
+                dq[..., a:e, :] = r * (df[..., 1 : 1 + E] + dquad @ U)
+                dU += (dquad.mT @ xs).sum_to_size(U.shape)
+            with torch.enable_grad():
+                Sg, zg = Ssum.detach().requires_grad_(), zsum.detach().requires_grad_()
+                Bn, bn = hermite_finish(Zg, Sg, zg)
+                dS, dz, dZ = _grads([Bn, bn], [Sg, zg, Zg], [dB, db])
+            dkbar = torch.zeros_like(kbar)
+            for a, e in _chunks(k.shape[-2], chunk):
+                xs, vc = (k[..., a:e, :] - kbar) * r, v[..., a:e, :]
+                pk = xs @ U.mT
+                f = torch.cat([torch.ones_like(xs[..., :1]), xs, pk.square()], -1)
+                w = None if lw is None else torch.exp(lw[..., a:e]).unsqueeze(-1)
+                df = vc @ dS.mT + dz.unsqueeze(-2)
+                dv[..., a:e, :] = (f if w is None else f * w) @ dS
+                if w is not None:
+                    df = df * w
+                dquad = 2.0 * df[..., 1 + E :] * pk
+                dx = df[..., 1 : 1 + E] + dquad @ U
+                dk[..., a:e, :] = r * dx
+                dkbar -= (r * dx.sum(-2, keepdim=True)).sum_to_size(kbar.shape)
+                dU += (dquad.mT @ xs).sum_to_size(U.shape)
+            dZ = dZ + torch.autograd.grad(Ug, Zg, dU)[0]
+            dZ[..., -1:, :] += dkbar
+            ctx.pool.route(dZ, dk)
+            return dq, dk, dv, None, None, None
+
         return _Spec(
             hermite_key,
             hermite_query,
@@ -295,6 +352,7 @@ def _make_spec(
             num_landmarks,
             landmarks="select",
             finish_fn=hermite_finish,
+            backward_fn=hermite_backward,
         )
 
     # softmax-free: log G(x, z) = -‖x - z‖²/2 (≤ 0: no stabilisation needed, no row shift).
@@ -620,6 +678,8 @@ class _FeatureAttention(torch.autograd.Function):
     def backward(ctx, g):
         if ctx.spec.affine_fn is not None:
             return _affine_backward(ctx, g)
+        if ctx.spec.backward_fn is not None:
+            return ctx.spec.backward_fn(ctx, g)
         q, k, v, lw, Z, Ssum, zsum, c, B, b, _ = ctx.saved_tensors
         spec, chunk = ctx.spec, ctx.chunk
         L, S = q.shape[-2], k.shape[-2]
