@@ -213,6 +213,31 @@ def test_kmeans_landmark_without_members_keeps_its_pooled_value():
     torch.testing.assert_close(out, nystrom_reference(q, k, v, Z, keep), rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.parametrize("method", ["nystrom", "hermite"])
+def test_landmarks_follow_each_batch_elements_mask(method):
+    """Masks of shape (B, 1, S) broadcast over heads: every batch element gets the landmarks
+    of its own unmasked keys (checked against the dense formulas one element at a time)."""
+    g = torch.Generator().manual_seed(0)
+    B, H, L, S, E = 2, 3, 17, 23, 8
+    q = 0.7 * torch.randn(B, H, L, E, generator=g, dtype=torch.float64)
+    k = 0.7 * torch.randn(B, H, S, E, generator=g, dtype=torch.float64)
+    v = torch.randn(B, H, S, E, generator=g, dtype=torch.float64)
+    pad = torch.zeros(B, S, dtype=torch.bool)
+    pad[0, 18:] = True
+    pad[1, [0, 1, 2, 10]] = True
+    m = 1 + E + 6 if method == "hermite" else 5
+    out = kernel_attention(
+        q, k, v, method, num_features=m, key_padding_mask=pad[:, None], chunk_size=4
+    )
+    for b in range(B):
+        x = (q[b : b + 1], k[b : b + 1], v[b : b + 1])
+        if method == "hermite":
+            ref = hermite_reference(*x, 6, ~pad[b])
+        else:
+            ref = nystrom_reference(*x, kmeans_landmarks(x[1], 5, ~pad[b]), ~pad[b])
+        torch.testing.assert_close(out[b : b + 1], ref, rtol=1e-8, atol=1e-10)
+
+
 def test_landmarks_option_is_checked():
     q, k, v = qkv(L=8)
     with pytest.raises(ValueError, match="landmarks"):
