@@ -262,15 +262,17 @@ def _make_spec(
         def directions(Z):
             return F.normalize(Z[..., :-1, :] - Z[..., -1:, :], dim=-1)
 
+        def polynomial(xs, U, half: bool):
+            """Features ``[1, x', c·p²]`` (``c = ½`` for queries, 1 for keys) and ``p = x'Uᵀ``."""
+            p = xs @ U.mT
+            quad = 0.5 * p.square() if half else p.square()
+            return torch.cat([torch.ones_like(xs[..., :1]), xs, quad], -1), p
+
         def hermite_key(x, Z):
-            xc = (x - Z[..., -1:, :]) * r
-            quad = (xc @ directions(Z).mT).square()
-            return torch.cat([torch.ones_like(xc[..., :1]), xc, quad], -1)
+            return polynomial((x - Z[..., -1:, :]) * r, directions(Z), False)[0]
 
         def hermite_query(x, Z):
-            xs = x * r
-            quad = (xs @ directions(Z).mT).square()
-            return torch.cat([torch.ones_like(xs[..., :1]), xs, 0.5 * quad], -1)
+            return polynomial(x * r, directions(Z), True)[0]
 
         def hermite_finish(Z, Ssum, zsum):
             E = Z.shape[-1]
@@ -290,8 +292,8 @@ def _make_spec(
 
         def hermite_backward(ctx, g):
             # Features are polynomials of x' = r·x (keys: r·(k − k̄)) and p = x'Uᵀ:
-            # query f = [1, x', p²/2], key f = ω·[1, x', p²]. With ∂f (from out = N/D as in
-            # _affine_backward): ∂x' = ∂f_lin + (∂f_quad ⊙ p·c) U, ∂U += (∂f_quad ⊙ p·c)ᵀ x'
+            # query f = [1, x', p²/2], key f = ω·[1, x', p²]. With ∂f (queries: from
+            # _normalised_query_grad): ∂x' = ∂f_lin + (∂f_quad ⊙ p·c) U, ∂U += (∂f_quad ⊙ p·c)ᵀ x'
             # (c = 1 for queries, 2 for keys); U = normalize(Z_l − k̄) and k̄ = Z_last get
             # their gradient by autograd on the small landmark tensors, then reach the keys
             # through the landmark map.
@@ -305,17 +307,9 @@ def _make_spec(
             dB, db = torch.zeros_like(B), torch.zeros_like(b)
             dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
             for a, e in _chunks(q.shape[-2], chunk):
-                xs, gc = q[..., a:e, :] * r, g[..., a:e, :]
-                pq = xs @ U.mT
-                f = torch.cat([torch.ones_like(xs[..., :1]), xs, 0.5 * pq.square()], -1)
-                den = f @ b.unsqueeze(-1)
-                ok = den > 0
-                dens = torch.where(ok, den, torch.ones_like(den))
-                dN = torch.where(ok, gc / dens, 0.0)
-                dD = torch.where(ok, -(gc * out_all[..., a:e, :]).sum(-1, keepdim=True) / dens, 0.0)
-                df = dN @ B.mT + dD * b.unsqueeze(-2)
-                dB += f.mT @ dN
-                db += (f * dD).sum(-2)
+                xs = q[..., a:e, :] * r
+                f, pq = polynomial(xs, U, True)
+                df = _normalised_query_grad(f, g[..., a:e, :], out_all[..., a:e, :], B, b, dB, db)
                 dquad = df[..., 1 + E :] * pq
                 dq[..., a:e, :] = r * (df[..., 1 : 1 + E] + dquad @ U)
                 dU += (dquad.mT @ xs).sum_to_size(U.shape)
@@ -326,8 +320,7 @@ def _make_spec(
             dkbar = torch.zeros_like(kbar)
             for a, e in _chunks(k.shape[-2], chunk):
                 xs, vc = (k[..., a:e, :] - kbar) * r, v[..., a:e, :]
-                pk = xs @ U.mT
-                f = torch.cat([torch.ones_like(xs[..., :1]), xs, pk.square()], -1)
+                f, pk = polynomial(xs, U, False)
                 w = None if lw is None else torch.exp(lw[..., a:e]).unsqueeze(-1)
                 df = vc @ dS.mT + dz.unsqueeze(-2)
                 dv[..., a:e, :] = (f if w is None else f * w) @ dS
@@ -467,7 +460,7 @@ class _Landmarks:
             c = kc.new_zeros(*lab.shape[:-1], self.m)
             sizes = sizes + c.scatter_add_(-1, lab, w[..., 0])
             labels.append(lab)
-        self.labels, self.sizes, self.Z0 = torch.cat(labels, -1), sizes, Z0
+        self.labels, self.sizes = torch.cat(labels, -1), sizes
         self.Z = torch.where(
             (sizes > 0).unsqueeze(-1), sums / sizes.clamp_min(1.0).unsqueeze(-1), Z0
         )
@@ -740,6 +733,20 @@ def _logit_backward(dt, x, P, sq: bool, gamma: float, dP, dconst):
     return dx
 
 
+def _normalised_query_grad(f, g, out, B, b, dB, db):
+    """``∂f`` of normalised query rows ``out = N/D``, ``N = f B``, ``D = f b``; accumulates
+    ``dB``, ``db``. ``∂N = g/D``, ``∂D = −(g·out)/D``, ``∂f = ∂N Bᵀ + ∂D bᵀ`` (rows with
+    ``D <= 0`` output 0 and get no gradient)."""
+    den = f @ b.unsqueeze(-1)
+    ok = den > 0
+    dens = torch.where(ok, den, torch.ones_like(den))
+    dN = torch.where(ok, g / dens, 0.0)
+    dD = torch.where(ok, -(g * out).sum(-1, keepdim=True) / dens, 0.0)
+    dB += f.mT @ dN
+    db += (f * dD).sum(-2)
+    return dN @ B.mT + dD * b.unsqueeze(-2)
+
+
 def _affine_backward(ctx, g):
     r"""Hand-written backward for exp-affine features ``f = exp(x Pᵀ + const − …)``.
 
@@ -764,15 +771,7 @@ def _affine_backward(ctx, g):
         qc, gc = q[..., a:e, :], g[..., a:e, :]
         f = _query_features(spec, qc, None, c, (P, const))
         if spec.normalize:
-            den = f @ b.unsqueeze(-1)
-            ok = den > 0
-            dens = torch.where(ok, den, torch.ones_like(den))
-            out = out_all[..., a:e, :]
-            dN = torch.where(ok, gc / dens, 0.0)
-            dD = torch.where(ok, -(gc * out).sum(-1, keepdim=True) / dens, 0.0)
-            df = dN @ B.mT + dD * b.unsqueeze(-2)
-            dB += f.mT @ dN
-            db += (f * dD).sum(-2)
+            df = _normalised_query_grad(f, gc, out_all[..., a:e, :], B, b, dB, db)
         else:
             df = gc @ B.mT
             dB += f.mT @ gc
