@@ -19,7 +19,11 @@ from snnk.kernels._base import (
     ShiftInvariantKernel,
     Softmax,
     SumKernel,
+    kernel_names,
     make_kernel,
+    resolve_kernel,
+    split_scale,
+    with_lengthscale,
 )
 from snnk.kernels._spectral import (
     CauchySpectrum,
@@ -45,5 +49,9 @@ __all__ = [
     "Spectrum",
     "StudentSpectrum",
     "SumKernel",
+    "kernel_names",
     "make_kernel",
+    "resolve_kernel",
+    "split_scale",
+    "with_lengthscale",
 ]

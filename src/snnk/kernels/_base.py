@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -431,3 +432,67 @@ def make_kernel(name: str | Kernel, **params: Any) -> Kernel:
         return _REGISTRY[key](**params)
     except TypeError as exc:
         raise TypeError(f"bad hyper-parameters for kernel {name!r}: {exc}") from exc
+
+
+def kernel_names() -> list[str]:
+    """The names :func:`make_kernel` accepts for a single kernel (aliases included)."""
+    return sorted(_REGISTRY)
+
+
+def resolve_kernel(kernel: str | Kernel, lengthscale: float | None = None) -> Kernel:
+    """The kernel an estimator's flat ``kernel=`` / ``lengthscale=`` parameters describe.
+
+    A :class:`Kernel` instance is returned as it is (it brings its own hyper-parameters and
+    ``lengthscale`` is ignored). A name builds that kernel with ``lengthscale`` when the kernel
+    has one and ``lengthscale`` is not ``None``, with its defaults otherwise.
+
+    This is the one rule behind every estimator's ``kernel`` parameter.
+    """
+    if isinstance(kernel, Kernel):
+        return kernel
+    if not isinstance(kernel, str):
+        raise TypeError(
+            f"kernel must be a name ({', '.join(kernel_names())}) or a snnk.kernels.Kernel, "
+            f"got {kernel!r}"
+        )
+    cls = _REGISTRY.get(kernel.lower())
+    if lengthscale is not None and cls is not None and issubclass(cls, ShiftInvariantKernel):
+        if isinstance(lengthscale, bool) or not isinstance(lengthscale, numbers.Real):
+            raise TypeError(f"lengthscale must be a positive finite number, got {lengthscale!r}")
+        if not (math.isfinite(lengthscale) and lengthscale > 0):
+            raise ValueError(f"lengthscale must be a positive finite number, got {lengthscale!r}")
+        return make_kernel(kernel, lengthscale=float(lengthscale))
+    return make_kernel(kernel)
+
+
+def with_lengthscale(kernel: Kernel, lengthscale: float) -> Kernel:
+    """A copy of a shift-invariant kernel (or a :class:`ScaledKernel` of one) with a new
+    lengthscale; the scale and the other hyper-parameters (e.g. Matérn's ``nu``) are kept."""
+    if isinstance(kernel, ScaledKernel):
+        return ScaledKernel(with_lengthscale(kernel.base, lengthscale), kernel.scale)
+    if not isinstance(kernel, ShiftInvariantKernel):
+        raise ValueError(
+            f"only a shift-invariant kernel (gaussian, laplace, matern) has a lengthscale to "
+            f"change, got {kernel!r}"
+        )
+    config = kernel.get_config()
+    config["lengthscale"] = check_positive(lengthscale, "lengthscale")
+    return make_kernel(**config)
+
+
+def split_scale(kernel: Kernel) -> tuple[ShiftInvariantKernel, float, float]:
+    """``(κ, ℓ, c)`` with ``kernel(x, y) = c · κ((x - y)/ℓ)`` and ``κ`` at unit lengthscale.
+
+    Raises a ``ValueError`` for a kernel that is not a (scaled) shift-invariant kernel.
+    """
+    scale = 1.0
+    base = kernel
+    if isinstance(base, ScaledKernel):
+        scale, base = base.scale, base.base
+    if not isinstance(base, ShiftInvariantKernel):
+        raise ValueError(
+            f"a shift-invariant kernel (gaussian, laplace, matern) is needed, got {kernel!r}"
+        )
+    unit = with_lengthscale(base, 1.0)
+    assert isinstance(unit, ShiftInvariantKernel)
+    return unit, float(base.lengthscale), float(scale)
