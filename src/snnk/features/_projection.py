@@ -40,7 +40,7 @@ from torch import nn
 from snnk._utils import check_in
 from snnk._utils.random import numpy_seed_from
 from snnk.features._hadamard import hadamard_matrix, hadamard_transform, split_power_of_two
-from snnk.kernels._spectral import Spectrum
+from snnk.kernels import Spectrum
 
 SAMPLERS = ("iid", "orthogonal", "structured", "qmc", "halton")
 

@@ -53,7 +53,13 @@ class Kernel:
         out_dtype = torch.promote_types(X.dtype, Y.dtype)
         work = compute_dtype(out_dtype)
         Xw, Yw = X.to(work), Y.to(work)
-        batch = torch.broadcast_shapes(Xw.shape[:-2], Yw.shape[:-2])
+        try:
+            batch = torch.broadcast_shapes(Xw.shape[:-2], Yw.shape[:-2])
+        except RuntimeError:
+            raise ValueError(
+                f"the batch shapes of X {tuple(X.shape)} and Y {tuple(Y.shape)} do not broadcast "
+                f"(leading dimensions before (n, d) must be equal or 1); reshape one of them"
+            ) from None
         n, m = Xw.shape[-2], Yw.shape[-2]
         if block_rows is None:
             block_rows = default_block_rows(m * max(1, Xw.shape[-1] if self._needs_dim else 1))
@@ -117,21 +123,56 @@ def _needs_graph(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def _sq_dist(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+def _sq_dist(X: torch.Tensor, Y: torch.Tensor, *, refine: bool = False) -> torch.Tensor:
     """Squared Euclidean distances ``‖x - y‖²`` (clamped at 0 against round-off).
 
-    Without autograd the block is written once by the GEMM and updated in place (three
-    passes over it, no temporaries): kernel blocks are memory-bound beyond the GEMM.
+    Expanded as ``‖x‖² + ‖y‖² - 2xᵀy`` (one GEMM), so it is accurate to the rounding of the
+    *distance* only when the rows sit near the origin relative to their spread: callers centre
+    the data first (:meth:`ShiftInvariantKernel._standardise`). Without autograd the block is
+    written once by the GEMM and updated in place (three passes over it, no temporaries):
+    kernel blocks are memory-bound beyond the GEMM.
+
+    The expansion's absolute error is ``≈ ε(‖x‖² + ‖y‖²)``: harmless for ``exp(-d²/2)``, but
+    the distance itself (Matérn's ``√d²``) of near pairs loses half its digits. With
+    ``refine=True`` (float32 and below) the pairs whose ``d²`` is below 1 % of ``‖x‖² + ‖y‖²``
+    are recomputed directly as ``Σ (x - y)²``, so every distance is accurate to its rounding.
     """
     xx = X.square().sum(-1, keepdim=True)
     yy = Y.square().sum(-1).unsqueeze(-2)
+    if X.device.type != "meta" and not (torch.isfinite(xx).all() and torch.isfinite(yy).all()):
+        big = max(float(X.detach().abs().max()), float(Y.detach().abs().max()))
+        raise ValueError(
+            f"the rows of X and Y are {big:.3g} lengthscales apart: squared distances overflow "
+            f"{X.dtype}, and the kernel is 0 for every pair but exact duplicates; standardise "
+            f"the data (e.g. sklearn.preprocessing.StandardScaler), raise the lengthscale, or "
+            f"pass float64"
+        )
     if _needs_graph(X, Y):
-        return (xx + yy - 2.0 * (X @ Y.transpose(-1, -2))).clamp_min_(0.0)
-    if X.ndim == 2 and Y.ndim == 2:
-        out = torch.addmm(yy, X, Y.T, alpha=-2.0)
+        out = (xx + yy - 2.0 * (X @ Y.transpose(-1, -2))).clamp_min(0.0)
     else:
-        out = (X @ Y.transpose(-1, -2)).mul_(-2.0).add_(yy)
-    return out.add_(xx).clamp_min_(0.0)
+        if X.ndim == 2 and Y.ndim == 2:
+            out = torch.addmm(yy, X, Y.T, alpha=-2.0)
+        else:
+            out = (X @ Y.transpose(-1, -2)).mul_(-2.0).add_(yy)
+        out.add_(xx).clamp_min_(0.0)
+    if refine and X.device.type != "meta":
+        out = _refine_near_pairs(out, X, Y, xx, yy)
+    return out
+
+
+def _refine_near_pairs(out, X, Y, xx, yy) -> torch.Tensor:
+    """Recompute ``d²`` directly where the expansion cancelled (``d² < 1 % (‖x‖² + ‖y‖²)``)."""
+    near = out < (xx + yy).mul_(0.01)
+    idx = near.nonzero(as_tuple=True)
+    if idx[0].numel() == 0:
+        return out
+    *b, i, j = idx
+    Xb = X.expand(*out.shape[:-2], *X.shape[-2:])
+    Yb = Y.expand(*out.shape[:-2], *Y.shape[-2:])
+    exact = (Xb[(*b, i)] - Yb[(*b, j)]).square().sum(-1)
+    if _needs_graph(X, Y):
+        return out.index_put(idx, exact)
+    return out.index_put_(idx, exact)
 
 
 class ShiftInvariantKernel(Kernel):
@@ -154,6 +195,21 @@ class ShiftInvariantKernel(Kernel):
     def _diag(self, X):
         return torch.ones(X.shape[:-1], dtype=X.dtype, device=X.device)
 
+    def _standardise(self, X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``((X - c)/ℓ, (Y - c)/ℓ)`` with ``c`` the mean row of ``Y``.
+
+        The kernel depends on ``x - y`` only, so the common shift changes no value (and no
+        gradient: ``c`` is detached because the result does not depend on it). It keeps the
+        expanded squared distance accurate when the data sit far from the origin (float32 data
+        at an offset of 1e4 would otherwise lose every digit), and dividing by ``ℓ`` first keeps
+        tiny data with a tiny lengthscale (or huge with huge) in range.
+        """
+        c = Y.detach().mean(-2, keepdim=True)
+        inv = 1.0 / self.lengthscale
+        if _needs_graph(X, Y):
+            return (X - c) * inv, (Y - c) * inv
+        return (X - c).mul_(inv), (Y - c).mul_(inv)
+
 
 class Gaussian(ShiftInvariantKernel):
     r"""Gaussian (RBF) kernel ``k(x, y) = exp(-‖x - y‖² / (2ℓ²))``.
@@ -166,10 +222,10 @@ class Gaussian(ShiftInvariantKernel):
     spectrum = GaussianSpectrum()
 
     def _gram(self, X, Y):
-        scale = -0.5 / self.lengthscale**2
+        U, V = self._standardise(X, Y)
         if _needs_graph(X, Y):
-            return torch.exp(_sq_dist(X, Y) * scale)
-        return _sq_dist(X, Y).mul_(scale).exp_()
+            return torch.exp(_sq_dist(U, V) * -0.5)
+        return _sq_dist(U, V).mul_(-0.5).exp_()
 
 
 class Laplace(ShiftInvariantKernel):
@@ -215,7 +271,7 @@ class Matern(ShiftInvariantKernel):
         return {"nu": self.nu, "lengthscale": self.lengthscale}
 
     def _gram(self, X, Y):
-        r = _sq_dist(X, Y).sqrt_() / self.lengthscale
+        r = _sq_dist(*self._standardise(X, Y), refine=X.dtype != torch.float64).sqrt_()
         if self.nu == 0.5:
             return torch.exp(-r)
         if self.nu == 1.5:
@@ -421,17 +477,32 @@ def make_kernel(name: str | Kernel, **params: Any) -> Kernel:
     if not isinstance(name, str):
         raise TypeError(f"kernel must be a name or a snnk.kernels.Kernel, got {name!r}")
     key = name.lower()
-    if key in ("sum", "product"):
+    if key in ("sum", "product", "scaled"):
+        parts = ("base", "scale") if key == "scaled" else ("k1", "k2")
+        if set(params) != set(parts):
+            raise ValueError(
+                f"make_kernel({key!r}) needs exactly the config keys {list(parts)} (as written by "
+                f"Kernel.get_config()), got {sorted(params)}; build composed kernels with "
+                f"k1 + k2, k1 * k2 or c * k"
+            )
+        if key == "scaled":
+            return ScaledKernel(_config_kernel(params["base"], "base"), params["scale"])
         cls = SumKernel if key == "sum" else ProductKernel
-        return cls(make_kernel(**params["k1"]), make_kernel(**params["k2"]))
-    if key == "scaled":
-        return ScaledKernel(make_kernel(**params["base"]), params["scale"])
+        return cls(_config_kernel(params["k1"], "k1"), _config_kernel(params["k2"], "k2"))
     if key not in _REGISTRY:
         raise ValueError(f"unknown kernel {name!r}; choose one of {sorted(_REGISTRY)}")
     try:
         return _REGISTRY[key](**params)
     except TypeError as exc:
         raise TypeError(f"bad hyper-parameters for kernel {name!r}: {exc}") from exc
+
+
+def _config_kernel(config: Any, name: str) -> Kernel:
+    if isinstance(config, Kernel):
+        return config
+    if not isinstance(config, dict) or "name" not in config:
+        raise ValueError(f"{name} must be a kernel config dict with a 'name' key, got {config!r}")
+    return make_kernel(**config)
 
 
 def kernel_names() -> list[str]:
