@@ -5,6 +5,7 @@ from __future__ import annotations
 import numbers
 import os
 
+import numpy as np
 import torch
 
 
@@ -43,3 +44,32 @@ def make_generator(seed: int | torch.Generator | None) -> tuple[torch.Generator,
 def numpy_seed_from(generator: torch.Generator) -> int:
     """Draw an integer from ``generator`` to seed a NumPy/SciPy generator reproducibly."""
     return int(torch.randint(0, 2**62, (1,), generator=generator).item())
+
+
+def check_random_state(random_state) -> np.random.RandomState:
+    """scikit-learn's ``check_random_state`` without the global RNG.
+
+    An int or a ``RandomState`` behaves as in scikit-learn (same draws); ``None`` gives a
+    fresh ``RandomState`` seeded from the operating system instead of NumPy's global one, so
+    fitting with ``random_state=None`` never advances ``np.random``'s state. A
+    ``np.random.Generator`` is wrapped so that ``randint`` / ``standard_normal`` work.
+    """
+    if random_state is None:
+        return np.random.RandomState(draw_seed() % (2**32))
+    if isinstance(random_state, np.random.RandomState):
+        return random_state
+    if isinstance(random_state, np.random.Generator):
+        return np.random.RandomState(int(random_state.integers(2**32)))
+    if isinstance(random_state, bool) or not isinstance(random_state, numbers.Integral):
+        raise TypeError(
+            f"random_state must be None, an int or a numpy RandomState/Generator, got "
+            f"{random_state!r}"
+        )
+    return np.random.RandomState(int(random_state) % (2**32))
+
+
+def seed_from_random_state(random_state) -> int:
+    """The 31-bit integer seed an estimator derives from ``random_state`` for its torch
+    generators: the same value scikit-learn's ``check_random_state(rs).randint(2**31 - 1)``
+    gives for an int, a fresh OS-entropy one for ``None``."""
+    return int(check_random_state(random_state).randint(2**31 - 1))
