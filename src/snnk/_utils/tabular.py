@@ -92,6 +92,8 @@ def iter_table(
 
     kept: list[str] | None = None
     for frame in frames:
+        if frame.shape[0] == 0:
+            continue
         if kept is None:
             bad = [c for c in names if not pd.api.types.is_numeric_dtype(frame[c])]
             if bad and categorical == "error":
@@ -115,3 +117,8 @@ def iter_table(
         else:
             y = frame[targets].to_numpy()
         yield X, y, kept
+    if kept is None:
+        raise ValueError(
+            f"{str(path)!r} has a header ({len(columns)} columns) but no data rows; at least "
+            f"one row is needed"
+        )
