@@ -81,8 +81,13 @@ def as_float_tensor(
 
 
 def check_finite(t: torch.Tensor, name: str) -> None:
-    """Raise ``ValueError`` if ``t`` contains NaN or Inf, saying how many."""
-    if t.numel() == 0 or t.device.type == "meta":
+    """Raise ``ValueError`` if ``t`` contains NaN or Inf, saying how many.
+
+    The check reads a value back to the host, so it is skipped while ``torch.compile``
+    traces (a data-dependent branch would break the graph); compiled code checks shapes,
+    dtypes and devices only, like ``torch.nn`` layers.
+    """
+    if t.numel() == 0 or t.device.type == "meta" or torch.compiler.is_compiling():
         return
     # Fast path: one reduction. A finite sum means every entry is finite; an infinite or
     # NaN sum (possibly from overflow of finite values) falls through to the exact count.
