@@ -145,6 +145,22 @@ def check_same_device(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str
         )
 
 
+def check_float_dtype(dtype: Any, name: str = "dtype") -> torch.dtype | None:
+    """``dtype`` if it is ``None`` or a floating torch dtype, else a ``TypeError`` with the fix.
+
+    Random matrices in an integer dtype would truncate every frequency; complex ones have no
+    meaning for real feature maps.
+    """
+    if dtype is None:
+        return None
+    if not isinstance(dtype, torch.dtype) or dtype not in _FLOATS:
+        raise TypeError(
+            f"{name} must be a floating torch dtype (torch.float32, torch.float64; float16 and "
+            f"bfloat16 buffers are allowed), got {dtype!r}"
+        )
+    return dtype
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype to compute in for inputs of ``dtype``: half types are computed in float32."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype

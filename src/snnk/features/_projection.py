@@ -39,6 +39,7 @@ from torch import nn
 
 from snnk._utils import check_in
 from snnk._utils.random import numpy_seed_from
+from snnk._utils.validation import check_float_dtype
 from snnk.features._hadamard import hadamard_matrix, hadamard_transform, split_power_of_two
 from snnk.kernels import Spectrum
 
@@ -129,7 +130,7 @@ class RandomProjection(nn.Module):
                 f"use sampler='iid', 'qmc' or 'halton'"
             )
         self.in_features, self.num_rows, self.sampler = in_features, num_rows, sampler
-        dtype = dtype or torch.get_default_dtype()
+        dtype = check_float_dtype(dtype) or torch.get_default_dtype()
         d, m = in_features, num_rows
         p = 1 << max(0, (d - 1).bit_length())
         self.structured = sampler == "structured" and p > _SMALL
