@@ -72,6 +72,24 @@ class RandomFeatures(nn.Module):
         finally:
             self.check_values = old
 
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+    ):
+        # torch reports a shape mismatch only after loading the rest; check first and name the
+        # key and the fix (a map of another size cannot hold these random matrices).
+        for name, current in self.named_buffers():
+            saved = state_dict.get(prefix + name)
+            if isinstance(saved, torch.Tensor) and saved.shape != current.shape:
+                raise ValueError(
+                    f"state dict entry {prefix + name!r} has shape {tuple(saved.shape)} but this "
+                    f"{type(self).__name__} holds {tuple(current.shape)} (in_features="
+                    f"{self.in_features}, num_features={self.num_features}); build the map with "
+                    f"the in_features / num_features / sampler it was saved with"
+                )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+        )
+
     def resample(self, seed: int | torch.Generator | None = None) -> None:
         """Draw new random matrices (in place, same shapes, dtype and device)."""
         ref = self._reference_buffer()

@@ -65,12 +65,30 @@ class Kernel:
             block_rows = default_block_rows(m * max(1, Xw.shape[-1] if self._needs_dim else 1))
         block_rows = check_positive_int(block_rows, "block_rows")
         if block_rows >= n:
-            out = self._gram(Xw, Yw)
-            return out.expand(*batch, n, m).to(out_dtype)
-        out = torch.empty(*batch, n, m, dtype=work, device=X.device)
-        for rows in iter_blocks(n, block_rows):
-            out[..., rows, :] = self._gram(Xw[..., rows, :], Yw)
-        return out.to(out_dtype)
+            out = self._gram(Xw, Yw).expand(*batch, n, m).to(out_dtype)
+        else:
+            full = torch.empty(*batch, n, m, dtype=work, device=X.device)
+            for rows in iter_blocks(n, block_rows):
+                full[..., rows, :] = self._gram(Xw[..., rows, :], Yw)
+            out = full.to(out_dtype)
+        if not self.shift_invariant:
+            self._check_overflow(out)
+        return out
+
+    def _check_overflow(self, out: torch.Tensor) -> None:
+        """Dot-product kernels grow without bound: say so instead of returning Inf/NaN.
+
+        (Shift-invariant kernels are bounded by their variance and need no check.)
+        """
+        if out.device.type == "meta" or torch.compiler.is_compiling():
+            return
+        if not bool(torch.isfinite(out).all()):
+            raise ValueError(
+                f"{self!r} overflows {out.dtype} on these inputs (kernel values beyond "
+                f"{torch.finfo(out.dtype).max:.3g}); scale X and Y down (e.g. "
+                f"sklearn.preprocessing.StandardScaler)"
+                + ("" if out.dtype == torch.float64 else " or pass float64 inputs")
+            )
 
     def diag(self, X: Any) -> torch.Tensor:
         """``k(x_i, x_i)`` for every row, shape ``(..., n)``, without forming the Gram matrix."""
@@ -90,9 +108,12 @@ class Kernel:
     def __mul__(self, other: Kernel | float) -> Kernel:
         if isinstance(other, Kernel):
             return ProductKernel(self, other)
-        if isinstance(other, int | float) and not isinstance(other, bool):
-            return ScaledKernel(self, other)
-        return NotImplemented
+        if isinstance(other, numbers.Real) and not isinstance(other, bool):
+            return ScaledKernel(self, float(other))
+        raise TypeError(
+            f"a kernel can be multiplied by a kernel or by a positive number (its scale), "
+            f"got {other!r} ({type(other).__name__})"
+        )
 
     __rmul__ = __mul__
 
@@ -304,12 +325,13 @@ class ArcCosine(Kernel):
         return {"order": self.order}
 
     def _gram(self, X, Y):
-        nx = torch.linalg.vector_norm(X, dim=-1, keepdim=True)
-        ny = torch.linalg.vector_norm(Y, dim=-1).unsqueeze(-2)
+        # The angle from unit rows: norms of tiny (1e-30) or huge (1e30) float32 rows would
+        # under/overflow as sums of squares, so each row is first divided by its largest entry.
+        U, nx = _unit_rows(X)
+        V, ny = _unit_rows(Y)
+        nx, ny = nx.unsqueeze(-1), ny.unsqueeze(-2)
         prod = nx * ny
-        dot = X @ Y.transpose(-1, -2)
-        cos = torch.where(prod > 0, dot / prod.clamp_min(torch.finfo(X.dtype).tiny), 0.0)
-        cos = cos.clamp_(-1.0, 1.0)
+        cos = (U @ V.transpose(-1, -2)).clamp_(-1.0, 1.0)
         theta = torch.arccos(cos)
         sin = torch.sqrt((1.0 - cos.square()).clamp_min(0.0))
         pt = torch.pi - theta
@@ -326,6 +348,15 @@ class ArcCosine(Kernel):
             if self.order == 0
             else (sq if self.order == 1 else 3.0 * sq.square())
         )
+
+
+def _unit_rows(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(X / ‖X‖, ‖X‖)`` row by row, without squaring the raw entries (a zero row stays 0)."""
+    big = X.detach().abs().amax(-1, keepdim=True)
+    big = torch.where(big > 0, big, torch.ones_like(big))
+    Xs = X / big
+    ns = torch.linalg.vector_norm(Xs, dim=-1, keepdim=True)
+    return Xs / ns.clamp_min(torch.finfo(X.dtype).tiny), (ns * big).squeeze(-1)
 
 
 class Softmax(Kernel):
