@@ -63,6 +63,23 @@ class RandomFeatures(nn.Module):
         lead = tuple(x.shape[:-1])
         return x.reshape(-1, self.in_features).to(compute_dtype(x.dtype)), lead, x.dtype
 
+    def _check_output(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``z`` unchanged, or a ``ValueError`` when finite input gave non-finite features
+        (an unbounded map, e.g. arc-cosine of order 2, overflowing the output dtype)."""
+        if (
+            self.check_values
+            and z.device.type != "meta"
+            and not torch.compiler.is_compiling()
+            and not bool(torch.isfinite(z).all())
+        ):
+            big = float(x.detach().abs().max())
+            raise ValueError(
+                f"{type(self).__name__} overflows {z.dtype} for inputs x of magnitude "
+                f"{big:.3g}; scale x down (e.g. sklearn.preprocessing.StandardScaler)"
+                + ("" if z.dtype == torch.float64 else " or pass float64 inputs")
+            )
+        return z
+
     @contextlib.contextmanager
     def _checking_values(self) -> Iterator[None]:
         """Turn :attr:`check_values` on for the calls inside the block."""

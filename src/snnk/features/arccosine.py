@@ -62,7 +62,8 @@ class ArcCosineFeatures(RandomFeatures):
             z = torch.relu(p)
             if self.order == 2:
                 z = z.square()
-        return (z * self.amplitude).reshape(*lead, self.num_features).to(out_dtype)
+        out = (z * self.amplitude).reshape(*lead, self.num_features).to(out_dtype)
+        return out if self.order == 0 else self._check_output(out, x)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, order={self.order}, sampler={self.sampler!r}"
