@@ -38,6 +38,7 @@ from scipy.stats import qmc
 from torch import nn
 
 from snnk._utils import check_in
+from snnk._utils.blocks import PROJECTION_BLOCK_ELEMENTS, STRUCTURED_BLOCK_ELEMENTS
 from snnk._utils.random import numpy_seed_from
 from snnk._utils.validation import check_float_dtype
 from snnk.features._hadamard import hadamard_matrix, hadamard_transform, split_power_of_two
@@ -107,7 +108,7 @@ class RandomProjection(nn.Module):
         Small Hadamard GEMMs want their temporaries in cache (about 1 MB); one dense GEMM
         wants large blocks to reach its peak (about 16 MB).
         """
-        return 1 << 18 if self.structured else 1 << 22
+        return STRUCTURED_BLOCK_ELEMENTS if self.structured else PROJECTION_BLOCK_ELEMENTS
 
     def __init__(
         self,

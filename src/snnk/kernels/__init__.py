@@ -19,11 +19,6 @@ from snnk.kernels._base import (
     ShiftInvariantKernel,
     Softmax,
     SumKernel,
-    kernel_names,
-    make_kernel,
-    resolve_kernel,
-    split_scale,
-    with_lengthscale,
 )
 from snnk.kernels._spectral import (
     CauchySpectrum,
@@ -31,6 +26,14 @@ from snnk.kernels._spectral import (
     Spectrum,
     StudentSpectrum,
 )
+from snnk.kernels.factory import (
+    kernel_names,
+    make_kernel,
+    resolve_kernel,
+    split_scale,
+    with_lengthscale,
+)
+from snnk.kernels.operator import KernelMatrix
 
 __all__ = [
     "ArcCosine",
@@ -38,6 +41,7 @@ __all__ = [
     "Gaussian",
     "GaussianSpectrum",
     "Kernel",
+    "KernelMatrix",
     "Laplace",
     "Linear",
     "Matern",
