@@ -1,4 +1,17 @@
-"""SNNK adapters under DistributedDataParallel: gloo backend, 2 CPU processes (issue #5)."""
+"""SNNK adapters under DistributedDataParallel: gloo backend, 2 CPU processes (issue #5).
+
+Deterministic on a loaded machine (issue #15 item 10): the rendezvous is a TCP store that
+this test process owns on a port the OS picked (no port race, no store file), every
+collective and the rendezvous have explicit timeouts, each worker waits at a barrier until
+all ranks have finished their collectives and then destroys its process group in a
+``finally`` (a rank that tears down while the other is still communicating, or a process
+group left to interpreter shutdown, is what makes gloo abort), and the workers are joined
+against a deadline with a message that says which rank failed and how.
+"""
+
+import datetime
+import sys
+import time
 
 import pytest
 import torch
@@ -13,6 +26,9 @@ from tests.nn.test_adapters import tiny_bert, token_batch
 WORLD = 2
 STEPS = 3
 LABELS = torch.tensor([0, 1, 1, 0])
+#: generous: the workers need a few seconds each, even beside busy loops
+TIMEOUT = datetime.timedelta(seconds=120)
+DEADLINE_S = 300.0
 
 
 def _model():
@@ -35,22 +51,58 @@ def _train(model, rows: slice) -> None:
         opt.step()
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
+def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    store = dist.TCPStore("127.0.0.1", port, WORLD, is_master=False, timeout=TIMEOUT)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=WORLD, timeout=TIMEOUT)
     try:
         ddp = DistributedDataParallel(_model())
         half = 4 // WORLD
         _train(ddp, slice(rank * half, (rank + 1) * half))
         state = {k: v.clone().contiguous() for k, v in adapter_state_dict(ddp).items()}
         save_file(state, f"{out_dir}/rank{rank}.safetensors")
+        del ddp, state  # the reducer's buffers go while the process group is alive
+        dist.barrier()  # no rank tears down while another still communicates
     finally:
         dist.destroy_process_group()
 
 
+def _run_workers(out_dir: str) -> None:
+    """Spawn the ranks, join them against a deadline, fail with what went wrong."""
+    # The parent owns the store: the OS picks a free port, nothing is left on disk.
+    store = dist.TCPStore(
+        "127.0.0.1", 0, None, is_master=True, timeout=TIMEOUT, wait_for_workers=False
+    )
+    context = mp.start_processes(
+        _worker,
+        args=(store.port, out_dir),
+        nprocs=WORLD,
+        join=False,
+        start_method="spawn",
+    )
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        while not context.join(timeout=5.0):
+            if time.monotonic() > deadline:
+                alive = [i for i, p in enumerate(context.processes) if p.is_alive()]
+                pytest.fail(f"DDP ranks {alive} still running after {DEADLINE_S:.0f} s")
+    except mp.ProcessException as err:  # a rank raised, or died on a signal
+        pytest.fail(f"a DDP worker failed: {err}")
+    finally:
+        for p in context.processes:
+            if p.is_alive():
+                p.terminate()
+                p.join(10.0)
+        del store
+
+
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+@pytest.mark.skipif(
+    not dist.is_gloo_available() or sys.platform == "win32",
+    reason="needs the gloo backend and a TCP store (not on Windows)",
+)
 def test_ddp_gloo_two_processes_match_single_process(tmp_path):
-    mp.spawn(_worker, args=(str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=WORLD)
+    _run_workers(str(tmp_path))
     ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(WORLD)]
     assert ranks[0].keys() == ranks[1].keys()
     for k in ranks[0]:

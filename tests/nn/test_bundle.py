@@ -110,3 +110,55 @@ def test_forward_never_reads_values_to_the_host(activation):
     assert torch.isnan(net(torch.full((2, 6), float("nan")))).all()
     with pytest.raises(ValueError, match="last dimension"):
         net(torch.randn(2, 7))
+
+
+# -- sampler=, reset_parameters / meta device, resample, mismatched stacks ----------------------
+def test_sampler_and_the_deprecated_orthogonal():
+    net = BundledNetwork(6, [8, 4], "relu", 3, sampler="iid", seed=0)
+    assert net.sampler == "iid" and all(m.maps.sampler == "iid" for m in net.tower)
+    with pytest.warns(FutureWarning, match="sampler='iid'"):
+        old = BundledNetwork(6, [8, 4], "relu", 3, orthogonal=False, seed=0)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, old.state_dict()[k]), k
+    mlp = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
+    with pytest.warns(FutureWarning, match="bundle"):
+        a = bundle(mlp, 16, orthogonal=False, seed=0)
+    b = bundle(mlp, 16, sampler="iid", seed=0)
+    assert torch.equal(a.weight, b.weight) and a.sampler == "iid"
+
+
+def test_meta_then_to_empty_then_reset_equals_a_direct_build():
+    ref = BundledNetwork(6, [8, 4], ["relu", "exp"], 3, seed=2)
+    with torch.device("meta"):
+        net = BundledNetwork(6, [8, 4], ["relu", "exp"], 3, seed=2)
+    assert all(t.is_meta for t in net.state_dict().values())
+    net.to_empty(device="cpu")
+    net.reset_parameters()
+    for k, v in ref.state_dict().items():
+        assert torch.equal(net.state_dict()[k], v), k
+
+
+def test_resample_redraws_the_tower_and_keeps_u():
+    net = bundle(nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2)), 16, seed=0)
+    u = net.weight.detach().clone()
+    g = net.tower[0].maps.projection.weight.clone()
+    net.resample(7)
+    assert net.seed == 7 and torch.equal(net.weight, u)
+    assert not torch.equal(net.tower[0].maps.projection.weight, g)
+    net.reset_parameters()
+    assert torch.equal(net.weight, torch.zeros_like(u))
+
+
+def test_bundle_names_layers_that_do_not_chain():
+    with pytest.raises(
+        ValueError, match=r"Linear layer 1 takes 5 inputs but Linear layer 0 gives 4"
+    ):
+        bundle(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(5, 2), nn.ReLU()))
+    with pytest.raises(ValueError, match=r"Linear layer 2 takes 3 inputs"):
+        bundle(
+            nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(3, 1))
+        )
+    with pytest.raises(TypeError, match="activation_map must be a dict"):
+        bundle(nn.Sequential(nn.Linear(3, 4), nn.ReLU()), activation_map="relu")
+    with pytest.raises(TypeError, match="num_features must be an int or a sequence"):
+        bundle(nn.Sequential(nn.Linear(3, 4), nn.ReLU()), num_features=4.0)

@@ -93,7 +93,7 @@ def test_relu_layer_estimates_half_arccosine_of_augmented_vectors():
     d, l = 16, 8
     lin = nn.Linear(d, l, dtype=F64)
     x = torch.randn(20, d, dtype=F64)
-    layer = SNNKLinear.from_linear(lin, "relu", 200_000, seed=0, orthogonal=False)
+    layer = SNNKLinear.from_linear(lin, "relu", 200_000, seed=0, sampler="iid")
     aug_x = torch.cat([x, torch.ones(20, 1, dtype=F64)], 1)
     aug_w = torch.cat([lin.weight, lin.bias[:, None]], 1).detach()
     expected = 0.5 * kernels.ArcCosine(1)(aug_x, aug_w)

@@ -10,7 +10,8 @@ from torch import nn
 from snnk._utils import as_float_tensor, check_positive_int
 from snnk._utils.random import make_generator
 from snnk.features import SpectralMeasure
-from snnk.nn.snnk_linear import SNNKMaps
+from snnk.nn.snnk_linear import _check_activation_map, _check_widths
+from snnk.nn.towers import SNNKMaps, _draw_on_cpu, _resolve_sampler
 
 _SKIP = (nn.Dropout, nn.Identity, nn.Flatten)
 
@@ -35,8 +36,19 @@ class BundledNetwork(nn.Module):
     out_features : int
     bias : bool, default True
         Bias inputs of each stage (see :class:`SNNKMaps`) and the output bias ``c``.
-    orthogonal : bool, default True
+    sampler : {"iid", "orthogonal", "structured", "qmc", "halton"}, default "orthogonal"
+        How the rows of every stage's ``G`` are drawn.
     seed : int, torch.Generator or None
+        Draws every stage in order (the global RNG is never used).
+    dtype, device
+        Of the parameters and buffers (``device`` defaults to torch's default device; the
+        random draws always happen on the CPU).
+    orthogonal : bool, optional
+        Deprecated: ``True`` is ``sampler="orthogonal"``, ``False`` is ``sampler="iid"``.
+
+    Shapes
+    ------
+    ``(..., d) -> (..., out_features)``.
     """
 
     def __init__(
@@ -47,10 +59,11 @@ class BundledNetwork(nn.Module):
         out_features: int,
         *,
         bias: bool = True,
-        orthogonal: bool = True,
+        sampler: str = "orthogonal",
         seed: int | torch.Generator | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        orthogonal: bool | None = None,
     ):
         super().__init__()
         widths = [check_positive_int(w, "widths") for w in widths]
@@ -63,22 +76,24 @@ class BundledNetwork(nn.Module):
             raise ValueError(f"got {len(activations)} activations for {len(widths)} tower stages")
         self.in_features = check_positive_int(in_features, "in_features")
         self.out_features = check_positive_int(out_features, "out_features")
+        sampler = _resolve_sampler(sampler, orthogonal, "BundledNetwork")
         self.generator, self.seed = make_generator(seed)
         dims = [in_features, *widths]
-        self.tower = nn.ModuleList(
-            SNNKMaps(
-                act,
-                dims[k],
-                widths[k],
-                bias=bias,
-                orthogonal=orthogonal,
-                seed=self.generator,
-                dtype=dtype,
-                device=device,
+        factory = {"dtype": dtype or torch.get_default_dtype()}
+        with _draw_on_cpu() as default_device:
+            factory["device"] = default_device if device is None else device
+            self.tower = nn.ModuleList(
+                SNNKMaps(
+                    act,
+                    dims[k],
+                    widths[k],
+                    bias=bias,
+                    sampler=sampler,
+                    seed=self.generator,
+                    **factory,
+                )
+                for k, act in enumerate(activations)
             )
-            for k, act in enumerate(activations)
-        )
-        factory = {"dtype": dtype or torch.get_default_dtype(), "device": device}
         self.weight = nn.Parameter(torch.zeros(out_features, widths[-1], **factory))
         self.bias = nn.Parameter(torch.zeros(out_features, **factory)) if bias else None
         self.source_parameters: int | None = None
@@ -86,6 +101,37 @@ class BundledNetwork(nn.Module):
     @property
     def num_features(self) -> int:
         return self.weight.shape[1]
+
+    @property
+    def sampler(self) -> str:
+        """How the rows of the tower's ``G`` are drawn."""
+        return self.tower[0].sampler
+
+    def reset_parameters(self) -> None:
+        """Draw the tower again from ``seed`` and zero ``U`` and ``c``, as at construction.
+
+        With an integer ``seed`` the network ends up bit for bit as it was built (so a
+        network built on the meta device, materialised with ``to_empty(device=...)`` and
+        reset holds proper values); with a generator the draws continue from its state.
+        """
+        if self.seed is not None:
+            self.generator = make_generator(self.seed)[0]
+        for maps in self.tower:
+            maps.resample(self.generator)
+        with torch.no_grad():
+            self.weight.zero_()
+            if self.bias is not None:
+                self.bias.zero_()
+
+    def resample(self, seed: int | torch.Generator | None = None) -> None:
+        """Draw a new tower from ``seed`` (``None``: from the operating system); ``U`` is kept.
+
+        ``U`` was fitted to the old tower, so the network's function changes: refit ``U``
+        (or re-bundle) afterwards. :attr:`seed` records the new seed.
+        """
+        self.generator, self.seed = make_generator(seed)
+        for maps in self.tower:
+            maps.resample(self.generator)
 
     def input_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(Φ_L ∘ … ∘ Φ_1)(x)``: ``(..., d) -> (..., D_L)``; no trainable parameter involved.
@@ -132,13 +178,26 @@ def _flatten(module: nn.Module) -> list[nn.Module]:
     return [module]
 
 
+def _check_chain(linears: list[nn.Linear]) -> None:
+    """Each ``Linear`` must take what the one before it gives (``out_features -> in_features``)."""
+    for k in range(1, len(linears)):
+        before, after = linears[k - 1], linears[k]
+        if after.in_features != before.out_features:
+            raise ValueError(
+                f"bundle: Linear layer {k} takes {after.in_features} inputs but Linear layer "
+                f"{k - 1} gives {before.out_features} outputs; the stack must chain "
+                f"(is this {type(after).__name__} from another model, or a layer missing?)"
+            )
+
+
 def bundle(
     mlp: nn.Sequential,
     num_features: int | Sequence[int] = 256,
     activation_map: dict[type[nn.Module], str | SpectralMeasure] | None = None,
     *,
-    orthogonal: bool = True,
+    sampler: str = "orthogonal",
     seed: int | torch.Generator | None = 0,
+    orthogonal: bool | None = None,
 ) -> BundledNetwork:
     r"""Bundle ``Linear → act → … → Linear → act [→ Linear]`` into a :class:`BundledNetwork`.
 
@@ -158,10 +217,24 @@ def bundle(
         ``D_k`` per stage.
     activation_map : dict, default ``{nn.ReLU: "relu"}``
         Activation module type -> SNNK activation.
+    sampler : {"iid", "orthogonal", "structured", "qmc", "halton"}, default "orthogonal"
+    seed : int, torch.Generator or None, default 0
+    orthogonal : bool, optional
+        Deprecated: ``True`` is ``sampler="orthogonal"``, ``False`` is ``sampler="iid"``.
+
+    Raises
+    ------
+    TypeError
+        ``mlp`` is not an ``nn.Sequential``.
+    ValueError
+        The stack is not ``Linear → activation`` pairs (optionally followed by one
+        ``Linear``), consecutive layers do not chain (``out_features`` of one layer is not
+        ``in_features`` of the next), or ``num_features`` has not one width per pair.
     """
-    amap = {nn.ReLU: "relu"} if activation_map is None else dict(activation_map)
+    sampler = _resolve_sampler(sampler, orthogonal, "bundle")
     if not isinstance(mlp, nn.Sequential):
         raise TypeError(f"bundle needs an nn.Sequential stack, got {type(mlp).__name__}")
+    amap = _check_activation_map(activation_map)
     layers = [m for m in _flatten(mlp) if not isinstance(m, _SKIP)]
     pairs: list[tuple[nn.Linear, str | SpectralMeasure]] = []
     i = 0
@@ -180,7 +253,9 @@ def bundle(
             f"activations among {[k.__name__ for k in amap]}; got {names}. Pass activation_map "
             f"for other activation modules"
         )
-    widths = [num_features] * len(pairs) if isinstance(num_features, int) else list(num_features)
+    _check_chain([lin for lin, _ in pairs] + ([] if final is None else [final]))
+    per_layer = _check_widths(num_features)
+    widths = [num_features] * len(pairs) if per_layer is None else per_layer
     if len(widths) != len(pairs):
         raise ValueError(f"num_features lists {len(widths)} widths for {len(pairs)} layers")
     first = pairs[0][0]
@@ -191,7 +266,7 @@ def bundle(
         [k for _, k in pairs],
         out_features,
         bias=True,
-        orthogonal=orthogonal,
+        sampler=sampler,
         seed=seed,
         dtype=first.weight.dtype,
         device=first.weight.device,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -12,101 +12,16 @@ from torch import nn
 
 from snnk._utils import as_float_tensor, check_in, check_positive, check_positive_int
 from snnk._utils.random import make_generator
-from snnk.features import URF, ArcCosineFeatures, SpectralMeasure
+from snnk.features import SpectralMeasure
+from snnk.nn.towers import (
+    ACTIVATIONS,
+    SNNKMaps,
+    _check_input_scale,
+    _draw_on_cpu,
+    _resolve_sampler,
+)
 
-ACTIVATIONS = ("relu", "exp", "cos", "sin", "gaussian")
-
-
-class SNNKMaps(nn.Module):
-    """The two towers of one SNNK layer: ``input_map(x)`` and ``parameter_map(W, b)``.
-
-    * ``"relu"``: ``Φ(x) = D^{-1/2} ReLU(G x̃)``, ``Ψ(w, b) = D^{-1/2} ReLU(G w̃)`` with
-      ``x̃ = [x; 1]``, ``w̃ = [w; b]`` when ``bias`` (else ``x̃ = x``). ``E[Φ(x)ᵀΨ(w)]`` is
-      the arc-cosine kernel ``k_1(x̃, w̃)/2 = ‖x̃‖‖w̃‖(sin θ + (π − θ) cos θ)/(2π)``: **not**
-      ``ReLU(wᵀx + b)``; the layer keeps ReLU's scale and positivity but is a different,
-      strictly more expressive function of ``(x, w)``.
-    * ``"exp"``, ``"cos"``, ``"sin"``, ``"gaussian"``, or a :class:`SpectralMeasure`:
-      :class:`snnk.features.URF`, an unbiased estimate of ``f(wᵀx + b)``.
-    """
-
-    def __init__(
-        self,
-        activation: str | SpectralMeasure,
-        in_features: int,
-        num_features: int,
-        *,
-        bias: bool = True,
-        orthogonal: bool = True,
-        seed: int | torch.Generator | None = None,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
-        **urf_kwargs,
-    ):
-        super().__init__()
-        if isinstance(activation, str):
-            check_in(activation, "activation", ACTIVATIONS)
-        elif not isinstance(activation, SpectralMeasure):
-            raise ValueError(
-                f"activation must be one of {list(ACTIVATIONS)} or a SpectralMeasure, "
-                f"got {activation!r}"
-            )
-        self.activation = activation
-        self.in_features, self.num_features, self.bias = in_features, num_features, bias
-        sampler = "orthogonal" if orthogonal else "iid"
-        if activation == "relu":
-            if urf_kwargs:
-                raise ValueError(f"options {sorted(urf_kwargs)} do not apply to activation='relu'")
-            self.maps = ArcCosineFeatures(
-                in_features + int(bias),
-                num_features,
-                1,
-                sampler=sampler,
-                seed=seed,
-                dtype=dtype,
-                device=device,
-            )
-        else:
-            self.maps = URF(
-                activation,
-                in_features,
-                num_features,
-                sampler=sampler,
-                seed=seed,
-                dtype=dtype,
-                device=device,
-                **urf_kwargs,
-            )
-        # Inside a network the towers check shapes, dtypes and devices but not values: a
-        # NaN/Inf scan is a host synchronisation per call (as in torch.nn layers).
-        self.maps.check_values = False
-
-    @property
-    def seed(self) -> int | None:
-        return self.maps.seed
-
-    def _augment(self, x: torch.Tensor, value: torch.Tensor | float) -> torch.Tensor:
-        if not self.bias:
-            return x
-        col = torch.as_tensor(value, dtype=x.dtype, device=x.device).expand(*x.shape[:-1], 1)
-        return torch.cat([x, col], dim=-1)
-
-    def input_map(self, x: torch.Tensor) -> torch.Tensor:
-        if self.activation == "relu":
-            return self.maps(self._augment(x, 1.0)) * math.sqrt(0.5)
-        return self.maps.input_map(x)
-
-    def parameter_map(self, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if self.activation == "relu":
-            if self.bias:
-                if bias is None:
-                    bias = torch.zeros(weight.shape[:-1], dtype=weight.dtype, device=weight.device)
-                weight = torch.cat([weight, bias.unsqueeze(-1).to(weight.dtype)], -1)
-            return self.maps(weight) * math.sqrt(0.5)
-        return self.maps.parameter_map(weight, bias if self.bias else None)
-
-    def target(self, z: torch.Tensor) -> torch.Tensor:
-        """The activation ``f`` the towers estimate (ReLU for ``"relu"``, see above)."""
-        return torch.relu(z) if self.activation == "relu" else self.maps.target(z)
+__all__ = ["ACTIVATIONS", "SNNKLinear", "SNNKMaps", "snnkify"]
 
 
 class SNNKLinear(nn.Module):
@@ -126,20 +41,29 @@ class SNNKLinear(nn.Module):
     activation : {"relu", "exp", "cos", "sin", "gaussian"} or SpectralMeasure
         ``"relu"`` estimates the arc-cosine kernel ``k_1([x;1], [w;b])/2``, not
         ``ReLU(wᵀx + b)`` (see :class:`SNNKMaps`); the others estimate ``f(wᵀx + b)``
-        without bias.
+        without bias. The Fourier kinds (``cos``, ``sin``, ``gaussian``, a measure) need
+        small inputs: their variance grows like ``exp(‖x‖²)`` and ``Φ(x)`` overflows to
+        Inf for ``‖x‖ ≳ 13`` in float32, so without ``input_norm`` a
+        :class:`~snnk.features.VarianceWarning` is raised at construction.
     bias : bool, default True
     mode : {"direct", "weights"}, default "direct"
         ``"direct"`` trains ``Ψ`` itself (parameter ``psi`` of shape ``(l, D)``; cheapest);
         ``"weights"`` trains ``W``, ``b`` through ``Ψ(·)``, keeping the ``f(Wx + b)`` meaning,
         and caches ``Ψ`` in eval mode.
-    orthogonal : bool, default True
-        Orthogonal random features for ``G``.
+    sampler : {"iid", "orthogonal", "structured", "qmc", "halton"}, default "orthogonal"
+        How the rows of ``G`` are drawn.
     input_norm : float, optional
         If given, inputs are rescaled to this norm over the feature (last) dimension, which
         keeps URF variances bounded.
     seed : int, torch.Generator or None
         Draws ``G`` (and the initial weights, also from this generator: the global RNG is
         never used).
+    dtype, device
+        Of the parameters and buffers (``device`` defaults to torch's default device, so
+        ``with torch.device("meta"): SNNKLinear(...)`` builds an unallocated layer; the
+        random draws always happen on the CPU).
+    orthogonal : bool, optional
+        Deprecated: ``True`` is ``sampler="orthogonal"``, ``False`` is ``sampler="iid"``.
     **urf_kwargs
         ``M`` (exp kind) or ``split`` (Fourier kinds), passed to :class:`snnk.features.URF`.
 
@@ -148,8 +72,9 @@ class SNNKLinear(nn.Module):
     ``(..., d) -> (..., l)``.
 
     Like ``torch.nn`` layers, ``forward`` checks shapes, dtypes and devices but never reads
-    values back to the host (no NaN/Inf scan, no per-call synchronisation on a GPU); the
-    initial weights are checked once, at construction.
+    values back to the host (no NaN/Inf scan, no per-call synchronisation on a GPU, nothing
+    that stops ``torch.compile(fullgraph=True)``); the initial weights are checked once, at
+    construction.
     """
 
     def __init__(
@@ -160,11 +85,13 @@ class SNNKLinear(nn.Module):
         activation: str | SpectralMeasure = "relu",
         bias: bool = True,
         mode: str = "direct",
-        orthogonal: bool = True,
+        sampler: str = "orthogonal",
         input_norm: float | None = None,
         seed: int | torch.Generator | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        *,
+        orthogonal: bool | None = None,
         **urf_kwargs,
     ):
         super().__init__()
@@ -173,41 +100,115 @@ class SNNKLinear(nn.Module):
         self.num_features = check_positive_int(num_features, "num_features")
         self.mode = check_in(mode, "mode", ("direct", "weights"))
         self.input_norm = None if input_norm is None else check_positive(input_norm, "input_norm")
+        sampler = _resolve_sampler(sampler, orthogonal, "SNNKLinear")
         self.generator, self.seed = make_generator(seed)
-        self.towers = SNNKMaps(
-            activation,
-            in_features,
-            num_features,
-            bias=bias,
-            orthogonal=orthogonal,
-            seed=self.generator,
-            dtype=dtype,
-            device=device,
-            **urf_kwargs,
-        )
-        self.activation, self.has_bias = activation, bias
-        factory = {"dtype": dtype or torch.get_default_dtype(), "device": device}
-        # Initial W, b as nn.Linear draws them (U(±1/√d)), from our own generator.
-        bound = 1.0 / math.sqrt(in_features)
-        w0 = (torch.rand(out_features, in_features, generator=self.generator) * 2 - 1) * bound
-        b0 = (torch.rand(out_features, generator=self.generator) * 2 - 1) * bound if bias else None
-        self._init_from(w0.to(**factory), None if b0 is None else b0.to(**factory))
+        dtype = dtype or torch.get_default_dtype()
+        with _draw_on_cpu() as default_device:
+            device = default_device if device is None else device
+            self.towers = SNNKMaps(
+                activation,
+                in_features,
+                num_features,
+                bias=bias,
+                sampler=sampler,
+                seed=self.generator,
+                dtype=dtype,
+                device=device,
+                **urf_kwargs,
+            )
+            self.activation, self.has_bias = activation, bias
+            _check_input_scale(self.towers, self.input_norm, dtype)
+            w0, b0 = self._initial_weights()
+        w0 = w0.to(dtype=dtype, device=device)
+        self._init_from(w0, None if b0 is None else b0.to(w0))
+
+    def _initial_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``W₀, b₀ ~ U(±1/√d)`` as ``nn.Linear`` draws them, from the layer's generator."""
+        bound = 1.0 / math.sqrt(self.in_features)
+        gen = self.generator
+        w0 = (torch.rand(self.out_features, self.in_features, generator=gen) * 2 - 1) * bound
+        b0 = (torch.rand(self.out_features, generator=gen) * 2 - 1) * bound
+        return w0, b0 if self.has_bias else None
+
+    def _parameter_features(self, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``Ψ(W, b)`` with the values checked once (NaN/Inf, URF variance warning)."""
+        if weight.is_meta:
+            return self.towers.parameter_map(weight, bias)
+        with torch.no_grad(), self.towers.maps._checking_values():
+            return self.towers.parameter_map(weight, bias)
 
     def _init_from(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         for name in ("psi", "weight", "bias"):
             if name in self._parameters:
                 del self._parameters[name]
         self._cache: tuple | None = None
-        # Values are checked here, once (NaN/Inf, URF variance warning), not in forward.
-        with torch.no_grad(), self.towers.maps._checking_values():
-            psi = self.towers.parameter_map(weight, bias)
         if self.mode == "direct":
+            psi = self._parameter_features(weight, bias)
             self.psi = nn.Parameter(psi.detach().clone())
             self.weight = self.bias = None
         else:
+            self._parameter_features(weight, bias)  # checks the values
             self.psi = None
             self.weight = nn.Parameter(weight.detach().clone())
             self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+
+    def reset_parameters(self) -> None:
+        """Draw everything again from ``seed``: ``G`` (and frequencies), then ``W₀, b₀``.
+
+        With an integer ``seed`` the layer ends up bit for bit as it was built, so a layer
+        built on the meta device, materialised by ``to_empty(device=...)`` and reset holds
+        the values a layer built there directly would hold. With a generator as ``seed``
+        the draws continue from its current state. Parameters are written in place (an
+        optimiser holding them keeps working); a layer from :meth:`from_linear` returns to a
+        random initialisation.
+        """
+        if self.seed is not None:
+            self.generator = make_generator(self.seed)[0]
+        self.towers.resample(self.generator)
+        w0, b0 = self._initial_weights()
+        ref = self.psi if self.mode == "direct" else self.weight
+        w0 = w0.to(dtype=ref.dtype, device=ref.device)
+        b0 = None if b0 is None else b0.to(w0)
+        with torch.no_grad():
+            if self.mode == "direct":
+                self.psi.copy_(self._parameter_features(w0, b0))
+            else:
+                self._parameter_features(w0, b0)
+                self.weight.copy_(w0)
+                if self.bias is not None:
+                    self.bias.copy_(b0)
+        self._cache = None
+
+    def resample(self, seed: int | torch.Generator | None = None) -> None:
+        """Draw a new input tower ``G`` (and frequencies) from ``seed``; parameters are kept.
+
+        In ``mode="weights"`` ``Ψ(W, b)`` follows the new draw, so the layer still estimates
+        ``f(Wx + b)`` (with a fresh error); in ``mode="direct"`` the trained ``Ψ`` belonged to
+        the old draw, and the layer's function changes. ``None`` draws a seed from the
+        operating system; :attr:`seed` records the new one.
+        """
+        self.generator, self.seed = make_generator(seed)
+        self.towers.resample(self.generator)
+        self._cache = None
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+    ):
+        # Check every shape below this layer before torch copies any of them: a state dict of
+        # another size must fail with the key named and leave the layer as it was.
+        for name, current in self.state_dict(keep_vars=True).items():
+            saved = state_dict.get(prefix + name)
+            if isinstance(saved, torch.Tensor) and saved.shape != current.shape:
+                raise ValueError(
+                    f"cannot load {prefix + name!r} into this SNNKLinear: the state dict holds "
+                    f"shape {tuple(saved.shape)}, the layer has {tuple(current.shape)} "
+                    f"({self.extra_repr()}); build the layer with the sizes the state dict "
+                    "was saved with"
+                )
+        self._cache = None
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+        )
 
     @classmethod
     def from_linear(
@@ -260,6 +261,11 @@ class SNNKLinear(nn.Module):
         return phi @ psi.to(phi.dtype).T
 
     @property
+    def sampler(self) -> str:
+        """How the rows of ``G`` are drawn."""
+        return self.towers.sampler
+
+    @property
     def num_parameters(self) -> int:
         """Trainable numbers of this layer."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -284,6 +290,77 @@ class SNNKLinear(nn.Module):
         )
 
 
+def _check_activation_map(
+    activation_map: dict[type[nn.Module], str | SpectralMeasure] | None,
+) -> dict[type[nn.Module], str | SpectralMeasure]:
+    """``activation_map`` as a dict of module types to SNNK activations, or a clear error."""
+    if activation_map is None:
+        return {nn.ReLU: "relu"}
+    try:
+        amap = dict(activation_map)
+    except (TypeError, ValueError):
+        raise TypeError(
+            "activation_map must be a dict of activation module types to SNNK activations, "
+            f"e.g. {{torch.nn.ReLU: 'relu'}}; got {type(activation_map).__name__}"
+        ) from None
+    for key, kind in amap.items():
+        if not (isinstance(key, type) and issubclass(key, nn.Module)):
+            raise TypeError(
+                f"activation_map keys must be torch.nn.Module classes such as torch.nn.ReLU, "
+                f"got {key!r}"
+            )
+        if not (isinstance(kind, SpectralMeasure) or kind in ACTIVATIONS):
+            raise ValueError(
+                f"activation_map[{key.__name__}] must be one of {list(ACTIVATIONS)} or a "
+                f"SpectralMeasure, got {kind!r}"
+            )
+    return amap
+
+
+def _check_widths(num_features: int | Sequence[int]) -> list[int] | None:
+    """``None`` for one width everywhere, else the list of per-layer widths."""
+    if isinstance(num_features, int) and not isinstance(num_features, bool):
+        check_positive_int(num_features, "num_features")
+        return None
+    if isinstance(num_features, str) or not isinstance(num_features, Sequence):
+        raise TypeError(
+            "num_features must be an int or a sequence of ints (one per replaced pair), got "
+            f"{num_features!r}"
+        )
+    return [check_positive_int(m, "num_features") for m in num_features]
+
+
+def _pairs(
+    model: nn.Module, amap: dict[type[nn.Module], str | SpectralMeasure]
+) -> Iterator[tuple[nn.Sequential, str, str, str, str | SpectralMeasure]]:
+    """``(container, linear name, activation name, qualified name, kind)`` of every pair.
+
+    Consecutive ``Linear``-then-activation children of every ``nn.Sequential``, in visiting
+    order (depth first, a container's pairs before its children); each pair once even if
+    its container is shared, and nothing inside a pair is visited.
+    """
+    seen: set[tuple[int, str]] = set()
+
+    def visit(module: nn.Module, prefix: str) -> Iterator:
+        taken: set[str] = set()
+        if isinstance(module, nn.Sequential):
+            names = list(module._modules)
+            for a, b in itertools.pairwise(names):
+                lin, act = module._modules[a], module._modules[b]
+                kind = next((v for k, v in amap.items() if isinstance(act, k)), None)
+                if a in taken or (id(module), a) in seen:
+                    continue
+                if isinstance(lin, nn.Linear) and kind is not None:
+                    seen.add((id(module), a))
+                    taken.update((a, b))
+                    yield module, a, b, f"{prefix}{a}", kind
+        for name, child in module.named_children():
+            if name not in taken and not isinstance(child, SNNKLinear):
+                yield from visit(child, f"{prefix}{name}.")
+
+    yield from visit(model, "")
+
+
 def snnkify(
     model: nn.Module,
     activation_map: dict[type[nn.Module], str | SpectralMeasure] | None = None,
@@ -298,54 +375,64 @@ def snnkify(
     Pairs are consecutive children of ``nn.Sequential`` containers, at any depth. The
     ``Linear`` becomes ``SNNKLinear.from_linear(...)`` and the activation an ``nn.Identity``
     (the SNNK layer includes it). Each new layer is a distinct module with its own seed
-    (``seed + i``). The model is modified in place and returned.
+    (``seed + i``). The model is modified in place and returned. Every new layer is built
+    before the first one is put in: if anything fails (a layer that cannot be converted, a
+    ``filter`` that raises, a wrong number of widths), ``model`` is left as it was.
 
     Parameters
     ----------
+    model : torch.nn.Module
     activation_map : dict, default ``{nn.ReLU: "relu"}``
         Activation module type -> SNNK activation.
     num_features : int or sequence of int
         ``D`` of every new layer, or one ``D`` per replaced pair in visiting order (the
         first layer sees the raw input and usually deserves the most features). A sequence
         must have exactly one entry per replaced pair.
+    seed : int or None, default 0
     filter : callable, optional
         ``filter(qualified_name, linear)``; pairs for which it returns False are kept.
     **kwargs
-        Passed to :meth:`SNNKLinear.from_linear` (``mode``, ``input_norm``, ...).
+        Passed to :meth:`SNNKLinear.from_linear` (``mode``, ``input_norm``, ``sampler``, ...).
+
+    Raises
+    ------
+    TypeError
+        ``model`` is not a module, or ``activation_map`` / ``num_features`` have the wrong type.
+    ValueError
+        A sequence ``num_features`` without one entry per replaced pair, or an activation
+        that is not an SNNK activation.
     """
-    amap = {nn.ReLU: "relu"} if activation_map is None else dict(activation_map)
-    widths = None if isinstance(num_features, int) else [int(m) for m in num_features]
-    counter = [0]
-
-    def visit(module: nn.Module, prefix: str) -> None:
-        if isinstance(module, nn.Sequential):
-            names = list(module._modules)
-            for a, b in itertools.pairwise(names):
-                lin, act = module._modules[a], module._modules[b]
-                kind = next((v for k, v in amap.items() if isinstance(act, k)), None)
-                if isinstance(lin, nn.Linear) and kind is not None:
-                    qual = f"{prefix}{a}"
-                    if filter is not None and not filter(qual, lin):
-                        continue
-                    i = counter[0]
-                    if widths is not None and i >= len(widths):
-                        raise ValueError(
-                            f"num_features has {len(widths)} entries but the model has more "
-                            "Linear-then-activation pairs; give one entry per pair (or an int)"
-                        )
-                    m = num_features if widths is None else widths[i]
-                    s = None if seed is None else seed + i
-                    counter[0] += 1
-                    module._modules[a] = SNNKLinear.from_linear(lin, kind, m, seed=s, **kwargs)
-                    module._modules[b] = nn.Identity()
-        for name, child in module.named_children():
-            if not isinstance(child, SNNKLinear):
-                visit(child, f"{prefix}{name}.")
-
-    visit(model, "")
-    if widths is not None and counter[0] != len(widths):
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model must be a torch.nn.Module (e.g. an nn.Sequential MLP), got "
+            f"{type(model).__name__}; snnkify changes a model in place and returns it"
+        )
+    amap = _check_activation_map(activation_map)
+    widths = _check_widths(num_features)
+    if filter is not None and not callable(filter):
+        raise TypeError(f"filter must be a callable filter(name, linear) -> bool, got {filter!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int or None, got {seed!r}")
+    plan = []
+    for container, a, b, qual, kind in _pairs(model, amap):
+        lin = container._modules[a]
+        if filter is not None and not filter(qual, lin):
+            continue
+        i = len(plan)
+        if widths is not None and i >= len(widths):
+            raise ValueError(
+                f"num_features has {len(widths)} entries but the model has more "
+                "Linear-then-activation pairs; give one entry per pair (or an int)"
+            )
+        m = num_features if widths is None else widths[i]
+        s = None if seed is None else seed + i
+        plan.append((container, a, b, SNNKLinear.from_linear(lin, kind, m, seed=s, **kwargs)))
+    if widths is not None and len(plan) != len(widths):
         raise ValueError(
-            f"num_features has {len(widths)} entries but {counter[0]} pairs were replaced; "
+            f"num_features has {len(widths)} entries but {len(plan)} pairs were replaced; "
             "give one entry per replaced pair"
         )
+    for container, a, b, layer in plan:
+        container._modules[a] = layer
+        container._modules[b] = nn.Identity()
     return model

@@ -1,0 +1,226 @@
+"""The two towers of an SNNK layer (``Φ(x)``, ``Ψ(W, b)``), shared by SNNKLinear and bundles."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from snnk._utils import check_in
+from snnk.features import URF, ArcCosineFeatures, SpectralMeasure, VarianceWarning
+
+ACTIVATIONS = ("relu", "exp", "cos", "sin", "gaussian")
+
+#: a second-moment factor of one URF feature above ``e^this`` makes its estimate useless
+_EXPLODES = math.log(1e3)
+
+
+def _resolve_sampler(sampler: str | bool, orthogonal: bool | None, owner: str) -> str:
+    """``sampler=`` from the new argument and the deprecated ``orthogonal: bool``.
+
+    A bool in ``sampler`` (the old positional ``orthogonal``) counts as ``orthogonal=``.
+    """
+    if isinstance(sampler, bool):
+        sampler, orthogonal = "orthogonal", sampler if orthogonal is None else orthogonal
+    if orthogonal is None:
+        if not isinstance(sampler, str):
+            raise TypeError(f"sampler must be a string such as 'orthogonal', got {sampler!r}")
+        return sampler
+    new = "orthogonal" if orthogonal else "iid"
+    warnings.warn(
+        f"{owner}: orthogonal={orthogonal!r} is deprecated and will be removed; use "
+        f"sampler={new!r}",
+        FutureWarning,
+        stacklevel=3,
+    )
+    if sampler not in ("orthogonal", new):
+        raise ValueError(
+            f"{owner}: got both sampler={sampler!r} and orthogonal={orthogonal!r}; give "
+            "sampler= only"
+        )
+    return new
+
+
+@contextlib.contextmanager
+def _draw_on_cpu() -> Iterator[torch.device]:
+    """Random matrices are drawn on the CPU even inside ``with torch.device(...)``.
+
+    Yields the device the caller asked for (the default device outside the block), so that
+    ``with torch.device("meta"): SNNKLinear(...)`` builds a meta module without drawing on it.
+    """
+    target = torch.get_default_device()
+    with torch.device("cpu"):
+        yield target
+
+
+def _is_fourier(activation: str | SpectralMeasure) -> bool:
+    return activation not in ("relu", "exp")
+
+
+class SNNKMaps(nn.Module):
+    """The two towers of one SNNK layer: ``input_map(x)`` and ``parameter_map(W, b)``.
+
+    * ``"relu"``: ``Φ(x) = D^{-1/2} ReLU(G x̃)``, ``Ψ(w, b) = D^{-1/2} ReLU(G w̃)`` with
+      ``x̃ = [x; 1]``, ``w̃ = [w; b]`` when ``bias`` (else ``x̃ = x``). ``E[Φ(x)ᵀΨ(w)]`` is
+      the arc-cosine kernel ``k_1(x̃, w̃)/2 = ‖x̃‖‖w̃‖(sin θ + (π − θ) cos θ)/(2π)``: **not**
+      ``ReLU(wᵀx + b)``; the layer keeps ReLU's scale and positivity but is a different,
+      strictly more expressive function of ``(x, w)``.
+    * ``"exp"``, ``"cos"``, ``"sin"``, ``"gaussian"``, or a :class:`SpectralMeasure`:
+      :class:`snnk.features.URF`, an unbiased estimate of ``f(wᵀx + b)``.
+
+    Parameters
+    ----------
+    activation : {"relu", "exp", "cos", "sin", "gaussian"} or SpectralMeasure
+    in_features, num_features : int
+        ``d`` and ``D``.
+    bias : bool, default True
+    sampler : {"iid", "orthogonal", "structured", "qmc", "halton"}, default "orthogonal"
+        How the rows of ``G`` are drawn (see :class:`snnk.features.RandomProjection`).
+    seed : int, torch.Generator or None
+    orthogonal : bool, optional
+        Deprecated: ``True`` is ``sampler="orthogonal"``, ``False`` is ``sampler="iid"``.
+    """
+
+    def __init__(
+        self,
+        activation: str | SpectralMeasure,
+        in_features: int,
+        num_features: int,
+        *,
+        bias: bool = True,
+        sampler: str = "orthogonal",
+        seed: int | torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        orthogonal: bool | None = None,
+        **urf_kwargs,
+    ):
+        super().__init__()
+        if isinstance(activation, str):
+            check_in(activation, "activation", ACTIVATIONS)
+        elif not isinstance(activation, SpectralMeasure):
+            raise ValueError(
+                f"activation must be one of {list(ACTIVATIONS)} or a SpectralMeasure, "
+                f"got {activation!r}"
+            )
+        self.activation = activation
+        self.in_features, self.num_features, self.bias = in_features, num_features, bias
+        sampler = _resolve_sampler(sampler, orthogonal, "SNNKMaps")
+        if activation == "relu":
+            if urf_kwargs:
+                raise ValueError(f"options {sorted(urf_kwargs)} do not apply to activation='relu'")
+            self.maps = ArcCosineFeatures(
+                in_features + int(bias),
+                num_features,
+                1,
+                sampler=sampler,
+                seed=seed,
+                dtype=dtype,
+                device=device,
+            )
+        else:
+            self.maps = URF(
+                activation,
+                in_features,
+                num_features,
+                sampler=sampler,
+                seed=seed,
+                dtype=dtype,
+                device=device,
+                **urf_kwargs,
+            )
+        # Inside a network the towers check shapes, dtypes and devices but not values: a
+        # NaN/Inf scan is a host synchronisation per call (as in torch.nn layers).
+        self.maps.check_values = False
+
+    @property
+    def seed(self) -> int | None:
+        return self.maps.seed
+
+    @property
+    def sampler(self) -> str:
+        """How the rows of ``G`` are drawn."""
+        return self.maps.sampler
+
+    def resample(self, seed: int | torch.Generator | None = None) -> None:
+        """Draw new random matrices ``G`` (and frequencies) from ``seed``, in place.
+
+        Same shapes, dtype and device; ``None`` draws a seed from the operating system.
+        """
+        with _draw_on_cpu():
+            self.maps.resample(seed)
+        self.maps.check_values = False
+
+    def _augment(self, x: torch.Tensor, value: torch.Tensor | float) -> torch.Tensor:
+        if not self.bias:
+            return x
+        col = torch.as_tensor(value, dtype=x.dtype, device=x.device).expand(*x.shape[:-1], 1)
+        return torch.cat([x, col], dim=-1)
+
+    def input_map(self, x: torch.Tensor) -> torch.Tensor:
+        """``Φ(x)``: ``(..., d) -> (..., D)``."""
+        if self.activation == "relu":
+            return self.maps(self._augment(x, 1.0)) * math.sqrt(0.5)
+        return self.maps.input_map(x)
+
+    def parameter_map(self, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``Ψ(W, b)``: ``(..., d)`` weights and ``(...)`` biases -> ``(..., D)``."""
+        if self.activation == "relu":
+            if self.bias:
+                if bias is None:
+                    bias = torch.zeros(weight.shape[:-1], dtype=weight.dtype, device=weight.device)
+                weight = torch.cat([weight, bias.unsqueeze(-1).to(weight.dtype)], -1)
+            return self.maps(weight) * math.sqrt(0.5)
+        return self.maps.parameter_map(weight, bias if self.bias else None)
+
+    def target(self, z: torch.Tensor) -> torch.Tensor:
+        """The activation ``f`` the towers estimate (ReLU for ``"relu"``, see above)."""
+        return torch.relu(z) if self.activation == "relu" else self.maps.target(z)
+
+
+def _check_input_scale(towers: SNNKMaps, input_norm: float | None, dtype: torch.dtype) -> None:
+    """Warn or raise when inputs of norm ``input_norm`` break a Fourier-kind estimate.
+
+    Fourier kinds scale ``Φ(x)`` by ``exp(ω² s² ‖x‖²/2)``: the estimate's variance grows
+    like ``E[exp(ω² s² ‖x‖²)]`` and the features overflow to Inf (then NaN) once the
+    exponent passes ``log(finfo(dtype).max)`` (``‖x‖ ≈ 13`` in float32 for ``cos``).
+    ``input_norm=None`` (no bound known): a :class:`~snnk.features.VarianceWarning` with
+    the fix; a known norm that overflows: ``ValueError``; one that explodes the
+    variance: a warning. Nothing is checked for ``"relu"`` and ``"exp"``, whose features
+    cannot overflow from finite inputs.
+    """
+    if not _is_fourier(towers.activation):
+        return
+    maps = towers.maps
+    kind = towers.activation if isinstance(towers.activation, str) else "SpectralMeasure"
+    top_omega = 1.0 if maps.omega.is_meta else float(maps.omega.abs().max())
+    if input_norm is None:
+        limit = math.sqrt(2.0 * math.log(torch.finfo(dtype).max)) / (maps.split * top_omega)
+        warnings.warn(
+            f"activation={kind!r} without input_norm: the estimate's variance grows like "
+            f"exp(‖x‖²) and Φ(x) overflows {dtype} to Inf/NaN for ‖x‖ ≳ {limit:.3g} "
+            "(a hidden state of width 768 has ‖x‖ ≈ 28); pass input_norm=1.0, or "
+            "rescale the inputs to norm ≲ 1 yourself",
+            VarianceWarning,
+            stacklevel=3,
+        )
+        return
+    top = top_omega * maps.split * input_norm
+    if 0.5 * top * top > math.log(torch.finfo(dtype).max):
+        raise ValueError(
+            f"input_norm={input_norm} makes Φ(x) = exp(ω² s² ‖x‖²/2)·[cos, sin] overflow "
+            f"{dtype} (largest exponent {0.5 * top * top:.3g}); use input_norm ≲ 1"
+        )
+    log_moment = maps.measure.log_second_moment((maps.split * input_norm) ** 2)
+    if log_moment > _EXPLODES:
+        factor = "infinite" if log_moment == math.inf else f"e^{log_moment:.3g}"
+        warnings.warn(
+            f"input_norm={input_norm}: the URF estimate's variance explodes (second-moment "
+            f"factor {factor}); use a smaller input_norm (or a smaller split)",
+            VarianceWarning,
+            stacklevel=3,
+        )
