@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from snnk._utils.files import atomic_write
 from snnk._utils.tabular import CATEGORICAL_CHOICES, iter_table
 
 MODELS = {
@@ -205,28 +206,32 @@ def run_predict(args) -> int:
     names = getattr(est, "feature_names_in_", None)
     features = None if names is None else [str(c) for c in names]
     out = Path(args.output)
-    tmp = out.with_name(out.name + ".tmp")
-    rows = 0
     proba = args.proba and hasattr(est, "predict_proba")
     if args.proba and not proba:
         raise ValueError(f"{type(est).__name__} has no class probabilities (--proba)")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        header = ["prediction"]
-        if proba:
-            header += [f"proba_{c}" for c in est.classes_]
-        writer.writerow(header)
-        for X, _, _ in iter_table(args.data, None, features=features, chunk_rows=args.chunk_rows):
-            X = _named(est, X)
-            pred = est.predict(X)
+    rows = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal rows
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            header = ["prediction"]
             if proba:
-                writer.writerows(
-                    [p, *q] for p, q in zip(pred.tolist(), est.predict_proba(X), strict=True)
-                )
-            else:
-                writer.writerows([p] for p in pred.tolist())
-            rows += len(X)
-    tmp.replace(out)
+                header += [f"proba_{c}" for c in est.classes_]
+            writer.writerow(header)
+            chunks = iter_table(args.data, None, features=features, chunk_rows=args.chunk_rows)
+            for X, _, _ in chunks:
+                X = _named(est, X)
+                pred = est.predict(X)
+                if proba:
+                    writer.writerows(
+                        [p, *q] for p, q in zip(pred.tolist(), est.predict_proba(X), strict=True)
+                    )
+                else:
+                    writer.writerows([p] for p in pred.tolist())
+                rows += len(X)
+
+    atomic_write(out, write)
     print(f"wrote {rows} predictions to {out}", file=sys.stderr)
     return 0
 

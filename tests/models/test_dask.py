@@ -11,7 +11,12 @@ import distributed
 import numpy as np
 import pytest
 
-from snnk.models import RandomFeatureClassifier, RandomFeatureRidge
+from snnk.models import (
+    BundledClassifier,
+    BundledRegressor,
+    RandomFeatureClassifier,
+    RandomFeatureRidge,
+)
 
 
 def _data(n=3000, d=6, seed=0):
@@ -93,3 +98,36 @@ def test_dask_bad_input(client):
         )
     with pytest.raises(ValueError, match="rows"):
         RandomFeatureRidge(num_features=8).fit(da.from_array(X, chunks=50), y[:-1])
+
+
+def test_bundled_dask_fit_equals_in_memory_fit(client):
+    """The bundled models fit on Dask through the same base: standardisation from moments
+    of the whole array, statistics per chunk; float32 chunks stay float32."""
+    X, y = _data(n=1200)
+    Xd, yd = da.from_array(X, chunks=(250, 6)), da.from_array(y, chunks=250)
+    kw = {"num_features": 32, "depth": 2, "random_state": 0}
+    ref = BundledRegressor(**kw).fit(X, y)
+    m = BundledRegressor(**kw).fit(Xd, yd)
+    np.testing.assert_allclose(m.coef_, ref.coef_, rtol=1e-7, atol=1e-9)
+    assert m.alpha_ == pytest.approx(ref.alpha_, rel=1e-9)
+    np.testing.assert_allclose(m.predict(Xd).compute(), ref.predict(X), rtol=1e-7, atol=1e-9)
+    labels = np.where(y > 0.2, "up", "down")
+    c_ref = BundledClassifier(loss="squared", alpha=1e-2, **kw).fit(X, labels)
+    c = BundledClassifier(loss="squared", alpha=1e-2, **kw).fit(Xd, da.from_array(labels, 250))
+    np.testing.assert_allclose(c.coef_, c_ref.coef_, rtol=1e-7, atol=1e-9)
+    X32 = Xd.astype(np.float32)
+    m32 = BundledRegressor(dtype=None, **kw).fit(X32, yd)
+    assert m32.coef_.dtype == np.float32 and m32.predict(X32).compute().dtype == np.float32
+
+
+def test_dask_data_frame_input(client):
+    import dask.dataframe as dd
+    import pandas as pd
+
+    X, y = _data(n=600)
+    frame = dd.from_pandas(pd.DataFrame(X, columns=[f"x{i}" for i in range(6)]), npartitions=3)
+    target = dd.from_pandas(pd.Series(y), npartitions=3)
+    kw = {"num_features": 32, "alpha": 1e-2, "random_state": 0}
+    ref = RandomFeatureRidge(**kw).fit(X, y)
+    m = RandomFeatureRidge(**kw).fit(frame, target)
+    np.testing.assert_allclose(m.coef_, ref.coef_, rtol=1e-7, atol=1e-9)

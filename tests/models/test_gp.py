@@ -252,3 +252,15 @@ def test_bad_input_gives_clear_errors():
         gp.predict(X, return_std=True, return_cov=True)
     with pytest.raises(ValueError, match="3 finite numbers"):
         gp.log_marginal_likelihood([0.0, 1.0])
+
+
+def test_block_rows_and_deprecated_batch_size():
+    """``batch_size`` is a deprecated alias of ``block_rows``: FutureWarning, the same fit."""
+    X, y = _problem(n=120)
+    new = _fixed(num_features=32, block_rows=50, random_state=0).fit(X, y)
+    with pytest.warns(FutureWarning, match="block_rows"):
+        old = _fixed(num_features=32, batch_size=50, random_state=0).fit(X, y)
+    np.testing.assert_array_equal(new.predict(X), old.predict(X))
+    assert new._step == 50
+    with pytest.raises(ValueError, match="block_rows"):
+        RandomFeatureGP(block_rows=0).fit(X, y)

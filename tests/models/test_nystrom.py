@@ -293,3 +293,44 @@ def test_fit_intercept_is_the_exact_unpenalised_constant(solver, tmp_path):
     assert NystromRidge(**kw, random_state=0).fit(X, y).intercept_.tolist() == [0.0]
     back = load_model(save_model(m, Path(tmp_path) / "m.snnk"))
     np.testing.assert_array_equal(back.predict(X), m.predict(X))
+
+
+@pytest.mark.parametrize("cls", [NystromRidge, KernelRidgeCG])
+def test_block_rows_and_deprecated_batch_size(cls, tmp_path):
+    """``batch_size`` is a deprecated alias of ``block_rows`` (FutureWarning, same model);
+    files written before the rename (``batch_size`` in the header) still load."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    X, y = smooth_problem(200)
+    kw = {"num_centers": 30, "lengthscale": 2.0, "random_state": 0}
+    new = cls(**kw, block_rows=37).fit(X, y)
+    with pytest.warns(FutureWarning, match="block_rows"):
+        old = cls(**kw, batch_size=37).fit(X, y)
+    np.testing.assert_array_equal(old.dual_coef_, new.dual_coef_)
+    with pytest.raises(ValueError, match="block_rows"):
+        cls(block_rows=0).fit(X, y)
+    # a header as the old code wrote it: batch_size and no block_rows
+    path = save_model(new, tmp_path / "m.snnk")
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    key = next(k for k in meta if "params" in meta[k])
+    doc = json.loads(meta[key])
+    doc["params"].pop("block_rows")
+    doc["params"]["batch_size"] = 37
+    save_file(tensors, str(path), metadata={**meta, key: json.dumps(doc)})
+    loaded = load_model(path)
+    assert loaded.batch_size == 37 and loaded.block_rows is None
+    np.testing.assert_array_equal(loaded.predict(X), new.predict(X))
+
+
+def test_kmeanspp_centres():
+    X, y = smooth_problem(300)
+    m = NystromRidge(num_centers=30, lengthscale=2.0, center_selection="kmeans++", random_state=0)
+    m.fit(X, y)
+    np.testing.assert_array_equal(m.centers_, X[m.center_indices_])
+    assert len(np.unique(m.center_indices_)) == 30
+    with pytest.raises(ValueError, match="center_selection"):
+        NystromRidge(center_selection="kmeans").fit(X, y)

@@ -6,7 +6,6 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 from sklearn.kernel_ridge import KernelRidge
-from sklearn.utils.estimator_checks import check_estimator
 
 from snnk.io import load_model
 from snnk.models import RandomFeatureClassifier, RandomFeatureRidge
@@ -19,17 +18,7 @@ def _problem(n=600, d=5, seed=0):
     return X, y
 
 
-@pytest.mark.parametrize(
-    "est",
-    [
-        RandomFeatureRidge(num_features=32, random_state=0),
-        RandomFeatureClassifier(num_features=32, random_state=0),
-        RandomFeatureClassifier(num_features=32, loss="squared", alpha="loo", random_state=0),
-    ],
-    ids=["ridge", "classifier-log", "classifier-squared-loo"],
-)
-def test_check_estimator(est):
-    check_estimator(est)
+# scikit-learn's check_estimator for these models runs in tests/models/test_common.py
 
 
 def test_float32_is_kept():
@@ -285,3 +274,27 @@ def test_phases_option_and_files_written_before_it(tmp_path):
     old = load_model(tmp_path / "old.snnk")
     assert old.phases == "paired"
     np.testing.assert_array_equal(old.predict(X), paired.predict(X))
+
+
+def test_deprecated_batch_size_and_old_files(tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    X, y = _problem(n=100)
+    ref = RandomFeatureRidge(num_features=16, alpha=0.1, block_rows=30, random_state=0).fit(X, y)
+    with pytest.warns(FutureWarning, match="block_rows"):
+        old = RandomFeatureRidge(num_features=16, alpha=0.1, batch_size=30, random_state=0)
+        old.fit(X, y)
+    np.testing.assert_array_equal(old.predict(X), ref.predict(X))
+    # a file written before block_rows holds batch_size: it loads as block_rows, silently
+    path = ref.save(tmp_path / "new.snnk")
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    doc = json.loads(meta["snnk"])
+    doc["params"]["batch_size"] = doc["params"].pop("block_rows")
+    save_file(tensors, str(tmp_path / "old.snnk"), metadata={"snnk": json.dumps(doc)})
+    back = load_model(tmp_path / "old.snnk")
+    assert back.block_rows == 30 and back.batch_size == "deprecated"
+    np.testing.assert_array_equal(back.predict(X), ref.predict(X))

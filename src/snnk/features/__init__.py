@@ -7,6 +7,8 @@ seeded ``torch.Generator``; ``φ(x)ᵀφ(y)`` estimates a kernel (or ``f(wᵀx +
 from snnk.features._base import RandomFeatures
 from snnk.features._projection import SAMPLERS, RandomProjection
 from snnk.features.arccosine import ArcCosineFeatures
+from snnk.features.centers import register_center_method, select_center_indices, select_centers
+from snnk.features.factory import make_feature_map
 from snnk.features.fourier import FourierFeatures
 from snnk.features.nystrom import NystromFeatures
 from snnk.features.positive import PositiveFeatures, VarianceWarning
@@ -32,4 +34,8 @@ __all__ = [
     "RandomProjection",
     "SpectralMeasure",
     "VarianceWarning",
+    "make_feature_map",
+    "register_center_method",
+    "select_center_indices",
+    "select_centers",
 ]

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from snnk._utils import as_float_tensor, check_in, check_positive_int, make_generator
+from snnk.features.centers import CENTER_METHODS, select_centers
 from snnk.kernels import Kernel, make_kernel
 
 
@@ -25,7 +26,9 @@ class NystromFeatures(nn.Module):
     kernel : Kernel or str
     num_centers : int
         ``m``; the output width.
-    centers : {"uniform", "kmeans++"}, default "uniform"
+    centers : {"uniform", "kmeans++", "kmeans"}, default "uniform"
+        A method of :func:`snnk.features.centers.select_centers`: rows drawn uniformly,
+        D²-sampled in the kernel's feature space, or k-means cluster means (new points).
     rcond : float, optional
         Eigenvalues of ``K_CC`` below ``rcond · λ_max`` are dropped (pseudo-inverse);
         default ``m · eps`` of the dtype.
@@ -49,7 +52,7 @@ class NystromFeatures(nn.Module):
         super().__init__()
         self.kernel = make_kernel(kernel)
         self.num_centers = check_positive_int(num_centers, "num_centers")
-        self.center_selection = check_in(centers, "centers", ("uniform", "kmeans++"))
+        self.center_selection = check_in(centers, "centers", tuple(CENTER_METHODS))
         self.rcond = rcond
         self.generator, self.seed = make_generator(seed)
         self.register_buffer("centers", torch.empty(0))
@@ -64,7 +67,8 @@ class NystromFeatures(nn.Module):
         return self.centers.numel() > 0
 
     def fit(self, X, y=None) -> NystromFeatures:
-        """Choose ``num_centers`` rows of ``X`` as centres and factor ``K_CC``."""
+        """Choose ``num_centers`` centres for ``X`` (:func:`~snnk.features.centers.select_centers`)
+        and factor ``K_CC``."""
         X = as_float_tensor(X, "X")
         if X.ndim != 2:
             raise ValueError(f"X must have shape (n, d) for fit, got {tuple(X.shape)}")
@@ -74,11 +78,13 @@ class NystromFeatures(nn.Module):
                 f"num_centers={self.num_centers} exceeds the number of rows of X ({n}); "
                 f"lower num_centers or pass more data"
             )
-        if self.center_selection == "uniform":
-            idx = torch.randperm(n, generator=self.generator)[: self.num_centers]
-        else:
-            idx = self._kmeanspp(X)
-        C = X[idx.to(X.device)]
+        C = select_centers(
+            X,
+            self.num_centers,
+            method=self.center_selection,
+            random_state=self.generator,
+            kernel=self.kernel,
+        )
         Kcc = self.kernel(C).double()
         Kcc = 0.5 * (Kcc + Kcc.T)
         evals, evecs = torch.linalg.eigh(Kcc)
@@ -93,28 +99,14 @@ class NystromFeatures(nn.Module):
         self.rank_ = int(keep.sum())
         return self
 
-    def _kmeanspp(self, X: torch.Tensor) -> torch.Tensor:
-        n = X.shape[0]
-        diag = self.kernel.diag(X).double()
-        first = int(torch.randint(n, (1,), generator=self.generator))
-        chosen = [first]
-        d2 = (
-            diag + diag[first] - 2.0 * self.kernel(X, X[first : first + 1]).double()[:, 0]
-        ).clamp_min(0.0)
-        for _ in range(1, self.num_centers):
-            d2[chosen] = 0.0
-            total = float(d2.sum())
-            if total <= 0.0:  # all remaining points coincide with centres: pick uniformly
-                mask = torch.ones(n, dtype=torch.bool)
-                mask[chosen] = False
-                probs = mask.double()
-            else:
-                probs = (d2 / total).cpu()
-            nxt = int(torch.multinomial(probs.cpu(), 1, generator=self.generator))
-            chosen.append(nxt)
-            kx = self.kernel(X, X[nxt : nxt + 1]).double()[:, 0]
-            d2 = torch.minimum(d2, (diag + diag[nxt] - 2.0 * kx).clamp_min(0.0))
-        return torch.tensor(chosen)
+    def allocate(self, in_features: int, dtype: torch.dtype = torch.float64) -> NystromFeatures:
+        """Give the (empty) buffers their fitted shapes, ``(m, d)`` and ``(m, m)``, so that a
+        saved ``state_dict`` loads into a skeleton checked against its shapes. Values are
+        arbitrary until loaded. Returns ``self``."""
+        m = self.num_centers
+        self.centers = torch.empty(m, in_features, dtype=dtype, device=self.centers.device)
+        self.normalization = torch.empty(m, m, dtype=dtype, device=self.centers.device)
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``φ(x)``: ``(..., d) -> (..., m)`` in ``x``'s dtype."""

@@ -1,38 +1,59 @@
-"""Fully bundled networks fitted in closed form (no backpropagation)."""
+"""Fully bundled networks fitted in closed form (no backpropagation).
+
+Members of the feature-model family (:mod:`snnk.models._feature_model`): the fixed feature
+map is a random SNNK input tower on standardised inputs, so the bundled models fit from
+arrays, chunks, files, ``partial_fit`` and Dask, choose ``alpha`` by GCV or leave-one-out,
+and keep float32 in float32, like the random-feature models.
+"""
 
 from __future__ import annotations
 
 import math
-import numbers
+import warnings
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from snnk._persist import ArraySpec
+from snnk.features import SAMPLERS
+from snnk.models._base import (
+    DEPRECATED,
+    DEPRECATED_OPTION,
+    POSITIVE_INT,
+    Moments,
+    StrOptions,
+    seed_from_random_state,
+)
+from snnk.models._classifier import FeatureClassifierMixin
+from snnk.models._feature_model import FeatureModel, FeatureRegressorMixin
+from snnk.nn import BundledNetwork
+
 try:
-    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
-    from sklearn.utils import check_random_state
-    from sklearn.utils.multiclass import check_classification_targets
-    from sklearn.utils.validation import (
-        _check_sample_weight,
-        check_is_fitted,
-        column_or_1d,
-        validate_data,
-    )
+    from sklearn.utils.validation import check_is_fitted
 except ImportError as exc:  # pragma: no cover - the sklearn extra installs it
     raise ImportError("snnk.models needs scikit-learn: pip install 'snnk[sklearn]'") from exc
 
-from snnk._utils import default_block_rows, iter_blocks
-from snnk.io import PersistMixin
-from snnk.nn import BundledNetwork
-from snnk.solvers import NormalEquations, multinomial_logistic
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-#: cache the design matrix in memory for iterative losses up to this many elements
-_CACHE_ELEMENTS = 1 << 28
+#: activations of the tower
+ACTIVATIONS = ("relu", "exp", "cos", "sin", "gaussian")
 
 
-class _Bundled(PersistMixin, BaseEstimator):
-    """Shared machinery: standardise, random input tower, streaming normal equations."""
+class BundledModel(FeatureModel):
+    """Shared machinery: standardise, random input tower ``network_``, ridge on top."""
+
+    _parameter_constraints: ClassVar[dict[str, list]] = {
+        **FeatureModel._parameter_constraints,
+        "depth": [POSITIVE_INT],
+        "activation": [StrOptions(set(ACTIVATIONS))],
+        "standardize": ["boolean"],
+        "sampler": [StrOptions(set(SAMPLERS))],
+        "orthogonal": ["boolean", DEPRECATED_OPTION],
+    }
+    _persist_arrays: ClassVar[dict[str, ArraySpec]] = {
+        **FeatureModel._persist_arrays,
+        "attr.mean_": ArraySpec(ndim=1, dims=("n_features_in_",), required=True),
+        "attr.scale_": ArraySpec(ndim=1, dims=("n_features_in_",), required=True),
+    }
 
     def __init__(
         self,
@@ -42,11 +63,13 @@ class _Bundled(PersistMixin, BaseEstimator):
         alpha: float | str = "gcv",
         fit_intercept: bool = True,
         standardize: bool = True,
-        orthogonal: bool = True,
-        dtype: str = "float64",
-        batch_size: int = 4096,
+        sampler: str = "orthogonal",
+        dtype: str | None = "float64",
+        block_rows: int = 4096,
         random_state=None,
         verbose: bool = False,
+        orthogonal: bool | str = DEPRECATED,
+        batch_size: int | str = DEPRECATED,
     ):
         self.standardize = standardize
         self.num_features = num_features
@@ -54,127 +77,91 @@ class _Bundled(PersistMixin, BaseEstimator):
         self.activation = activation
         self.alpha = alpha
         self.fit_intercept = fit_intercept
-        self.orthogonal = orthogonal
+        self.sampler = sampler
         self.dtype = dtype
-        self.batch_size = batch_size
+        self.block_rows = block_rows
         self.random_state = random_state
         self.verbose = verbose
+        self.orthogonal = orthogonal
+        self.batch_size = batch_size
 
-    # -- validation ----------------------------------------------------------------------------
+    # -- parameters ------------------------------------------------------------------------------
     def _check_params(self) -> None:
-        for name in ("num_features", "depth", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {self.dtype!r}")
-        if isinstance(self.alpha, str):
-            if self.alpha != "gcv":
-                raise ValueError(f"alpha must be a non-negative float or 'gcv', got {self.alpha!r}")
-        elif (
-            not isinstance(self.alpha, numbers.Real)
-            or not math.isfinite(self.alpha)
-            or self.alpha < 0
-        ):
-            raise ValueError(f"alpha must be a non-negative float or 'gcv', got {self.alpha!r}")
-        if self.activation not in ("relu", "exp", "cos", "sin", "gaussian"):
-            raise ValueError(
-                f"activation must be one of ['relu', 'exp', 'cos', 'sin', 'gaussian'], "
-                f"got {self.activation!r}"
+        super()._check_params()
+        if self.orthogonal != DEPRECATED:
+            warnings.warn(
+                f"{type(self).__name__}(orthogonal=...) is deprecated: use "
+                f"sampler='orthogonal' or sampler='iid'",
+                FutureWarning,
+                stacklevel=3,
             )
 
-    # -- the fixed random tower ----------------------------------------------------------------
-    def _init_tower(self, X: np.ndarray, n_outputs: int, sw: np.ndarray) -> None:
-        self._check_params()
-        seed = int(check_random_state(self.random_state).randint(2**31 - 1))
+    @classmethod
+    def _upgrade_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Files written before ``sampler`` hold ``orthogonal`` (a bool)."""
+        params = super()._upgrade_params(params)
+        if isinstance(params.get("orthogonal"), bool):
+            params["sampler"] = "orthogonal" if params.pop("orthogonal") else "iid"
+        return params
+
+    def _sampler(self) -> str:
+        if self.orthogonal != DEPRECATED:
+            return "orthogonal" if self.orthogonal else "iid"
+        return self.sampler
+
+    # -- the fixed random tower ------------------------------------------------------------------
+    def _needs_moments(self) -> bool:
+        return True
+
+    def _network(self, in_features: int, out_features: int, seed: int) -> BundledNetwork:
+        net = BundledNetwork(
+            in_features,
+            [self.num_features] * self.depth,
+            self.activation,
+            out_features,
+            sampler=self._sampler(),
+            seed=seed,
+            dtype=self._torch_dtype(),
+        )
+        return net.requires_grad_(False)
+
+    def _init_features(self, X: np.ndarray, sw, moments: Moments | None) -> None:
+        """Weighted moments (a weight acts exactly like repeating the row), the scale, and
+        the tower (its output layer is sized when the solution is set)."""
         d = X.shape[1]
-        # Weighted moments: a weight acts exactly like repeating the row.
-        wn = sw / sw.sum()
-        self.mean_ = wn @ X
-        var = np.maximum(wn @ np.square(X - self.mean_), 0.0)
+        if moments is None:
+            w = np.ones(X.shape[0]) if sw is None else sw
+            wn = w / w.sum()
+            self.mean_ = wn @ X
+            var = np.maximum(wn @ np.square(X - self.mean_), 0.0)
+        else:
+            self.mean_, var = moments.mean, np.maximum(moments.var, 0.0)
         if self.standardize:  # every feature to unit variance, rows to norm ≈ 1
             self.scale_ = np.where(var > 0, np.sqrt(var), 1.0) * math.sqrt(d)
         else:  # one global scale: keeps the features' relative scales (e.g. pixels)
             total = math.sqrt(float(var.sum()))
             self.scale_ = np.full(d, total if total > 0 else 1.0)
-        self.network_ = BundledNetwork(
-            d,
-            [self.num_features] * self.depth,
-            self.activation,
-            n_outputs,
-            orthogonal=self.orthogonal,
-            seed=seed,
-            dtype=_DTYPES[self.dtype],
-        )
-        self.network_.requires_grad_(False)
+        self.network_ = self._network(d, 1, seed_from_random_state(self.random_state))
 
     def _build_modules(self) -> None:
         """Recreate the tower skeleton for :func:`snnk.io.load_model` (buffers follow)."""
-        self.network_ = BundledNetwork(
-            self.n_features_in_,
-            [self.num_features] * self.depth,
-            self.activation,
-            self.coef_.shape[0],
-            orthogonal=self.orthogonal,
-            seed=0,
-            dtype=_DTYPES[self.dtype],
-        )
-        self.network_.requires_grad_(False)
+        self.network_ = self._network(self.n_features_in_, self.coef_.shape[0], 0)
 
-    def _blocks(self, X: np.ndarray):
-        """Yield ``(F_block, rows)``: tower features of standardised row blocks."""
-        dt = _DTYPES[self.dtype]
-        step = min(self.batch_size, default_block_rows(self.num_features))
+    def _features_block(self, X: np.ndarray) -> torch.Tensor:
+        xb = torch.from_numpy(((X - self.mean_) / self.scale_).astype(np.float64))
+        return self.network_.input_features(xb.to(self._torch_dtype()))
+
+    def _after_solution(self) -> None:
+        """Copy ``coef_`` / ``intercept_`` into ``network_`` (sizing its output layer)."""
+        net, dt = self.network_, self._torch_dtype()
+        o, D = self.coef_.shape
+        if net.out_features != o:
+            net.weight = torch.nn.Parameter(torch.zeros(o, D, dtype=dt), requires_grad=False)
+            net.bias = torch.nn.Parameter(torch.zeros(o, dtype=dt), requires_grad=False)
+            net.out_features = o
         with torch.no_grad():
-            for rows in iter_blocks(X.shape[0], step):
-                xb = torch.from_numpy(((X[rows] - self.mean_) / self.scale_).astype(np.float64))
-                yield self.network_.input_features(xb.to(dt)), rows
-
-    def random_features(self, X) -> np.ndarray:
-        """The fixed random features ``Φ̃(x)``, shape ``(n, num_features)``."""
-        check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
-        return np.concatenate([F.double().numpy() for F, _ in self._blocks(X)], 0)
-
-    def _normal_equations(self, X, Y, sw) -> NormalEquations:
-        ne = NormalEquations(self.num_features, Y.shape[1])
-        Yt, swt = torch.tensor(Y), torch.tensor(sw)
-        for F, rows in self._progress(self._blocks(X), X.shape[0], "accumulating FᵀF"):
-            ne.update(F, Yt[rows], swt[rows])
-        return ne
-
-    def _progress(self, it, n, desc):
-        if not self.verbose:
-            return it
-        from tqdm.auto import tqdm
-
-        return tqdm(
-            it,
-            total=math.ceil(n / min(self.batch_size, default_block_rows(self.num_features))),
-            desc=desc,
-        )
-
-    def _solve(self, ne: NormalEquations):
-        if self.alpha == "gcv":
-            U, c, alpha, _ = ne.solve_gcv(fit_intercept=self.fit_intercept)
-        else:
-            U, c = ne.solve(float(self.alpha), fit_intercept=self.fit_intercept)
-            alpha = float(self.alpha)
-        return U, c, alpha
-
-    def _set_solution(self, U: torch.Tensor, c: torch.Tensor, alpha: float) -> None:
-        self.coef_ = U.T.numpy().copy()  # (n_outputs, num_features)
-        self.intercept_ = c.numpy().copy()
-        self.alpha_ = alpha
-        with torch.no_grad():
-            self.network_.weight.copy_(U.T)
-            self.network_.bias.copy_(c)
-
-    def _decision(self, X) -> np.ndarray:
-        check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
-        out = [F.double().numpy() @ self.coef_.T + self.intercept_ for F, _ in self._blocks(X)]
-        return np.concatenate(out, 0)
+            net.weight.copy_(torch.from_numpy(self.coef_))
+            net.bias.copy_(torch.from_numpy(self.intercept_))
 
     @property
     def num_parameters_(self) -> int:
@@ -182,13 +169,8 @@ class _Bundled(PersistMixin, BaseEstimator):
         check_is_fitted(self)
         return int(self.coef_.size + self.intercept_.size)
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
-        return tags
 
-
-class BundledRegressor(RegressorMixin, _Bundled):
+class BundledRegressor(FeatureRegressorMixin, BundledModel):
     r"""Fully bundled network ``y = U Φ̃(x) + c`` fitted in closed form (no backprop).
 
     ``Φ̃ = Φ_L ∘ … ∘ Φ_1`` is a fixed random SNNK input tower (``depth`` stages of
@@ -197,7 +179,13 @@ class BundledRegressor(RegressorMixin, _Bundled):
     ``Σ_i w_i ‖y_i − U Φ̃(x_i) − c‖² + α‖U‖²`` exactly, from normal equations accumulated over
     row blocks (``FᵀWF``, ``FᵀWY``; Cholesky with jitter, pseudo-inverse when rank
     deficient). ``alpha="gcv"`` picks ``α`` by generalised cross-validation from one
-    eigendecomposition; ``alpha=0`` is least squares.
+    eigendecomposition, ``alpha="loo"`` by exact leave-one-out; ``alpha=0`` is least squares.
+
+    ``fit`` takes arrays, a Dask array or data frame, an iterable of ``(X, y[, w])`` chunks or a
+    CSV/Parquet file (see :class:`~snnk.models.RandomFeatureRidge`); ``partial_fit`` adds
+    chunks. The standardisation uses the moments of all rows for arrays, files, lists of
+    chunks and Dask, and those of the first chunk for a one-shot iterator and
+    ``partial_fit``.
 
     Parameters
     ----------
@@ -206,21 +194,27 @@ class BundledRegressor(RegressorMixin, _Bundled):
     depth : int, default 1
         Number of tower stages.
     activation : str, default "relu"
-    alpha : float or "gcv", default "gcv"
+    alpha : float, "gcv" or "loo", default "gcv"
     fit_intercept : bool, default True
     standardize : bool, default True
         Scale every input feature to unit variance (then rows to norm ≈ 1). With False, the
         centred inputs are divided by one global scale, which keeps the features' relative
         sizes (better for pixels).
-    orthogonal : bool, default True
-        Orthogonal random projections in the tower.
-    dtype : {"float32", "float64"}, default "float64"
-        Precision of the tower; the normal equations are always accumulated in float64.
-    batch_size : int, default 4096
+    sampler : {"orthogonal", "iid", "structured", "qmc", "halton"}, default "orthogonal"
+        How the tower's random projections are drawn (see :class:`snnk.nn.BundledNetwork`).
+    dtype : {"float32", "float64", None}, default "float64"
+        Precision of the tower and of the fitted arrays (None: float32 for float32 input,
+        else float64); the normal equations are always accumulated in float64. Predictions
+        have the input's dtype.
+    block_rows : int, default 4096
         Rows per block.
     random_state : int, RandomState or None
     verbose : bool, default False
         Progress bar.
+    orthogonal : bool
+        Deprecated alias of ``sampler`` (True: "orthogonal", False: "iid"; FutureWarning).
+    batch_size : int
+        Deprecated alias of ``block_rows`` (FutureWarning).
 
     Attributes
     ----------
@@ -230,37 +224,13 @@ class BundledRegressor(RegressorMixin, _Bundled):
         The ridge strength used.
     network_ : snnk.nn.BundledNetwork
         The fitted model as a torch module (expects standardised inputs).
-    n_features_in_ : int
+    mean_, scale_ : ndarray of shape (n_features_in_,)
+        The standardisation ``(x − mean_) / scale_``.
+    n_features_in_, n_samples_seen_, compute_dtype_
     """
 
-    _persist_private = ("_y_1d",)
 
-    def fit(self, X, y, sample_weight=None):
-        X, y = validate_data(
-            self, X, y, dtype=[np.float64, np.float32], y_numeric=True, multi_output=True
-        )
-        y = np.asarray(y, dtype=np.float64)
-        if not np.isfinite(y).all():
-            raise ValueError("y contains NaN or infinite values; remove those rows first")
-        self._y_1d = y.ndim == 1
-        Y = y.reshape(-1, 1) if self._y_1d else y
-        sw = _check_sample_weight(sample_weight, X, dtype=np.float64)
-        self._init_tower(X, Y.shape[1], sw)
-        ne = self._normal_equations(X, Y, sw)
-        self._set_solution(*self._solve(ne))
-        return self
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.multi_output = True
-        return tags
-
-    def predict(self, X) -> np.ndarray:
-        out = self._decision(X)
-        return out[:, 0] if self._y_1d else out
-
-
-class BundledClassifier(ClassifierMixin, _Bundled):
+class BundledClassifier(FeatureClassifierMixin, BundledModel):
     r"""Fully bundled network classifier: ``softmax(U Φ̃(x) + c)`` without backpropagation.
 
     Same fixed random tower as :class:`BundledRegressor`. ``loss="squared"`` fits one-hot
@@ -290,6 +260,11 @@ class BundledClassifier(ClassifierMixin, _Bundled):
         ``loss="squared"``.
     """
 
+    _parameter_constraints: ClassVar[dict[str, list]] = {
+        **BundledModel._parameter_constraints,
+        **FeatureClassifierMixin._constraints,
+    }
+
     def __init__(
         self,
         num_features: int = 1024,
@@ -301,11 +276,13 @@ class BundledClassifier(ClassifierMixin, _Bundled):
         tol: float = 1e-10,
         fit_intercept: bool = True,
         standardize: bool = True,
-        orthogonal: bool = True,
-        dtype: str = "float64",
-        batch_size: int = 4096,
+        sampler: str = "orthogonal",
+        dtype: str | None = "float64",
+        block_rows: int = 4096,
         random_state=None,
         verbose: bool = False,
+        orthogonal: bool | str = DEPRECATED,
+        batch_size: int | str = DEPRECATED,
     ):
         super().__init__(
             num_features=num_features,
@@ -314,87 +291,14 @@ class BundledClassifier(ClassifierMixin, _Bundled):
             alpha=alpha,
             fit_intercept=fit_intercept,
             standardize=standardize,
-            orthogonal=orthogonal,
+            sampler=sampler,
             dtype=dtype,
-            batch_size=batch_size,
+            block_rows=block_rows,
             random_state=random_state,
             verbose=verbose,
+            orthogonal=orthogonal,
+            batch_size=batch_size,
         )
         self.loss = loss
         self.max_iter = max_iter
         self.tol = tol
-
-    def fit(self, X, y, sample_weight=None):
-        if self.loss not in ("log", "squared"):
-            raise ValueError(f"loss must be 'log' or 'squared', got {self.loss!r}")
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
-        y = column_or_1d(y, warn=True)
-        check_classification_targets(y)
-        self.classes_, idx = np.unique(y, return_inverse=True)
-        if len(self.classes_) < 2:
-            raise ValueError(
-                f"BundledClassifier needs samples of at least 2 classes in the data, but the "
-                f"data contains only one class: {self.classes_[0]!r}"
-            )
-        sw = _check_sample_weight(sample_weight, X, dtype=np.float64)
-        Y = np.zeros((X.shape[0], len(self.classes_)))
-        Y[np.arange(X.shape[0]), idx] = 1.0
-        self._init_tower(X, Y.shape[1], sw)
-        ne = self._normal_equations(X, Y, sw)
-        U, c, alpha = self._solve(ne)
-        self.n_iter_ = 1
-        if self.loss == "log":
-            U, c = self._fit_logistic(X, Y, sw, ne, alpha)
-        self._set_solution(U, c, alpha)
-        return self
-
-    def _fit_logistic(self, X, Y, sw, ne, alpha):
-        cache = None
-        if X.shape[0] * self.num_features <= _CACHE_ELEMENTS:
-            cache = [(F.double(), rows) for F, rows in self._blocks(X)]
-
-        def features():
-            return iter(cache) if cache is not None else self._blocks(X)
-
-        res = multinomial_logistic(
-            features,
-            torch.tensor(Y),
-            ne.FtF,
-            ne.Fsum,
-            alpha,
-            sample_weight=torch.tensor(sw),
-            max_iter=self.max_iter,
-            tol=self.tol,
-            fit_intercept=self.fit_intercept,
-        )
-        self.n_iter_ = res.n_iter
-        if not res.converged:
-            import warnings
-
-            from sklearn.exceptions import ConvergenceWarning
-
-            warnings.warn(
-                f"BundledClassifier did not converge in {self.max_iter} iterations; raise "
-                f"max_iter or alpha",
-                ConvergenceWarning,
-                stacklevel=3,
-            )
-        return res.coef, res.intercept
-
-    def decision_function(self, X) -> np.ndarray:
-        scores = self._decision(X)
-        return scores[:, 1] - scores[:, 0] if len(self.classes_) == 2 else scores
-
-    def predict_proba(self, X) -> np.ndarray:
-        s = self._decision(X)
-        if self.loss == "log":
-            s = s - s.max(1, keepdims=True)
-            p = np.exp(s)
-        else:
-            p = np.clip(s, 0.0, None)
-            p[p.sum(1) <= 0] = 1.0
-        return p / p.sum(1, keepdims=True)
-
-    def predict(self, X) -> np.ndarray:
-        scores = self._decision(X)
-        return self.classes_[np.argmax(scores, axis=1)]

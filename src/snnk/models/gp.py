@@ -26,120 +26,57 @@ import numpy as np
 import torch
 
 try:
-    from scipy.optimize import minimize
     from sklearn.base import BaseEstimator, RegressorMixin
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.utils import check_random_state
     from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 except ImportError as exc:  # pragma: no cover - the sklearn extra installs it
     raise ImportError("snnk.models needs scikit-learn: pip install 'snnk[sklearn]'") from exc
 
-from snnk._utils import check_in, default_block_rows, iter_blocks
+from snnk._utils import check_in, iter_blocks
+from snnk._utils.blocks import BLOCK_ELEMENTS, DEPRECATED, default_block_rows, resolve_block_rows
+from snnk._utils.random import check_random_state
 from snnk.features import SAMPLERS, FourierFeatures, NystromFeatures
 from snnk.io import PersistMixin
-from snnk.kernels import Kernel, ScaledKernel, ShiftInvariantKernel, make_kernel
-from snnk.solvers import NormalEquations
-from snnk.solvers.normal_equations import cholesky_solve
+from snnk.kernels import (
+    Kernel,
+    ShiftInvariantKernel,
+    resolve_kernel,
+    split_scale,
+    with_lengthscale,
+)
+from snnk.solvers import (
+    NormalEquations,
+    NystromFactor,
+    cholesky_solve,
+    jittered_cholesky,
+    log_marginal_likelihood_from_stats,
+    log_marginal_likelihood_with_grad,
+    minimize_bounded,
+)
+
+__all__ = ["RandomFeatureGP", "log_marginal_likelihood_from_stats"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _FEATURES = ("fourier", "nystrom")
 _OPTIMIZERS = ("lbfgs", "adam")
 #: bounds of every hyper-parameter during the optimisation (scikit-learn's default bounds)
 _BOUNDS = (1e-5, 1e5)
-_LOG_2PI = math.log(2.0 * math.pi)
+_HINTS = {
+    "max_optimize_rows": "; pass None to use every row",
+    "noise": " (a noise-free GP is ill-posed: use a small value such as 1e-6)",
+}
 
 
-def _cholesky(M: torch.Tensor) -> torch.Tensor:
-    """Cholesky factor of a symmetric positive (semi-)definite ``M``, differentiable.
-
-    A diagonal jitter (from ``1e-12`` up to ``1e-6`` times the mean diagonal) is added only
-    when the plain factorisation fails; that is far below any statistical effect.
-    """
-    L, info = torch.linalg.cholesky_ex(M)
-    if int(info) == 0:
-        return L
-    eye = torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
-    base = float(torch.diagonal(M).detach().abs().mean().clamp_min(1e-300))
-    for jitter in (1e-12, 1e-10, 1e-8, 1e-6):
-        L, info = torch.linalg.cholesky_ex(M + (jitter * base) * eye)
-        if int(info) == 0:
-            return L
-    raise np.linalg.LinAlgError(
-        "the D x D matrix ZᵀZ + (noise/amplitude) I is not positive definite even with "
-        "jitter; raise noise (or its lower bound by starting higher) or lower num_features"
-    )
-
-
-def log_marginal_likelihood_from_stats(
-    gram: torch.Tensor,
-    proj: torch.Tensor,
-    yy: torch.Tensor | float,
-    n: int,
-    amplitude: torch.Tensor,
-    noise: torch.Tensor,
-) -> torch.Tensor:
-    r"""``log p(y)`` of the feature GP from its sufficient statistics (differentiable).
-
-    With ``C = a ZZᵀ + s I_n`` (the covariance of ``y``), ``λ = s/a`` and
-    ``A = ZᵀZ + λ I_D``, the Woodbury identity and the matrix determinant lemma give
-
-    ``C⁻¹ = s⁻¹ (I_n − Z A⁻¹ Zᵀ)``,    ``log|C| = n log s + log|A| − D log λ``,
-
-    hence, with ``b = Zᵀy`` and ``L Lᵀ = A`` (Cholesky),
-
-    ``log p(y) = −(yᵀy − ‖L⁻¹b‖²)/(2s) − Σ_i log L_ii + (D/2) log λ − (n/2) log s
-    − (n/2) log 2π``.
-
-    Parameters
-    ----------
-    gram : Tensor of shape ``(D, D)``
-        ``ZᵀZ`` (float64).
-    proj : Tensor of shape ``(D,)``
-        ``b = Zᵀy``.
-    yy : float or scalar Tensor
-        ``yᵀy``.
-    n : int
-        Number of rows.
-    amplitude, noise : scalar Tensors
-        ``a`` and ``s`` (variances).
-    """
-    D = gram.shape[0]
-    lam = noise / amplitude
-    eye = torch.eye(D, dtype=gram.dtype, device=gram.device)
-    L = _cholesky(gram + lam * eye)
-    alpha = torch.linalg.solve_triangular(L, proj.reshape(D, 1), upper=False)
-    quad = (yy - alpha.square().sum()) / noise
-    return (
-        -0.5 * quad
-        - torch.log(torch.diagonal(L)).sum()
-        + 0.5 * D * torch.log(lam)
-        - 0.5 * n * torch.log(noise)
-        - 0.5 * n * _LOG_2PI
-    )
-
-
-def _split_kernel(kernel: Kernel | str, lengthscale: float) -> tuple[Kernel, float, float]:
-    """``(κ, ℓ, c)`` such that the kernel is ``c · κ(·/ℓ)`` with ``κ`` at unit lengthscale.
-
-    A name uses ``lengthscale``; a kernel object brings its own lengthscale (and scale).
-    """
-    scale = 1.0
-    if isinstance(kernel, str):
-        kernel = make_kernel(kernel)
-    elif not isinstance(kernel, Kernel):
-        raise TypeError(f"kernel must be a name or a snnk.kernels.Kernel, got {kernel!r}")
-    else:
-        if isinstance(kernel, ScaledKernel):
-            scale, kernel = kernel.scale, kernel.base
-        lengthscale = getattr(kernel, "lengthscale", lengthscale)
-    if not isinstance(kernel, ShiftInvariantKernel):
+def _unit_kernel(kernel: Kernel | str, lengthscale: float) -> tuple[Kernel, float, float]:
+    """``(κ, ℓ, c)``: the kernel is ``c · κ(·/ℓ)``, ``κ`` at unit lengthscale. A name uses
+    ``lengthscale``; a kernel object brings its own lengthscale (and scale)."""
+    k = resolve_kernel(kernel, lengthscale)
+    if not isinstance(getattr(k, "base", k), ShiftInvariantKernel):
         raise ValueError(
             f"RandomFeatureGP needs a shift-invariant kernel (gaussian, laplace, matern), got "
             f"{kernel!r}; use snnk.models.RandomFeatureRidge for other kernels"
         )
-    config = kernel.get_config()
-    config["lengthscale"] = 1.0
-    return make_kernel(**config), float(lengthscale), scale
+    return split_scale(k)
 
 
 class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
@@ -166,10 +103,10 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
     identity (see :func:`log_marginal_likelihood_from_stats`) with the random draw held
     fixed: the unit-lengthscale frequencies are a buffer and the inputs are divided by
     ``ℓ``, so gradients flow to ``ℓ``. The gradient is exact and blocked: one pass computes
-    ``G = ZᵀZ`` and ``b = Zᵀy``; autograd on the ``D × D`` stage gives ``∂/∂G`` and ``∂/∂b``;
-    a second pass pushes ``∂/∂Z = Z (Ḡ + Ḡᵀ) + y b̄ᵀ`` of each row block back to ``ℓ``. One
-    evaluation costs about ``2nD² + D³/3`` flops. The optimiser works on the logarithms of the
-    three hyper-parameters, each bounded to ``[1e-5, 1e5]``. When ``n`` exceeds
+    ``G = ZᵀZ`` and ``b = Zᵀy``, :func:`snnk.solvers.log_marginal_likelihood_with_grad` gives
+    ``∂/∂G`` and ``∂/∂b``, a second pass pushes ``∂/∂Z`` of each row block back to ``ℓ``
+    (about ``2nD² + D³/3`` flops in all). The optimiser (:func:`snnk.solvers.minimize_bounded`)
+    works on the logarithms of the hyper-parameters, bounded to ``[1e-5, 1e5]``. When ``n`` exceeds
     ``max_optimize_rows``, the likelihood is optimised on that many rows drawn at random
     (the final posterior always uses every row).
 
@@ -221,8 +158,10 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
     dtype : {"float64", "float32"}, default "float64"
         Dtype of the features. ``ZᵀZ`` is accumulated, and every ``D × D`` factorisation done,
         in float64 whatever ``dtype`` is; a float32 input gives float32 predictions either way.
-    batch_size : int, default 4096
+    block_rows : int, default 4096
         Rows per block (capped so that a block of features stays within about 128 MB).
+    batch_size : int, default "deprecated"
+        Deprecated alias of ``block_rows`` (``FutureWarning``).
     random_state : int, RandomState or None
         Seeds the feature draw, the Nyström centres and the optimisation subsample.
     verbose : bool, default False
@@ -279,9 +218,10 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
         learning_rate: float = 0.05,
         max_optimize_rows: int | None = 20000,
         dtype: str = "float64",
-        batch_size: int = 4096,
+        block_rows: int = 4096,
         random_state=None,
         verbose: bool = False,
+        batch_size: int | str | None = DEPRECATED,
     ):
         self.kernel = kernel
         self.lengthscale = lengthscale
@@ -297,36 +237,27 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
         self.learning_rate = learning_rate
         self.max_optimize_rows = max_optimize_rows
         self.dtype = dtype
-        self.batch_size = batch_size
+        self.block_rows = block_rows
         self.random_state = random_state
         self.verbose = verbose
+        self.batch_size = batch_size
 
     # -- parameters ------------------------------------------------------------------------------
     def _check_params(self) -> tuple[ShiftInvariantKernel, float, float, float]:
         """Validate the hyper-parameters; return ``(κ, ℓ₀, a₀, s₀)``."""
-        ints = ["num_features", "max_iter", "batch_size"]
+        ints = ["num_features", "max_iter", "block_rows"]
         if self.max_optimize_rows is not None:
             ints.append("max_optimize_rows")
-        for name in ints:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0:
+        reals = ["lengthscale", "amplitude", "noise", "learning_rate"]
+        for name in ints + reals:
+            v, kind = getattr(self, name), numbers.Integral if name in ints else numbers.Real
+            if isinstance(v, bool) or not isinstance(v, kind) or not (math.isfinite(v) and v > 0):
                 raise ValueError(
-                    f"{name} must be a positive integer, got {v!r}"
-                    + ("; pass None to use every row" if name == "max_optimize_rows" else "")
+                    f"{name} must be a positive "
+                    + (f"integer, got {v!r}" if name in ints else f"finite number, got {v!r}")
+                    + _HINTS.get(name, "")
                 )
-        for name in ("lengthscale", "amplitude", "noise", "learning_rate"):
-            v = getattr(self, name)
-            if (
-                isinstance(v, bool)
-                or not isinstance(v, numbers.Real)
-                or not math.isfinite(v)
-                or v <= 0
-            ):
-                hint = " (a noise-free GP is ill-posed: use a small value such as 1e-6)"
-                raise ValueError(
-                    f"{name} must be a positive finite number, got {v!r}"
-                    + (hint if name == "noise" else "")
-                )
+        resolve_block_rows(self.block_rows, self.batch_size, owner="RandomFeatureGP")
         check_in(self.features, "features", _FEATURES)
         check_in(self.optimizer, "optimizer", _OPTIMIZERS)
         check_in(self.dtype, "dtype", tuple(_DTYPES))
@@ -337,12 +268,13 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
                 f"num_features must be even for features='fourier' (cos/sin pairs), got "
                 f"{self.num_features}; use {self.num_features + 1}"
             )
-        unit, ls, scale = _split_kernel(self.kernel, float(self.lengthscale))
+        unit, ls, scale = _unit_kernel(self.kernel, float(self.lengthscale))
         return unit, float(ls), float(self.amplitude) * scale, float(self.noise)
 
     @property
     def _step(self) -> int:
-        return max(1, min(self.batch_size, default_block_rows(self.num_features, 1 << 24)))
+        rows = resolve_block_rows(self.block_rows, self.batch_size, warn=False)
+        return max(1, min(rows, default_block_rows(self.num_features, BLOCK_ELEMENTS)))
 
     # -- feature maps ----------------------------------------------------------------------------
     def _fourier_map(self, unit: ShiftInvariantKernel, d: int, seed: int) -> FourierFeatures:
@@ -352,11 +284,11 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
 
     def _build_modules(self) -> None:
         """Recreate ``feature_map_``'s skeleton for :func:`snnk.io.load_model`."""
-        unit, _, _ = _split_kernel(self.kernel, 1.0)
+        unit, d, dt = _unit_kernel(self.kernel, 1.0)[0], self.n_features_in_, _DTYPES[self.dtype]
         if self.features == "fourier":
-            self.feature_map_ = self._fourier_map(unit, self.n_features_in_, 0)
+            self.feature_map_ = self._fourier_map(unit, d, 0)
         else:
-            self.feature_map_ = NystromFeatures(unit, self.num_features_, seed=0)
+            self.feature_map_ = NystromFeatures(unit, self.num_features_, seed=0).allocate(d, dt)
 
     def _blocks(self, X: np.ndarray) -> Iterator[tuple[torch.Tensor, slice]]:
         """``(z(X[rows]), rows)`` over row blocks with the fitted map (no autograd)."""
@@ -387,9 +319,10 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
         """``(C/ℓ, L, L⁻ᵀ)`` with ``L Lᵀ = κ(C/ℓ, C/ℓ)`` (jittered): ``Z = κ(X/ℓ, C/ℓ) L⁻ᵀ``."""
         C = self._centers_opt / torch.exp(log_ls)
         Kcc = self._unit(C, C)
-        Lc = _cholesky(0.5 * (Kcc + Kcc.T))
-        eye = torch.eye(Lc.shape[0], dtype=Lc.dtype)
-        return C, Lc, torch.linalg.solve_triangular(Lc, eye, upper=False).T
+        # plain factor first (differentiable), the one jitter ladder only when needed: the
+        # optimiser may visit lengthscales at which the centres' kernel matrix is singular
+        factor = NystromFactor(Kcc, name="κ(C/ℓ, C/ℓ)", jitter=0.0, symmetrize=True, upcast=False)
+        return C, factor.L, factor.inv_T
 
     def _objective(self, theta: np.ndarray, want_grad: bool = True) -> tuple[float, np.ndarray]:
         """``(log p(y), ∂ log p(y)/∂θ)`` on the optimisation rows, ``θ = log(ℓ, a, s)``."""
@@ -409,19 +342,16 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
             ne = NormalEquations(D, 1)
             for rows in iter_blocks(X.shape[0], step):
                 ne.update(zfun(X[rows]), y[rows, None])
-        G = ne.FtF.requires_grad_(want_grad)
-        b = ne.FtY[:, 0].requires_grad_(want_grad)
-        la = th[1].clone().requires_grad_(want_grad)
-        ln = th[2].clone().requires_grad_(want_grad)
-        lml = log_marginal_likelihood_from_stats(
-            G, b, ne.YtY[0], ne.n, torch.exp(la), torch.exp(ln)
-        )
+        G, b = ne.FtF, ne.FtY[:, 0]
         if not want_grad:
+            lml = log_marginal_likelihood_from_stats(
+                G, b, ne.YtY[0], ne.n, torch.exp(th[1]), torch.exp(th[2])
+            )
             return float(lml), np.zeros(3)
-        gG, gb, ga, gn = torch.autograd.grad(lml, [G, b, la, ln])
-        S = gG + gG.T
+        grad = log_marginal_likelihood_with_grad(G, b, ne.YtY[0], ne.n, th[1], th[2])
+        S, gb = grad.gram, grad.proj
         if self.features == "nystrom":
-            g_ls = self._nystrom_length_gradient(log_ls, factor, S, gb, G.detach(), b.detach())
+            g_ls = self._nystrom_length_gradient(log_ls, factor, S, gb, G, b)
         else:
             # Pass 2: ∂/∂Z = Z S + y g_bᵀ of each block, pushed back to log ℓ by autograd.
             zfun = self._objective_map(log_ls)
@@ -432,7 +362,7 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
                 gZ = Zb.detach().double() @ S + y[rows, None] * gb[None, :]
                 (g,) = torch.autograd.grad(Zb, log_ls, grad_outputs=gZ.to(dt))
                 g_ls = g_ls + g
-        return float(lml.detach()), np.array([float(g_ls), float(ga), float(gn)])
+        return grad.value, np.array([float(g_ls), grad.log_amplitude, grad.log_noise])
 
     def _nystrom_length_gradient(
         self,
@@ -470,7 +400,6 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
         return g_ls
 
     def _optimize(self, theta0: np.ndarray) -> tuple[np.ndarray, int]:
-        bounds = [(math.log(_BOUNDS[0]), math.log(_BOUNDS[1]))] * 3
         n = self._X_opt_t.shape[0]
         bar = None
         if self.verbose:
@@ -482,71 +411,43 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
             v, g = self._objective(theta)
             return -v / n, -g / n
 
+        def callback(value: float) -> None:
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(nlml=f"{value:.4f}")
+
         try:
-            if self.optimizer == "lbfgs":
-
-                def callback(intermediate_result):
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(nlml=f"{intermediate_result.fun:.4f}")
-
-                res = minimize(
-                    fun,
-                    theta0,
-                    jac=True,
-                    method="L-BFGS-B",
-                    bounds=bounds,
-                    options={"maxiter": self.max_iter},
-                    callback=callback,
-                )
-                if res.status == 1:  # iteration limit (a line-search stop is at the optimum)
-                    warnings.warn(
-                        f"RandomFeatureGP: L-BFGS-B stopped after {res.nit} iterations without "
-                        f"converging ({res.message}); raise max_iter or try optimizer='adam'",
-                        ConvergenceWarning,
-                        stacklevel=3,
-                    )
-                return np.clip(res.x, *bounds[0]), int(res.nit)
-            theta = torch.tensor(theta0, dtype=torch.float64, requires_grad=True)
-            opt = torch.optim.Adam([theta], lr=self.learning_rate)
-            for _ in range(self.max_iter):
-                v, g = fun(theta.detach().numpy())
-                opt.zero_grad()
-                theta.grad = torch.from_numpy(g)
-                opt.step()
-                with torch.no_grad():
-                    theta.clamp_(*bounds[0])
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(nlml=f"{v:.4f}")
-            return theta.detach().numpy().copy(), self.max_iter
+            theta, n_iter, stopped = minimize_bounded(
+                fun,
+                theta0,
+                (math.log(_BOUNDS[0]), math.log(_BOUNDS[1])),
+                method=self.optimizer,
+                max_iter=self.max_iter,
+                learning_rate=self.learning_rate,
+                callback=callback,
+            )
         finally:
             if bar is not None:
                 bar.close()
+        if stopped is not None:
+            warnings.warn(
+                f"RandomFeatureGP: L-BFGS-B stopped after {n_iter} iterations without "
+                f"converging ({stopped}); raise max_iter or try optimizer='adam'",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        return theta, n_iter
 
     # -- fit -------------------------------------------------------------------------------------
     def fit(self, X, y) -> RandomFeatureGP:
-        """Fit the hyper-parameters (``optimize=True``) and the posterior.
-
-        Parameters
-        ----------
-        X : array-like of shape ``(n, d)``
-        y : array-like of shape ``(n,)``
-
-        Returns
-        -------
-        self
-        """
+        """Fit the hyper-parameters (``optimize=True``) and the posterior on ``X`` of shape
+        ``(n, d)`` and ``y`` of shape ``(n,)``; returns ``self``."""
         unit, ls0, amp0, noise0 = self._check_params()
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=True)
         y = column_or_1d(y, warn=True).astype(np.float64)
         n, d = X.shape
-        if self.normalize_y:
-            self.y_mean_ = float(y.mean())
-            sd = float(y.std())
-            self.y_scale_ = sd if sd > 0 else 1.0
-        else:
-            self.y_mean_, self.y_scale_ = 0.0, 1.0
+        self.y_mean_, sd = (float(y.mean()), float(y.std())) if self.normalize_y else (0.0, 1.0)
+        self.y_scale_ = sd if sd > 0 else 1.0
         yn = (y - self.y_mean_) / self.y_scale_
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(2**31 - 1))
@@ -571,7 +472,7 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
             theta, self.n_iter_ = self._optimize(theta)
         ls, amp, noise = (float(v) for v in np.exp(theta))
         self.lengthscale_, self.amplitude_, self.noise_ = ls, amp, noise
-        self.kernel_ = amp * make_kernel(**{**unit.get_config(), "lengthscale": ls})
+        self.kernel_ = amp * with_lengthscale(unit, ls)
         # Final map over every row.
         if self.features == "fourier":
             self.feature_map_ = self._opt_map
@@ -588,13 +489,12 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
         for Z, rows in self._blocks(X):
             ne.update(Z, yt[rows, None])
         G, b = ne.FtF, ne.FtY[:, 0]
-        amp = torch.tensor(self.amplitude_, dtype=torch.float64)
-        noise = torch.tensor(self.noise_, dtype=torch.float64)
+        amp, noise = (torch.tensor(v, dtype=torch.float64) for v in (self.amplitude_, self.noise_))
         self.log_marginal_likelihood_ = float(
             log_marginal_likelihood_from_stats(G, b, ne.YtY[0], ne.n, amp, noise)
         )
         eye = torch.eye(G.shape[0], dtype=torch.float64)
-        L = _cholesky(G + (self.noise_ / self.amplitude_) * eye)
+        L = jittered_cholesky(G + (self.noise_ / self.amplitude_) * eye, name="ZᵀZ + λI")
         self.coef_ = cholesky_solve(L, b[:, None])[:, 0].numpy()
         self.cholesky_ = L.numpy()
 
@@ -631,7 +531,7 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
         dt = _DTYPES[self.dtype]
         self._X_opt_t = torch.from_numpy(np.asarray(self._X_opt)).to(dt)
         self._y_opt_t = torch.from_numpy(np.asarray(self._y_opt, dtype=np.float64))
-        self._unit, _, _ = _split_kernel(self.kernel, 1.0)
+        self._unit, _, _ = _unit_kernel(self.kernel, 1.0)
         if self.features == "fourier":
             self._opt_map = self.feature_map_
         else:
@@ -644,20 +544,9 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
         As in scikit-learn's ``GaussianProcessRegressor`` with the noise given as ``alpha``,
         the standard deviation and covariance are those of the latent function ``f`` (noise
         excluded); the predictive standard deviation of a new observation ``y`` is
-        ``sqrt(std² + noise_ · y_scale_²)``.
-
-        Parameters
-        ----------
-        X : array-like of shape ``(m, d)``
-        return_std : bool, default False
-            Also return the standard deviation, shape ``(m,)``.
-        return_cov : bool, default False
-            Also return the covariance, shape ``(m, m)`` (not with ``return_std``).
-
-        Returns
-        -------
-        mean : ndarray of shape ``(m,)``, in ``X``'s floating dtype
-        std or cov : ndarray, when asked for
+        ``sqrt(std² + noise_ · y_scale_²)``. For ``X`` of shape ``(m, d)`` it returns the mean,
+        shape ``(m,)`` in ``X``'s floating dtype, and with ``return_std`` the standard deviation
+        ``(m,)`` or with ``return_cov`` the covariance ``(m, m)`` (not both).
         """
         if return_std and return_cov:
             raise RuntimeError(
@@ -693,9 +582,7 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
             if nystrom:
                 Xs = torch.from_numpy(X).double() / self.lengthscale_
                 Zs = np.concatenate([Z.double().numpy() for Z, _ in self._blocks(X)], 0)
-                cov += self.amplitude_ * (
-                    _split_kernel(self.kernel, 1.0)[0](Xs).numpy() - Zs @ Zs.T
-                )
+                cov += self.amplitude_ * (_unit_kernel(self.kernel, 1.0)[0](Xs).numpy() - Zs @ Zs.T)
             return mean, (cov * self.y_scale_**2).astype(out_dtype, copy=False)
         return mean
 

@@ -19,7 +19,6 @@ against the *sum* (not the mean) of squared errors. Falkon's penalty ``λ`` is `
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -27,133 +26,34 @@ import torch
 try:
     from sklearn.base import BaseEstimator, RegressorMixin
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.utils import check_random_state
     from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 except ImportError as exc:  # pragma: no cover - the sklearn extra installs it
     raise ImportError("snnk.models needs scikit-learn: pip install 'snnk[sklearn]'") from exc
 
-from snnk._utils import (
-    check_positive,
-    check_positive_int,
-    crossprod,
-    iter_blocks,
-    make_generator,
+from snnk._utils import check_positive, check_positive_int, crossprod
+from snnk._utils.blocks import (
+    DEPRECATED,
+    KERNEL_BLOCK_ELEMENTS,
+    default_block_rows,
+    resolve_block_rows,
 )
+from snnk.features.centers import CENTER_METHODS, select_center_indices
 from snnk.io import PersistMixin
-from snnk.kernels import Kernel, make_kernel
-from snnk.solvers import SPDSolver
-from snnk.solvers.normal_equations import _add_lower_gram, cholesky_solve
+from snnk.kernels import Kernel, KernelMatrix, resolve_kernel
+from snnk.solvers import (
+    FalkonPreconditioner,
+    NystromDiagonalPreconditioner,
+    NystromFactor,
+    SPDSolver,
+    add_lower_gram,
+    conjugate_gradient,
+)
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
-#: elements of one kernel block (rows x columns); about 32 MB in float64
-_BLOCK_ELEMENTS = 1 << 22
 #: ``solver="auto"`` uses the direct solver up to this many centres (an M x M float64 Gram)
 _DIRECT_MAX_CENTERS = 8192
-
-
-# -- solver pieces --------------------------------------------------------------------------------
-def _jittered_cholesky(A: torch.Tensor, name: str) -> torch.Tensor:
-    """Lower Cholesky factor of ``A + εI`` for the smallest ``ε`` in a short ladder.
-
-    Kernel matrices of smooth kernels are numerically singular; ``ε`` starts at
-    ``M·eps·mean(diag A)`` (Falkon's choice) and grows by 100x until the factorisation
-    succeeds. Only used for preconditioners: the systems solved keep the exact matrices.
-    """
-    m = A.shape[0]
-    scale = max(float(torch.diagonal(A).mean()), torch.finfo(A.dtype).tiny)
-    eye = torch.eye(m, dtype=A.dtype, device=A.device)
-    jitter = m * torch.finfo(A.dtype).eps * scale
-    for _ in range(8):
-        L, info = torch.linalg.cholesky_ex(A + jitter * eye)
-        if int(info) == 0:
-            return L
-        jitter *= 100.0
-    raise np.linalg.LinAlgError(
-        f"could not factor {name} even with a jitter of {jitter:.1e}; the kernel matrix of the "
-        "centres is far from positive definite (check the kernel's hyper-parameters)"
-    )
-
-
-def _lower_gram(L: torch.Tensor) -> torch.Tensor:
-    """``LᵀL`` for lower-triangular ``L`` (LAPACK ``lauum``, a third of a GEMM's flops on CPU).
-
-    Only the lower triangle of the result is filled, which is all a Cholesky reads.
-    """
-    if L.device.type == "cpu" and L.dtype in (torch.float32, torch.float64):
-        from scipy.linalg import lapack
-
-        lauum = lapack.dlauum if L.dtype == torch.float64 else lapack.slauum
-        out, info = lauum(L.numpy(), lower=1)
-        if info == 0:
-            return torch.from_numpy(out)
-    return L.T @ L
-
-
-def _pcg(
-    matvec: Callable[[torch.Tensor], torch.Tensor],
-    rhs: torch.Tensor,
-    precond: Callable[[torch.Tensor], torch.Tensor],
-    *,
-    tol: float,
-    max_iter: int,
-    progress=None,
-) -> tuple[torch.Tensor, int, torch.Tensor]:
-    r"""Preconditioned conjugate gradients for ``H X = B``, every column on its own.
-
-    ``H`` (symmetric positive definite, given by ``matvec``) and the preconditioner
-    ``P^{-1}`` (``precond``) act on all columns at once, so one pass over the data serves
-    every output. Column ``j`` stops moving once its preconditioned residual norm
-    ``sqrt(r_jᵀ P^{-1} r_j)`` falls below ``tol`` times its initial value; the loop ends when
-    every column has, or after ``max_iter`` iterations.
-
-    Returns ``(X, n_iter, relative_residuals)``.
-    """
-    X = torch.zeros_like(rhs)
-    R = rhs.clone()
-    Z = precond(R)
-    rz = (R * Z).sum(0)
-    rz0 = torch.where(rz > 0, rz, 1.0)
-    P = Z.clone()
-    n_iter = 0
-    rel = torch.sqrt(rz.clamp_min(0) / rz0)
-    while n_iter < max_iter and bool((rel > tol).any()):
-        active = (rel > tol).to(rhs.dtype)
-        HP = matvec(P)
-        pHp = (P * HP).sum(0)
-        step = torch.where(pHp > 0, rz / torch.where(pHp > 0, pHp, 1.0), 0.0) * active
-        X += step * P
-        R -= step * HP
-        Z = precond(R)
-        rz_new = (R * Z).sum(0)
-        beta = torch.where(rz > 0, rz_new / torch.where(rz > 0, rz, 1.0), 0.0)
-        P = Z + beta * P
-        rz = rz_new
-        rel = torch.sqrt(rz.clamp_min(0) / rz0)
-        n_iter += 1
-        if progress is not None:
-            progress.update(1)
-            progress.set_postfix(residual=f"{float(rel.max()):.1e}")
-    return X, n_iter, rel
-
-
-def _select_centers(X: np.ndarray, sw: np.ndarray | None, m: int, random_state) -> np.ndarray:
-    """Row indices of ``min(m, #distinct)`` distinct rows of ``X`` with positive weight.
-
-    Candidates are the distinct rows in sorted order, so a row repeated ``k`` times and the
-    same row with weight ``k`` give the same candidates and, with the same ``random_state``,
-    the same centres. Repeated centres would add nothing but singular directions.
-    """
-    rows = np.flatnonzero(sw > 0) if sw is not None else np.arange(X.shape[0])
-    if rows.size == 0:
-        raise ValueError("sample_weight is zero everywhere; at least one positive weight needed")
-    _, first = np.unique(X[rows], axis=0, return_index=True)
-    candidates = rows[first]
-    if m >= candidates.size:
-        return np.sort(candidates)
-    seed = int(check_random_state(random_state).randint(2**31 - 1))
-    gen, _ = make_generator(seed)
-    pick = torch.randperm(candidates.size, generator=gen)[:m].numpy()
-    return np.sort(candidates[pick])
+#: centre selectors that choose training rows (``center_indices_`` needs rows)
+_ROW_SELECTORS = tuple(name for name, spec in CENTER_METHODS.items() if not spec.returns_rows)
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
@@ -179,9 +79,10 @@ class _KernelExpansion(RegressorMixin, PersistMixin, BaseEstimator):
         max_iter: int = 100,
         tol: float = 1e-6,
         dtype: str | None = None,
-        batch_size: int | None = None,
+        block_rows: int | None = None,
         random_state=None,
         verbose: bool = False,
+        batch_size: int | str | None = DEPRECATED,
     ):
         self.kernel = kernel
         self.lengthscale = lengthscale
@@ -191,9 +92,10 @@ class _KernelExpansion(RegressorMixin, PersistMixin, BaseEstimator):
         self.max_iter = max_iter
         self.tol = tol
         self.dtype = dtype
-        self.batch_size = batch_size
+        self.block_rows = block_rows
         self.random_state = random_state
         self.verbose = verbose
+        self.batch_size = batch_size
 
     # -- checks -----------------------------------------------------------------------------------
     def _check_params(self) -> None:
@@ -201,27 +103,16 @@ class _KernelExpansion(RegressorMixin, PersistMixin, BaseEstimator):
         check_positive_int(self.max_iter, "max_iter")
         check_positive(self.alpha, "alpha")
         check_positive(self.tol, "tol", allow_zero=True)
-        if self.batch_size is not None:
-            check_positive_int(self.batch_size, "batch_size")
-        if self.center_selection != "uniform":
+        resolve_block_rows(self.block_rows, self.batch_size, owner=type(self).__name__)
+        if self.center_selection not in _ROW_SELECTORS:
             raise ValueError(
-                f"center_selection must be 'uniform' (centres drawn uniformly from the "
-                f"distinct training rows), got {self.center_selection!r}"
+                f"center_selection must be one of {list(_ROW_SELECTORS)} (centres chosen among "
+                f"the distinct training rows), got {self.center_selection!r}"
             )
         if self.dtype is not None and self.dtype not in _DTYPES:
             raise ValueError(
                 f"dtype must be None (follow the input), 'float32' or 'float64', got {self.dtype!r}"
             )
-
-    def _make_kernel(self) -> Kernel:
-        if isinstance(self.kernel, Kernel):
-            return self.kernel
-        base = make_kernel(self.kernel)
-        if self.lengthscale is not None and hasattr(base, "lengthscale"):
-            return make_kernel(
-                self.kernel, lengthscale=check_positive(self.lengthscale, "lengthscale")
-            )
-        return base
 
     def _validate_fit(self, X, y, sample_weight):
         self._check_params()
@@ -239,30 +130,65 @@ class _KernelExpansion(RegressorMixin, PersistMixin, BaseEstimator):
             if self.dtype is not None
             else (torch.float32 if X.dtype == np.float32 else torch.float64)
         )
-        self.kernel_ = self._make_kernel()
+        self.kernel_ = resolve_kernel(self.kernel, self.lengthscale)
         return X, Y, sw, dt
 
+    def _center_indices(self, X: np.ndarray, sw: np.ndarray | None) -> np.ndarray:
+        """Sorted row numbers of ``min(num_centers, #distinct)`` distinct rows of positive
+        weight (:func:`snnk.features.select_center_indices` with ``distinct=True``)."""
+        idx = select_center_indices(
+            X,
+            self.num_centers,
+            method=self.center_selection,
+            sample_weight=sw,
+            random_state=self.random_state,
+            kernel=self.kernel_,
+            distinct=True,
+        )
+        return np.sort(idx.numpy()).astype(np.int64)
+
     def _rows(self, columns: int) -> int:
-        if self.batch_size is not None:
-            return int(self.batch_size)
-        return max(64, _BLOCK_ELEMENTS // max(1, columns))
+        rows = resolve_block_rows(self.block_rows, self.batch_size, warn=False)
+        return rows if rows is not None else default_block_rows(columns, KERNEL_BLOCK_ELEMENTS)
 
-    def _progress(self, desc: str):
-        if not self.verbose:
-            return None
-        from tqdm.auto import tqdm
+    def _solve_cg(self, matvec, rhs: torch.Tensor, precond, desc: str, stacklevel: int = 3):
+        """:func:`snnk.solvers.conjugate_gradient` with a progress bar and a warning when it
+        stops before ``tol`` (attributed ``stacklevel`` frames up: the caller of ``fit``);
+        sets ``n_iter_``."""
+        bar = None
+        if self.verbose:
+            from tqdm.auto import tqdm
 
-        return tqdm(total=self.max_iter, desc=desc)
+            bar = tqdm(total=self.max_iter, desc=desc)
 
-    def _warn_convergence(self, rel: torch.Tensor) -> None:
+        def callback(it: int, rel: torch.Tensor) -> None:
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(residual=f"{float(rel.max()):.1e}")
+
+        try:
+            X, info = conjugate_gradient(
+                matvec,
+                rhs,
+                precond=precond,
+                tol=self.tol,
+                max_iter=self.max_iter,
+                callback=callback,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        self.n_iter_ = info.n_iter
+        rel = info.residuals
         if float(rel.max()) > self.tol:
             warnings.warn(
                 f"{type(self).__name__}: conjugate gradients stopped after {self.max_iter} "
                 f"iterations at relative residual {float(rel.max()):.1e} > tol={self.tol:g}; "
                 "raise max_iter (or alpha, or num_centers for a better preconditioner)",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
+        return X
 
     # -- prediction ---------------------------------------------------------------------------
     def _expansion(self) -> tuple[np.ndarray, np.ndarray]:
@@ -280,11 +206,8 @@ class _KernelExpansion(RegressorMixin, PersistMixin, BaseEstimator):
         points, coef = self._expansion()
         C = _tensor(points)
         Xt = _tensor(X).to(C.dtype)
-        B = _tensor(coef).to(C.dtype)
-        out = torch.empty(Xt.shape[0], B.shape[1], dtype=C.dtype)
-        step = self._rows(C.shape[0])
-        for rows in iter_blocks(Xt.shape[0], step):
-            out[rows] = self.kernel_(Xt[rows], C, block_rows=step) @ B
+        K = KernelMatrix(self.kernel_, Xt, C, block_rows=self._rows(C.shape[0]))
+        out = K @ _tensor(coef).to(C.dtype)
         intercept = getattr(self, "intercept_", None)
         if intercept is not None:
             out += torch.from_numpy(np.asarray(intercept)).to(out.dtype)
@@ -326,12 +249,11 @@ class NystromRidge(_KernelExpansion):
     ``O(M² + b M)``. ``solver="cg"`` is Falkon's conjugate gradient method: cheaper in memory
     and preferable for large ``M`` (``"auto"`` takes ``"direct"`` up to 8,192 centres).
 
-    Conjugate gradients with Falkon's preconditioner. With ``K_MM + εI = TᵀT``
-    (Cholesky with a small jitter ``ε``) and ``AᵀA = T Tᵀ / M + (α / Σw) I``, the matrix
-    ``P = (Σw/M) K_MM² + α K_MM`` (what ``K_nMᵀWK_nM + αK_MM`` would be if every centre stood
-    for ``Σw/M`` training rows) equals ``Σw · Tᵀ AᵀA T``, and ``P^{-1} = T^{-1} A^{-1} A^{-T}
-    T^{-T} / Σw`` costs four triangular solves. The preconditioned system is close to the
-    identity, so a few tens of iterations suffice whatever ``α``.
+    Conjugate gradients with Falkon's preconditioner
+    (:class:`snnk.solvers.FalkonPreconditioner`): ``P = (Σw/M) K_MM² + α K_MM``, what
+    ``K_nMᵀWK_nM + αK_MM`` would be if every centre stood for ``Σw/M`` training rows, applied
+    by four triangular solves. The preconditioned system is close to the identity, so a few
+    tens of iterations suffice whatever ``α``.
 
     **Cost of CG.** ``O(M³)`` once (two Cholesky factorisations and one ``lauum``, in float64),
     then ``O(n M (d + o))`` per CG iteration for ``o`` outputs: every iteration recomputes
@@ -355,8 +277,10 @@ class NystromRidge(_KernelExpansion):
         Number ``M`` of Nyström centres. If it exceeds the number of distinct training rows
         (with positive weight), every such row is a centre: exact kernel ridge regression.
         This is not an error and gives no warning; ``centers_.shape[0]`` says what was used.
-    center_selection : {"uniform"}, default "uniform"
-        Uniform sampling without replacement of distinct rows (Falkon's default).
+    center_selection : {"uniform", "kmeans++"}, default "uniform"
+        Uniform sampling without replacement of distinct rows (Falkon's default), or
+        D²-sampling in the kernel's feature space (``∝ weight``); see
+        :func:`snnk.features.select_center_indices`.
     solver : {"auto", "direct", "cg"}, default "auto"
         See **Solvers** above. ``max_iter`` and ``tol`` apply to ``"cg"`` only.
     fit_intercept : bool, default False
@@ -374,12 +298,15 @@ class NystromRidge(_KernelExpansion):
         Precision of the kernel blocks (and of ``centers_`` and the predictions). ``None``
         follows the training data: float32 stays float32, anything else is float64. The CG
         vectors and the ``M x M`` factors are float64 in every case.
-    batch_size : int or None, default None
-        Rows per kernel block; ``None`` keeps a block near 4M elements.
+    block_rows : int or None, default None
+        Rows per kernel block; ``None`` keeps a block near 4M elements
+        (``snnk._utils.blocks.KERNEL_BLOCK_ELEMENTS``).
     random_state : int, RandomState or None
         Seeds the choice of centres.
     verbose : bool, default False
         Progress bar over the CG iterations (tqdm).
+    batch_size : int or None, default "deprecated"
+        Deprecated alias of ``block_rows`` (``FutureWarning``).
 
     Attributes
     ----------
@@ -411,9 +338,10 @@ class NystromRidge(_KernelExpansion):
         max_iter: int = 100,
         tol: float = 1e-6,
         dtype: str | None = None,
-        batch_size: int | None = None,
+        block_rows: int | None = None,
         random_state=None,
         verbose: bool = False,
+        batch_size: int | str | None = DEPRECATED,
     ):
         super().__init__(
             kernel=kernel,
@@ -424,9 +352,10 @@ class NystromRidge(_KernelExpansion):
             max_iter=max_iter,
             tol=tol,
             dtype=dtype,
-            batch_size=batch_size,
+            block_rows=block_rows,
             random_state=random_state,
             verbose=verbose,
+            batch_size=batch_size,
         )
         self.solver = solver
         self.fit_intercept = fit_intercept
@@ -439,18 +368,17 @@ class NystromRidge(_KernelExpansion):
         ysum = Yt.sum(0) if w is None else w @ Yt
         return wsum, ksum / wsum, ysum / wsum
 
-    def _fit_direct(self, Xt, C, Kmm, Yt, w, alpha: float, step: int, wsum: float):
+    def _fit_direct(self, Knm: KernelMatrix, factor: NystromFactor, Yt, w, alpha, wsum):
         """``(β, centre)`` from one pass of blocked normal equations (see **Solvers**)."""
-        k, m = self.kernel_, C.shape[0]
+        m = Knm.shape[1]
         G = torch.zeros(m, m, dtype=torch.float64)
         B = torch.zeros(m, Yt.shape[1], dtype=torch.float64)
         ksum = torch.zeros(m, dtype=torch.float64)
-        for rows in iter_blocks(Xt.shape[0], step):
-            # kernel values in the compute dtype; the Gram in float64, because L⁻¹ G L⁻ᵀ
-            # amplifies its rounding by up to cond(K_MM) (float32 sums gave 5e-3 errors)
-            Kb = k(Xt[rows], C, block_rows=step).double()
+        # kernel values in the compute dtype; the Gram in float64, because L⁻¹ G L⁻ᵀ
+        # amplifies its rounding by up to cond(K_MM) (float32 sums gave 5e-3 errors)
+        for rows, Kb in Knm.blocks(torch.float64):
             Kw = Kb if w is None else Kb * w[rows, None]
-            _add_lower_gram(G, Kw, Kb)
+            add_lower_gram(G, Kw, Kb)
             B += crossprod(Kw, Yt[rows])
             ksum += Kw.sum(0)
         G = torch.tril(G) + torch.tril(G, -1).T
@@ -459,94 +387,56 @@ class NystromRidge(_KernelExpansion):
             wsum, mbar, ybar = centre
             G -= wsum * torch.outer(mbar, mbar)
             B -= wsum * torch.outer(mbar, ybar)
-        L = _jittered_cholesky(Kmm, "K_MM")
-        A = torch.linalg.solve_triangular(L, G, upper=False)  # L⁻¹ G
-        A = torch.linalg.solve_triangular(L, A.T, upper=False)  # L⁻¹ G L⁻ᵀ (G symmetric)
+        A = factor.solve_lower(G)  # L⁻¹ G
+        A = factor.solve_lower(A.T)  # L⁻¹ G L⁻ᵀ (G symmetric)
         A = 0.5 * (A + A.T)
-        U = SPDSolver(A, alpha)(torch.linalg.solve_triangular(L, B, upper=False))
-        return torch.linalg.solve_triangular(L.T, U, upper=True), centre
+        U = SPDSolver(A, alpha)(factor.solve_lower(B))
+        return factor.solve_upper(U), centre
 
-    def fit(self, X, y, sample_weight=None) -> NystromRidge:
-        """Fit on ``X`` (n, d) and ``y`` (n,) or (n, n_outputs); optional ``sample_weight``."""
-        X, Y, sw, dt = self._validate_fit(X, y, sample_weight)
-        idx = _select_centers(X, sw, self.num_centers, self.random_state)
-        Xt = _tensor(X).to(dt)
-        C = Xt[idx].contiguous()
-        k = self.kernel_
-        m = C.shape[0]
-        alpha = float(self.alpha)
-        Yt = _tensor(Y)
-        w = _tensor(sw) if sw is not None else None
-        wsum = float(sw.sum()) if sw is not None else float(X.shape[0])
-        step = self._rows(m)
-        if self.solver not in ("auto", "direct", "cg"):
-            raise ValueError(f"solver must be 'auto', 'direct' or 'cg', got {self.solver!r}")
-        Kmm = k(C, C).double()
-        direct = self.solver == "direct" or (self.solver == "auto" and m <= _DIRECT_MAX_CENTERS)
-        if direct:
-            beta, centre = self._fit_direct(Xt, C, Kmm, Yt, w, alpha, step, wsum)
-            self._set_intercept(beta, centre, Yt.shape[1])
-            self.solver_, self.n_iter_ = "direct", 1
-            self.centers_ = C.numpy().copy()
-            self.center_indices_ = idx.astype(np.int64)
-            self.dual_coef_ = beta.numpy().copy()
-            return self
-        self.solver_ = "cg"
-
-        # Preconditioner (float64): K_MM + εI = L Lᵀ (T = Lᵀ), L_A L_Aᵀ = LᵀL / M + (α/Σw) I.
-        L = _jittered_cholesky(Kmm, "K_MM")
-        inner = _lower_gram(L) / m
-        inner.diagonal().add_(alpha / wsum)
-        LA = _jittered_cholesky(inner, "T Tᵀ/M + λI")
-        del inner
-
-        def precond(R: torch.Tensor) -> torch.Tensor:
-            V = torch.linalg.solve_triangular(L, R, upper=False)
-            V = cholesky_solve(LA, V)
-            return torch.linalg.solve_triangular(L.T, V, upper=True) / wsum
-
-        def knm_products(U: torch.Tensor | None, Yw: torch.Tensor | None) -> torch.Tensor:
-            """``K_nMᵀ W K_nM U`` (or ``K_nMᵀ Yw`` when ``Yw`` is given), in row blocks."""
-            out = torch.zeros(m, (Yw if Yw is not None else U).shape[1], dtype=torch.float64)
-            Ud = U.to(dt) if U is not None else None
-            for rows in iter_blocks(Xt.shape[0], step):
-                Kb = k(Xt[rows], C, block_rows=step)
-                if Yw is not None:
-                    V = Yw[rows].to(dt)
-                else:
-                    V = Kb @ Ud
-                    if w is not None:
-                        V = V * w[rows, None].to(dt)
-                out += crossprod(Kb, V).double()
-            return out
+    def _fit_cg(self, Knm: KernelMatrix, Kmm, factor: NystromFactor, Yt, w, alpha, wsum):
+        """``(β, centre)`` by conjugate gradients with Falkon's preconditioner."""
+        precond = FalkonPreconditioner(factor, alpha, wsum)
+        Yw = Yt * w[:, None] if w is not None else Yt
+        if self.fit_intercept:  # K_nMᵀ w in the same pass as the right-hand side
+            wv = w if w is not None else torch.ones(Yt.shape[0], dtype=torch.float64)
+            both = Knm.rmatmul(torch.cat([Yw, wv[:, None]], 1))
+            rhs, centre = both[:, :-1], self._centre(both[:, -1], Yt, w, wsum)
+            rhs -= centre[0] * torch.outer(centre[1], centre[2])
+        else:
+            rhs, centre = Knm.rmatmul(Yw), None
 
         def matvec(U: torch.Tensor) -> torch.Tensor:
-            out = knm_products(U, None) + alpha * (Kmm @ U)
+            out = Knm.gram_matmul(U, w) + alpha * (Kmm @ U)
             if centre is not None:
                 out -= centre[0] * torch.outer(centre[1], centre[1] @ U)
             return out
 
-        Yw = Yt * w[:, None] if w is not None else Yt
-        if self.fit_intercept:  # K_nMᵀ w in the same pass as the right-hand side
-            wv = w if w is not None else torch.ones(Xt.shape[0], dtype=torch.float64)
-            both = knm_products(None, torch.cat([Yw, wv[:, None]], 1))
-            rhs, centre = both[:, :-1], self._centre(both[:, -1], Yt, w, wsum)
+        return self._solve_cg(matvec, rhs, precond, "NystromRidge CG", stacklevel=4), centre
+
+    def fit(self, X, y, sample_weight=None) -> NystromRidge:
+        """Fit on ``X`` (n, d) and ``y`` (n,) or (n, n_outputs); optional ``sample_weight``."""
+        X, Y, sw, dt = self._validate_fit(X, y, sample_weight)
+        if self.solver not in ("auto", "direct", "cg"):
+            raise ValueError(f"solver must be 'auto', 'direct' or 'cg', got {self.solver!r}")
+        idx = self._center_indices(X, sw)
+        Xt = _tensor(X).to(dt)
+        C = Xt[idx].contiguous()
+        m = C.shape[0]
+        Yt = _tensor(Y)
+        w = _tensor(sw) if sw is not None else None
+        wsum = float(sw.sum()) if sw is not None else float(X.shape[0])
+        Knm = KernelMatrix(self.kernel_, Xt, C, block_rows=self._rows(m))
+        Kmm = self.kernel_(C, C).double()
+        factor = NystromFactor(Kmm, name="K_MM")
+        if self.solver == "direct" or (self.solver == "auto" and m <= _DIRECT_MAX_CENTERS):
+            beta, centre = self._fit_direct(Knm, factor, Yt, w, float(self.alpha), wsum)
+            self.solver_, self.n_iter_ = "direct", 1
         else:
-            rhs, centre = knm_products(None, Yw), None
-        if centre is not None:
-            rhs -= centre[0] * torch.outer(centre[1], centre[2])
-        bar = self._progress("NystromRidge CG")
-        try:
-            beta, self.n_iter_, rel = _pcg(
-                matvec, rhs, precond, tol=self.tol, max_iter=self.max_iter, progress=bar
-            )
-        finally:
-            if bar is not None:
-                bar.close()
-        self._warn_convergence(rel)
+            self.solver_ = "cg"
+            beta, centre = self._fit_cg(Knm, Kmm, factor, Yt, w, float(self.alpha), wsum)
         self._set_intercept(beta, centre, Yt.shape[1])
         self.centers_ = C.numpy().copy()
-        self.center_indices_ = idx.astype(np.int64)
+        self.center_indices_ = idx
         self.dual_coef_ = beta.numpy().copy()
         return self
 
@@ -574,18 +464,10 @@ class KernelRidgeCG(_KernelExpansion):
     accuracy when ``n`` is too large for a dense ``n x n`` Cholesky (``O(n³)`` time,
     ``8 n²`` bytes) but ``n² d`` work per iteration is affordable.
 
-    **Preconditioner.** Nyström plus diagonal: with ``M`` centres ``C`` drawn from the
-    training rows, ``G = K_nC``, ``K_CC + εI = L Lᵀ`` and ``F = L^{-1} Gᵀ`` (so ``FᵀF`` is the
-    Nyström approximation of ``K``),
-
-    .. math:: P = S FᵀF S + D, \qquad D = diag(w ⊙ (diag K − diag FᵀF)) + α I,
-
-    applied by the Woodbury identity
-    ``P^{-1} = D^{-1} − D^{-1} S Fᵀ (I + F S D^{-1} S Fᵀ)^{-1} F S D^{-1}``: the ``M x M`` inner
-    matrix is formed once in one pass over ``G`` (``O(n M²)``), and each application costs
-    two blockwise products with ``G`` (``O(n M d)``) and ``M x M`` triangular solves. The
-    diagonal term keeps the part of ``K`` that the centres miss on the diagonal, which
-    clusters the preconditioned spectrum further than ``αI`` alone.
+    **Preconditioner.** Nyström plus diagonal (:class:`snnk.solvers.NystromDiagonalPreconditioner`):
+    with ``M`` centres drawn from the training rows, ``P = S FᵀF S + D`` where ``FᵀF`` is the
+    Nyström approximation of ``K`` and ``D`` keeps the diagonal the centres miss (plus
+    ``αI``), applied by the Woodbury identity at two blockwise products with ``K_nC`` each.
 
     **Cost.** ``O(n M² + M³)`` set-up, then ``O(n² d + n M d)`` per iteration; memory
     ``O(n d + b n + M²)`` (the data, one block, the factors). ``num_centers`` trades set-up
@@ -602,7 +484,7 @@ class KernelRidgeCG(_KernelExpansion):
     num_centers : int, default 1000
         Centres of the Nyström preconditioner (only speed depends on it, not the solution).
         Clipped to the number of distinct training rows.
-    center_selection : {"uniform"}, default "uniform"
+    center_selection : {"uniform", "kmeans++"}, default "uniform"
     max_iter : int, default 100
         Maximum CG iterations.
     tol : float, default 1e-6
@@ -611,8 +493,9 @@ class KernelRidgeCG(_KernelExpansion):
     dtype : {None, "float32", "float64"}, default None
         Precision of the kernel blocks, of ``X_fit_`` and of the predictions; ``None`` follows
         the training data. CG vectors and factors are float64.
-    batch_size : int or None, default None
-        Rows per kernel block; ``None`` keeps a block near 4M elements.
+    block_rows : int or None, default None
+        Rows per kernel block; ``None`` keeps a block near 4M elements
+        (``snnk._utils.blocks.KERNEL_BLOCK_ELEMENTS``).
     random_state : int, RandomState or None
         Seeds the preconditioner's centres.
     verbose : bool, default False
@@ -620,6 +503,8 @@ class KernelRidgeCG(_KernelExpansion):
     cache_size : float, default 1024
         MiB for kernel blocks kept across CG iterations (in the compute dtype), as in
         scikit-learn's ``SVC(cache_size=...)``; see "Cache" above.
+    batch_size : int or None, default "deprecated"
+        Deprecated alias of ``block_rows`` (``FutureWarning``).
 
     Attributes
     ----------
@@ -642,10 +527,11 @@ class KernelRidgeCG(_KernelExpansion):
         max_iter: int = 100,
         tol: float = 1e-6,
         dtype: str | None = None,
-        batch_size: int | None = None,
+        block_rows: int | None = None,
         random_state=None,
         verbose: bool = False,
         cache_size: float = 1024,
+        batch_size: int | str | None = DEPRECATED,
     ):
         super().__init__(
             kernel=kernel,
@@ -656,9 +542,10 @@ class KernelRidgeCG(_KernelExpansion):
             max_iter=max_iter,
             tol=tol,
             dtype=dtype,
-            batch_size=batch_size,
+            block_rows=block_rows,
             random_state=random_state,
             verbose=verbose,
+            batch_size=batch_size,
         )
         self.cache_size = cache_size
 
@@ -666,88 +553,26 @@ class KernelRidgeCG(_KernelExpansion):
         """Fit on ``X`` (n, d) and ``y`` (n,) or (n, n_outputs); optional ``sample_weight``."""
         check_positive(self.cache_size, "cache_size", allow_zero=True)
         X, Y, sw, dt = self._validate_fit(X, y, sample_weight)
-        idx = _select_centers(X, sw, self.num_centers, self.random_state)
+        idx = self._center_indices(X, sw)
         n = X.shape[0]
         Xt = _tensor(X).to(dt)
         C = Xt[idx].contiguous()
         k = self.kernel_
         alpha = float(self.alpha)
         s = torch.sqrt(_tensor(sw)) if sw is not None else torch.ones(n, dtype=torch.float64)
-        L = _jittered_cholesky(k(C.double(), C.double()), "K_CC")
-        kdiag = k.diag(Xt).double()
-
-        # The preconditioner's products run in float64 whatever the data's dtype: its ``u``
-        # comes through ``L⁻ᵀ`` (entries up to cond(K_CC) larger than the result) and
-        # cancels in ``Rd − G u``; float32 products made P⁻¹ inexact and CG stall near 1e-2
-        # (n = 20,000, M = 4,000). The kernel blocks ``G`` themselves are evaluated in the
-        # data's dtype (the exponentials are the cost) and widened: the same values enter
-        # the Woodbury inner matrix and every application, so P⁻¹ stays one fixed SPD map.
-        # One pass over G = K_nC: the diagonal D and the Woodbury inner matrix F S D^{-1} S Fᵀ.
-        step_c = self._rows(C.shape[0])
-        itemsize = torch.finfo(dt).bits // 8
+        factor = NystromFactor(k(C.double(), C.double()), name="K_CC")
+        # Cache budget: G = K_nC first (used twice per iteration), then all of K if it fits.
         budget = float(self.cache_size) * 2**20
-        G_all = None
-        if n * C.shape[0] * itemsize <= budget:
-            blocks = [k(Xt[rows], C, block_rows=step_c) for rows in iter_blocks(n, step_c)]
-            G_all = torch.cat(blocks)
-            budget -= n * C.shape[0] * itemsize
-
-        def G(rows):
-            return G_all[rows] if G_all is not None else k(Xt[rows], C, block_rows=step_c)
-
-        d = torch.empty(n, dtype=torch.float64)
-        Q = torch.zeros(C.shape[0], C.shape[0], dtype=torch.float64)
-        for rows in iter_blocks(n, step_c):
-            Fb = torch.linalg.solve_triangular(L, G(rows).double().T, upper=False)
-            resid = (kdiag[rows] - Fb.square().sum(0)).clamp_min(0.0)
-            d[rows] = s[rows].square() * resid + alpha
-            Fs = Fb * (s[rows] / d[rows].sqrt())
-            Q += Fs @ Fs.T
-        Q.diagonal().add_(1.0)
-        inner = SPDSolver(Q)
-        del Q
-
-        def precond(R: torch.Tensor) -> torch.Tensor:
-            Rd = R / d[:, None]
-            t = torch.zeros(C.shape[0], R.shape[1], dtype=torch.float64)
-            for rows in iter_blocks(n, step_c):
-                t += crossprod(G(rows).double(), s[rows, None] * Rd[rows])
-            u = torch.linalg.solve_triangular(
-                L.T, inner(torch.linalg.solve_triangular(L, t, upper=False)), upper=True
-            )
-            out = torch.empty_like(R)
-            for rows in iter_blocks(n, step_c):
-                Gu = G(rows).double() @ u
-                out[rows] = Rd[rows] - (s[rows, None] / d[rows, None]) * Gu
-            return out
-
-        step = self._rows(n)
-        K_all = None
-        if n * n * itemsize <= budget:
-            K_all = torch.cat([k(Xt[rows], Xt, block_rows=step) for rows in iter_blocks(n, step)])
+        Knc = KernelMatrix(k, Xt, C, block_rows=self._rows(C.shape[0]), cache_bytes=budget)
+        if Knc.cached:
+            budget -= Knc.nbytes
+        Knn = KernelMatrix(k, Xt, block_rows=self._rows(n), cache_bytes=budget)
+        precond = NystromDiagonalPreconditioner(Knc, factor, Knn.diag().double(), alpha, s)
 
         def matvec(P: torch.Tensor) -> torch.Tensor:
-            Ps = (s[:, None] * P).to(dt)
-            out = torch.empty_like(P)
-            for rows in iter_blocks(n, step):
-                Kb = K_all[rows] if K_all is not None else k(Xt[rows], Xt, block_rows=step)
-                out[rows] = s[rows, None] * (Kb @ Ps).double()
-            return out + alpha * P
+            return s[:, None] * (Knn @ (s[:, None] * P).to(dt)).double() + alpha * P
 
-        bar = self._progress("KernelRidgeCG")
-        try:
-            b, self.n_iter_, rel = _pcg(
-                matvec,
-                s[:, None] * _tensor(Y),
-                precond,
-                tol=self.tol,
-                max_iter=self.max_iter,
-                progress=bar,
-            )
-        finally:
-            if bar is not None:
-                bar.close()
-        self._warn_convergence(rel)
+        b = self._solve_cg(matvec, s[:, None] * _tensor(Y), precond, "KernelRidgeCG")
         self.X_fit_ = Xt.numpy().copy()
         self.dual_coef_ = (s[:, None] * b).numpy().copy()
         return self

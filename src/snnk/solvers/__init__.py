@@ -1,12 +1,59 @@
-"""Linear algebra for kernel models (``snnk.solvers``): streaming normal equations, SPD
-solves with jitter and pseudo-inverse fallback, GCV, multinomial logistic regression."""
+"""Linear algebra for kernel models (``snnk.solvers``): streaming normal equations, one jittered
+Cholesky policy and SPD solves, preconditioned conjugate gradients on operators, the Nyström
+(Falkon) and Nyström + diagonal preconditioners, the Gaussian marginal likelihood and its
+gradient, GCV and leave-one-out, multinomial logistic regression, and the SPD / Newton–Schulz
+inverses used by kernel attention."""
 
-from snnk.solvers.normal_equations import (
-    LogisticResult,
-    NormalEquations,
+from snnk.solvers.cg import CGInfo, conjugate_gradient
+from snnk.solvers.cholesky import (
+    JitterWarning,
     SPDSolver,
-    multinomial_logistic,
+    add_lower_gram,
+    cholesky_solve,
+    jittered_cholesky,
+    lower_gram,
     solve_spd,
 )
+from snnk.solvers.cross_validation import default_alpha_grid, gcv_ridge, loo_ridge
+from snnk.solvers.inverse import SPD_INVERSE_METHODS, newton_schulz_inverse, spd_inverse
+from snnk.solvers.likelihood import (
+    LikelihoodGradient,
+    log_marginal_likelihood_from_stats,
+    log_marginal_likelihood_with_grad,
+    minimize_bounded,
+)
+from snnk.solvers.logistic import LogisticResult, multinomial_logistic
+from snnk.solvers.normal_equations import NormalEquations
+from snnk.solvers.preconditioners import (
+    FalkonPreconditioner,
+    NystromDiagonalPreconditioner,
+    NystromFactor,
+)
 
-__all__ = ["LogisticResult", "NormalEquations", "SPDSolver", "multinomial_logistic", "solve_spd"]
+__all__ = [
+    "SPD_INVERSE_METHODS",
+    "CGInfo",
+    "FalkonPreconditioner",
+    "JitterWarning",
+    "LikelihoodGradient",
+    "LogisticResult",
+    "NormalEquations",
+    "NystromDiagonalPreconditioner",
+    "NystromFactor",
+    "SPDSolver",
+    "add_lower_gram",
+    "cholesky_solve",
+    "conjugate_gradient",
+    "default_alpha_grid",
+    "gcv_ridge",
+    "jittered_cholesky",
+    "log_marginal_likelihood_from_stats",
+    "log_marginal_likelihood_with_grad",
+    "loo_ridge",
+    "lower_gram",
+    "minimize_bounded",
+    "multinomial_logistic",
+    "newton_schulz_inverse",
+    "solve_spd",
+    "spd_inverse",
+]

@@ -7,11 +7,18 @@ held in memory: the same code serves a tensor, a chunked file or a stream.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from snnk._utils import crossprod
+from snnk.solvers.cholesky import (  # noqa: F401  (cholesky_solve, SPDSolver: old import path)
+    SPDSolver,
+    add_lower_gram,
+    cholesky_solve,
+    solve_spd,
+)
+from snnk.solvers.logistic import LogisticResult, multinomial_logistic  # noqa: F401
+
+__all__ = ["NormalEquations"]
 
 
 class NormalEquations:
@@ -47,7 +54,7 @@ class NormalEquations:
             w = sample_weight.to(dt)
             Fw, Yw = F * w[:, None], Y * w[:, None]
             wsum = float(sample_weight.double().sum())
-        _add_lower_gram(self._gram, Fw, F)
+        add_lower_gram(self._gram, Fw, F)
         self.FtY += crossprod(Fw, Y).double()
         self.YtY += (Yw * Y).double().sum(0)
         self.Fsum += Fw.double().sum(0)
@@ -151,235 +158,3 @@ class NormalEquations:
         a = float(alphas[best])
         U = V @ ((V.T @ B) / (evals[:, None] + a))
         return U, self.intercept(U, fit_intercept), a, scores_t
-
-
-#: column-block size of the lower-triangle Gram update
-_GRAM_BLOCK = 256
-
-
-def _add_lower_gram(acc: torch.Tensor, Fw: torch.Tensor, F: torch.Tensor) -> None:
-    """``acc += tril(Fwᵀ F)`` by column blocks: a symmetric Gram needs only its lower
-    block triangle, about half the flops of ``Fwᵀ F`` when ``D`` spans many blocks."""
-    D = F.shape[1]
-    if D <= 2 * _GRAM_BLOCK:
-        acc += (Fw.T @ F).double()
-        return
-    for i in range(0, D, _GRAM_BLOCK):
-        ie = min(D, i + _GRAM_BLOCK)
-        acc[i:ie, :ie] += (Fw[:, i:ie].T @ F[:, :ie]).double()
-
-
-class SPDSolver:
-    """Factor ``A + αI`` (symmetric positive semi-definite ``A``) once; solve many times.
-
-    Cholesky first; if it fails (numerically singular), a small diagonal jitter is tried
-    (up to ``1e-10·mean(diag A)``, far below any statistical effect) when ``α > 0``;
-    otherwise, or if that fails too, the minimum-norm solution from the pseudo-inverse
-    (eigenvalues below ``rcond·λ_max`` dropped). ``method`` says which one was used.
-    """
-
-    def __init__(self, A: torch.Tensor, alpha: float = 0.0, rcond: float | None = None):
-        D = A.shape[0]
-        eye = torch.eye(D, dtype=A.dtype, device=A.device)
-        M = A + alpha * eye if alpha else A
-        L, info = torch.linalg.cholesky_ex(M)
-        self.method = "cholesky"
-        if int(info) == 0 and _well_conditioned(L):
-            self._L = L
-            return
-        base = max(float(torch.diagonal(A).mean()), 1e-300)
-        if alpha > 0:
-            for jitter in (1e-14, 1e-12, 1e-10):
-                L, info = torch.linalg.cholesky_ex(M + jitter * base * eye)
-                if int(info) == 0:
-                    self._L, self.method = L, "cholesky+jitter"
-                    return
-        evals, V = torch.linalg.eigh(M)
-        rcond = D * torch.finfo(A.dtype).eps if rcond is None else rcond
-        keep = evals > rcond * evals.max().clamp_min(0)
-        self._L, self.method = None, "pinv"
-        self._V = V
-        self._inv = torch.where(keep, 1.0 / evals.clamp_min(torch.finfo(A.dtype).tiny), 0.0)
-
-    def __call__(self, B: torch.Tensor) -> torch.Tensor:
-        if self._L is not None:
-            return cholesky_solve(self._L, B)
-        return self._V @ (self._inv[:, None] * (self._V.T @ B))
-
-
-def cholesky_solve(L: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """``(L Lᵀ)⁻¹ B`` by two triangular solves (the same values as ``torch.cholesky_solve``,
-    which is 2-8x slower on CPU for a 2,000-4,000 factor and 1-500 right-hand sides)."""
-    return torch.linalg.solve_triangular(
-        L.mT, torch.linalg.solve_triangular(L, B, upper=False), upper=True
-    )
-
-
-def solve_spd(A: torch.Tensor, B: torch.Tensor, alpha: float = 0.0, rcond: float | None = None):
-    """Solve ``(A + αI) X = B`` for symmetric positive semi-definite ``A`` (see
-    :class:`SPDSolver`)."""
-    return SPDSolver(A, alpha, rcond)(B)
-
-
-def _well_conditioned(L: torch.Tensor) -> bool:
-    d = torch.diagonal(L).abs()
-    return bool(d.min() > 0) and float((d.max() / d.min()) ** 2) < 1.0 / (
-        100 * torch.finfo(L.dtype).eps
-    )
-
-
-@dataclass
-class LogisticResult:
-    """Solution of :func:`multinomial_logistic`."""
-
-    coef: torch.Tensor  # (D, K)
-    intercept: torch.Tensor  # (K,)
-    n_iter: int
-    converged: bool
-    loss: float
-
-
-def multinomial_logistic(
-    features_fn,
-    Y: torch.Tensor,
-    gram: torch.Tensor,
-    Fsum: torch.Tensor,
-    alpha: float,
-    *,
-    sample_weight: torch.Tensor | None = None,
-    max_iter: int = 50,
-    tol: float = 1e-10,
-    fit_intercept: bool = True,
-    max_cg: int = 200,
-) -> LogisticResult:
-    r"""Multinomial logistic regression on fixed features by truncated Newton.
-
-    Minimises ``L(U, c) = −Σ_i w_i log softmax(F_i U + c)_{y_i} + (α/2)‖U‖²`` (intercept not
-    penalised). Each Newton step solves ``H s = −g`` by conjugate gradients with exact
-    Hessian-vector products (one pass over the data each; the softmax probabilities of the
-    iterate are kept per block when ``n·K <= 2^24``), preconditioned by
-    ``(I − 11ᵀ/K) ⊗ c[F 1]ᵀW[F 1] + αI`` with ``c = Σ w p(1 − p) / (K Σ w)`` the mean
-    curvature of the current iterate (refactored each Newton step from the accumulated Gram
-    matrix; exact at the uniform start), followed by a backtracking line search; stops when
-    the largest gradient entry falls below ``tol`` times its initial value (Newton converges
-    quadratically, so a tight ``tol`` costs only an iteration or two). Directions along
-    ``1`` on the class axis (softmax shift invariance) are projected out.
-
-    Parameters
-    ----------
-    features_fn : callable
-        ``features_fn()`` yields ``(F_block, rows)`` over the data in row blocks.
-    Y : (n, K) one-hot targets (float64).
-    gram, Fsum : the weighted ``FᵀWF`` and ``FᵀW1`` (float64).
-    """
-    D, K = gram.shape[0], Y.shape[1]
-    dev = gram.device
-    w = (
-        torch.ones(Y.shape[0], dtype=torch.float64, device=dev)
-        if sample_weight is None
-        else sample_weight.to(torch.float64)
-    )
-    G = torch.zeros(D + 1, D + 1, dtype=torch.float64, device=dev)
-    G[:D, :D], G[:D, D], G[D, :D], G[D, D] = gram, Fsum, Fsum, float(w.sum())
-    reg = torch.full((D + 1, 1), float(alpha), dtype=torch.float64, device=dev)
-    reg[D] = 0.0
-    if not fit_intercept:  # pin the intercept at 0: decouple its row, never move it
-        G[:D, D] = G[D, :D] = 0.0
-        G[D, D] = 1.0
-    P = torch.eye(K, dtype=torch.float64, device=dev) - 1.0 / K
-    G = 0.5 * (G + G.T)
-    mask = torch.ones(D + 1, 1, dtype=torch.float64, device=dev)
-    if not fit_intercept:
-        mask[D] = 0.0
-    # softmax probabilities of the current iterate, kept per block for the Hessian-vector
-    # products of one Newton step when they are small (n·K <= 2^24 numbers)
-    keep_probs = Y.shape[0] * K <= 1 << 24
-
-    def project(V):
-        return (V @ P) * mask
-
-    def loss_grad(Uc, want_grad=True):
-        total, curv = 0.0, 0.0
-        grad = torch.zeros_like(Uc) if want_grad else None
-        probs = [] if want_grad and keep_probs else None
-        for F, rows in features_fn():
-            F = F.to(torch.float64)
-            logp = torch.log_softmax(F @ Uc[:D] + Uc[D], dim=1)
-            wr, Yr = w[rows], Y[rows]
-            total -= float((wr[:, None] * Yr * logp).sum())
-            if want_grad:
-                p = torch.exp(logp)
-                R = wr[:, None] * (p - Yr)
-                grad[:D] += crossprod(F, R)
-                grad[D] += R.sum(0)
-                curv += float((wr[:, None] * p * (1.0 - p)).sum())
-                if probs is not None:
-                    probs.append(p)
-        total += 0.5 * alpha * float(Uc[:D].square().sum())
-        if want_grad:
-            grad += reg * Uc
-        return total, grad, curv, probs
-
-    def hess_vec(Uc, V, probs):
-        out = torch.zeros_like(V)
-        for i, (F, rows) in enumerate(features_fn()):
-            F = F.to(torch.float64)
-            p = probs[i] if probs is not None else torch.softmax(F @ Uc[:D] + Uc[D], dim=1)
-            z = F @ V[:D] + V[D]
-            jz = w[rows][:, None] * (p * z - p * (p * z).sum(1, keepdim=True))
-            out[:D] += crossprod(F, jz)
-            out[D] += jz.sum(0)
-        return project(out + reg * V)
-
-    Uc = torch.zeros(D + 1, K, dtype=torch.float64, device=dev)
-    loss, grad, curv, probs = loss_grad(Uc)
-    g0 = max(float(project(grad).abs().max()), 1e-300)
-    wtot = max(float(w.sum()), 1e-300)
-    converged, n_iter = False, 0
-    while n_iter < max_iter:
-        g = project(grad)
-        if float(g.abs().max()) <= tol * max(1.0, g0):
-            converged = True
-            break
-        n_iter += 1
-        # Preconditioner c·[F 1]ᵀW[F 1] + diag(α) on the class-centred subspace, with c the
-        # mean curvature Σ w p(1 − p) / (K Σ w) of the current iterate: the Hessian's
-        # ``diag(p) − ppᵀ`` weights replaced by their average (at the uniform start it is
-        # the exact Hessian; Böhning's fixed bound ½ overestimates it K/2 times there).
-        c = max(curv / (K * wtot), 1e-6)
-        precond = SPDSolver(c * G + torch.diag(reg[:, 0]))
-        # Preconditioned CG on H s = -g.
-        s = torch.zeros_like(g)
-        r = -g
-        z = project(precond(r))
-        d = z.clone()
-        rz = float((r * z).sum())
-        gnorm = float(g.square().sum().sqrt())
-        for _ in range(max_cg):
-            Hd = hess_vec(Uc, d, probs)
-            dHd = float((d * Hd).sum())
-            if dHd <= 0:
-                break
-            a = rz / dHd
-            s += a * d
-            r -= a * Hd
-            if float(r.square().sum().sqrt()) <= 0.1 * min(0.5, gnorm**0.5) * gnorm:
-                break
-            z = project(precond(r))
-            rz_new = float((r * z).sum())
-            d = z + (rz_new / rz) * d
-            rz = rz_new
-        # Backtracking (Armijo) line search.
-        slope = float((g * s).sum())
-        if -slope <= 1e-15 * max(1.0, abs(loss)):  # Newton decrement at round-off level
-            converged = True
-            break
-        step = 1.0
-        while True:
-            new_loss = loss_grad(Uc + step * s, want_grad=False)[0]
-            if new_loss <= loss + 1e-4 * step * slope or step < 1e-8:
-                break
-            step *= 0.5
-        Uc = Uc + step * s
-        loss, grad, curv, probs = loss_grad(Uc)
-    return LogisticResult(Uc[:D], Uc[D], n_iter, converged, loss)
