@@ -6,6 +6,7 @@ fix is obvious from the error alone.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Iterable
 from typing import Any
@@ -111,7 +112,7 @@ def check_positive(value: Any, name: str, *, allow_zero: bool = False) -> float:
         raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
     v = float(value)
     ok = v >= 0 if allow_zero else v > 0
-    if not ok or not np.isfinite(v):
+    if not ok or not math.isfinite(v):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
     return v

@@ -11,7 +11,12 @@ from snnk.features.centers import register_center_method, select_center_indices,
 from snnk.features.factory import make_feature_map
 from snnk.features.fourier import FourierFeatures
 from snnk.features.nystrom import NystromFeatures
-from snnk.features.positive import PositiveFeatures, VarianceWarning
+from snnk.features.positive import (
+    PositiveFeatures,
+    VarianceWarning,
+    positive_log_features,
+    positive_log_offsets,
+)
 from snnk.features.urf import (
     URF,
     DiscreteMeasure,
@@ -35,6 +40,8 @@ __all__ = [
     "SpectralMeasure",
     "VarianceWarning",
     "make_feature_map",
+    "positive_log_features",
+    "positive_log_offsets",
     "register_center_method",
     "select_center_indices",
     "select_centers",

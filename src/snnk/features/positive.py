@@ -20,8 +20,9 @@ class VarianceWarning(UserWarning):
 def check_variance_parameter(M: float, in_features: int) -> float:
     """Validate the generalized-PRF parameter ``M`` and return ``(d/4)·log(1 + 4M)``.
 
-    Raises if ``M <= -1/4`` (no estimator) or if the prefactor ``(1+4M)^{d/4}`` overflows
-    float32; warns if ``M <= -1/8`` (infinite variance).
+    Raises if ``M <= -1/4`` (no estimator), if the prefactor ``(1+4M)^{d/4}`` overflows
+    float32 or if ``M·d`` exceeds float32's exponent range (every feature underflows);
+    warns if ``M <= -1/8`` (infinite variance).
     """
     if isinstance(M, bool) or not isinstance(M, int | float) or not math.isfinite(M):
         raise TypeError(f"M must be a finite real number, got {M!r}")
@@ -40,7 +41,86 @@ def check_variance_parameter(M: float, in_features: int) -> float:
             f"d={in_features}; the variance-optimal M is about ‖x+y‖²/(2d), i.e. close to 0 "
             f"in high dimension"
         )
+    if M * in_features > _LOG_FLOAT32_MAX:
+        # every feature carries exp(-M‖g_j‖²) with E‖g_j‖² = d: beyond float32's range the
+        # features of any input of sensible norm are all 0 (M=1e30 was accepted before)
+        raise ValueError(
+            f"M={M} is too large for d={in_features}: every feature carries exp(-M‖g‖²) ≈ "
+            f"exp(-{M * in_features:.3g}), which underflows float32; the variance-optimal M is "
+            f"about ‖x+y‖²/(2d), so use M <= {_LOG_FLOAT32_MAX / in_features:.3g}"
+        )
     return log_const
+
+
+def _sq(x: torch.Tensor) -> torch.Tensor:
+    return x.square().sum(-1)
+
+
+def positive_log_offsets(
+    log_prefactor: float,
+    num_features: int,
+    M: float = 0.0,
+    row_sq_norms: torch.Tensor | None = None,
+) -> torch.Tensor | float:
+    r"""Per-feature offsets ``b_j = (d/4) log(1+4M) − ½ log D − M‖g_j‖²`` of positive features.
+
+    Parameters
+    ----------
+    log_prefactor : float
+        ``(d/4) log(1 + 4M)``, from :func:`check_variance_parameter`.
+    num_features : int
+        ``D``, the number of features the estimate averages over (``½ log D`` normalises
+        ``φ(x)ᵀφ(y)`` to a mean).
+    M : float, default 0.0
+        Variance parameter; with ``M = 0`` the offset is one number.
+    row_sq_norms : Tensor of shape ``(m,)``, optional
+        ``‖g_j‖²`` of the projection rows; needed when ``M ≠ 0``.
+
+    Returns
+    -------
+    float when ``row_sq_norms`` is None (then ``M`` must be 0), else a ``(m,)`` tensor.
+    """
+    base = log_prefactor - 0.5 * math.log(num_features)
+    if row_sq_norms is None:
+        if M != 0.0:
+            raise ValueError(f"row_sq_norms is needed when M != 0 (got M={M})")
+        return base
+    return base - M * row_sq_norms
+
+
+def positive_log_features(
+    projections: torch.Tensor,
+    sq_norms: torch.Tensor | None,
+    offsets: torch.Tensor | float,
+    gamma: float = 1.0,
+) -> torch.Tensor:
+    r"""The positive-random-feature affine form in log space.
+
+    ``log φ_j(x) = p_j(x) + b_j − γ‖x‖²/2``
+
+    with ``p_j(x) = c g_jᵀx`` the (scaled) projections, ``b_j`` the offsets of
+    :func:`positive_log_offsets` and ``γ = 1/T``. For ``g_j ~ N(0, I)``,
+    ``c = √(1 + 4M)`` and ``γ = 1``, ``E[φ(x)ᵀφ(y)] = exp(xᵀy)`` (:class:`PositiveFeatures`,
+    :class:`URF`'s ``"exp"`` kind and FAVOR+ attention all evaluate it here). The same form
+    with landmark rows ``z_j`` in place of ``c g_j`` and ``b_j = −‖z_j‖²/2`` gives the
+    Gaussian-kernel features of Nyström attention.
+
+    Parameters
+    ----------
+    projections : Tensor of shape ``(..., D)``
+    sq_norms : Tensor broadcastable to ``(..., D)`` (e.g. ``(..., 1)``), or None
+        ``‖x‖²`` of each row; None drops the term (callers that cancel it).
+    offsets : Tensor of shape ``(D,)`` (or broadcastable), or float
+    gamma : float, default 1.0
+
+    Returns
+    -------
+    Tensor of shape ``(..., D)``: ``projections + offsets − (γ/2)·sq_norms``.
+    """
+    logf = projections + offsets
+    if sq_norms is not None:
+        logf = logf - (0.5 * gamma) * sq_norms
+    return logf
 
 
 class PositiveFeatures(RandomFeatures):
@@ -56,6 +136,8 @@ class PositiveFeatures(RandomFeatures):
     URFs, variance-optimal near ``M ≈ ‖x+y‖²/(2d)``). ``hyperbolic=True`` uses the pair
     ``exp(±c g_jᵀx' …)/√2`` (``D = 2m``), which lowers the variance further.
 
+    The map is one affine form in log space, ``log φ(x) = x Aᵀ + b − γ‖x‖²/2``
+    (:meth:`affine_form`, evaluated by :func:`positive_log_features`).
     Features are computed in the log domain: :meth:`log_features` returns ``log φ`` and
     :meth:`stabilized` returns ``(φ·e^{-s}, s)`` with ``s`` a per-row maximum, so that callers
     (attention) can cancel ``e^{s}`` without bias. No epsilon floor is ever added.
@@ -106,17 +188,45 @@ class PositiveFeatures(RandomFeatures):
     def _draw(self, dtype, device) -> None:
         self.projection = self._gaussian_projection(self.num_projections, dtype, device)
 
+    def log_offsets(self, dtype: torch.dtype | None = None) -> torch.Tensor | float:
+        """The offsets ``b_j`` of :func:`positive_log_offsets` for this draw: shape ``(D,)``
+        (the ``±`` pair shares one offset) computed in ``dtype`` (default: the buffers'),
+        or a float when ``M = 0`` (all equal)."""
+        if self.M == 0.0:
+            return positive_log_offsets(self.log_prefactor, self.num_features)
+        sq = self.projection.row_sq_norms()
+        b = positive_log_offsets(
+            self.log_prefactor, self.num_features, self.M, sq if dtype is None else sq.to(dtype)
+        )
+        return torch.cat([b, b]) if self.hyperbolic else b
+
+    def affine_form(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        r"""``(A, b, γ)`` with ``log φ(x) = x Aᵀ + b − γ‖x‖²/2`` for raw inputs ``x``.
+
+        ``A = c G / √T`` (rows ``±`` for ``hyperbolic``), shape ``(D, d)``; ``b`` as in
+        :meth:`log_offsets`, always a ``(D,)`` tensor; ``γ = 1/T``. Both tensors are in the
+        buffers' dtype and device. Callers that project many rows at once in their own
+        layout (attention) evaluate :func:`positive_log_features` from this form; ``A`` is
+        materialised for ``sampler="structured"``.
+        """
+        G = self.projection.dense_weight()
+        A = G * math.sqrt(1.0 + 4.0 * self.M)
+        if self.temperature != 1.0:
+            A = A / math.sqrt(self.temperature)
+        b = positive_log_offsets(self.log_prefactor, self.num_features, self.M, _sq(G))
+        if self.hyperbolic:
+            A, b = torch.cat([A, -A]), torch.cat([b, b])
+        return A, b, 1.0 / self.temperature
+
     def log_features(self, x: torch.Tensor) -> torch.Tensor:
         """``log φ(x)``, shape ``(..., D)`` (computed in float32 for half inputs)."""
         x2, lead, out_dtype = self._prepare(x)
         x2 = x2 / math.sqrt(self.temperature)
-        c = math.sqrt(1.0 + 4.0 * self.M)
-        proj = self.projection(x2) * c
-        offset = self.log_prefactor - 0.5 * math.log(self.num_features)
-        offset = offset - 0.5 * x2.square().sum(-1, keepdim=True)
-        if self.M != 0.0:
-            offset = offset - self.M * self.projection.row_sq_norms().to(x2.dtype)
-        logf = torch.cat([proj, -proj], -1) + offset if self.hyperbolic else proj + offset
+        proj = self.projection(x2) * math.sqrt(1.0 + 4.0 * self.M)
+        if self.hyperbolic:
+            proj = torch.cat([proj, -proj], -1)
+        sq = x2.square().sum(-1, keepdim=True)
+        logf = positive_log_features(proj, sq, self.log_offsets(x2.dtype))
         return logf.reshape(*lead, self.num_features).to(out_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,12 @@ import torch
 
 from snnk._utils import as_float_tensor, check_positive, check_positive_int
 from snnk.features._base import RandomFeatures
-from snnk.features.positive import VarianceWarning, check_variance_parameter
+from snnk.features.positive import (
+    VarianceWarning,
+    check_variance_parameter,
+    positive_log_features,
+    positive_log_offsets,
+)
 
 #: a per-side second-moment factor above this makes the estimator useless in practice
 _EXPLODES = math.log(1e3)
@@ -251,6 +256,32 @@ class URF(RandomFeatures):
             self.register_buffer("psi", self.measure.phase(omega).to(dtype=dt, device=device))
 
     # -- the two towers -----------------------------------------------------------------------
+    def _reads_values(self, t: torch.Tensor) -> bool:
+        """Whether value checks (one host read each) run for ``t``: not on the meta device,
+        not while ``torch.compile`` traces, not with :attr:`check_values` off."""
+        return (
+            self.check_values
+            and t.numel() > 0
+            and t.device.type != "meta"
+            and not torch.compiler.is_compiling()
+        )
+
+    def _check_range(self, z: torch.Tensor, sq: torch.Tensor, name: str) -> torch.Tensor:
+        """``z`` unchanged, or a ``ValueError`` naming ``name`` when finite input gave
+        features that overflow (Inf/NaN) or a row that underflows to all zeros: the
+        amplitudes are ``e^{±O(‖x‖²)}``, beyond the range of ``z.dtype``."""
+        if not self._reads_values(z):
+            return z
+        if bool(~torch.isfinite(z).all() | (z == 0).all(-1).any()):
+            norm = math.sqrt(float(sq.detach().max()))
+            raise ValueError(
+                f"URF({self.activation!r}) features overflow or underflow {z.dtype} for {name} "
+                f"of norm up to {norm:.3g} (their amplitudes grow like exp(norm²)); rescale "
+                f"{name} to norm ≲ 1 (e.g. sklearn.preprocessing.StandardScaler), where the "
+                f"estimator is also useful"
+            )
+        return z
+
     def _warn_norms(self, sq_norm_max: float, side: str) -> None:
         if self.is_fourier:
             if side == "input":
@@ -278,7 +309,7 @@ class URF(RandomFeatures):
         """``Φ(x)``: ``(..., d) -> (..., D)``."""
         x2, lead, out_dtype = self._prepare(x)
         sq = x2.square().sum(-1, keepdim=True)
-        if self.check_values and sq.numel():
+        if self._reads_values(sq):
             self._warn_norms(float(sq.detach().max()), "input")
         if self.is_fourier:
             p = self.projection(x2) * (self.omega.to(x2.dtype) * self.split)
@@ -287,7 +318,8 @@ class URF(RandomFeatures):
             z = torch.cat([torch.cos(p) * amp, torch.sin(p) * amp], -1)
         else:
             z = self._exp_map(x2, sq)
-        return z.reshape(*lead, self.num_features).to(out_dtype)
+        z = z.reshape(*lead, self.num_features).to(out_dtype)
+        return self._check_range(z, sq, "x")
 
     def parameter_map(
         self, weight: torch.Tensor, bias: torch.Tensor | float | None = None
@@ -312,7 +344,7 @@ class URF(RandomFeatures):
                 )
             b = b.to(w2.dtype).expand(lead).reshape(-1)
         sq = w2.square().sum(-1, keepdim=True)
-        if self.check_values and sq.numel():
+        if self._reads_values(sq):
             self._warn_norms(float(sq.detach().max()), "weight")
         if self.is_fourier:
             s = self.split
@@ -322,19 +354,15 @@ class URF(RandomFeatures):
             z = torch.cat([amp * torch.cos(ph), -amp * torch.sin(ph)], -1)
         else:
             z = self._exp_map(w2, sq) * torch.exp(b)[:, None]
-        return z.reshape(*lead, self.num_features).to(out_dtype)
+        z = z.reshape(*lead, self.num_features).to(out_dtype)
+        return self._check_range(z, sq, "weight")
 
     def _exp_map(self, x2: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
-        c = math.sqrt(1.0 + 4.0 * self.M)
-        logf = (
-            c * self.projection(x2)
-            - 0.5 * sq
-            + self.log_prefactor
-            - 0.5 * math.log(self.num_projections)
-        )
-        if self.M != 0.0:
-            logf = logf - self.M * self.projection.row_sq_norms().to(x2.dtype)
-        return torch.exp(logf)
+        """``exp`` of the positive-feature affine form (:func:`positive_log_features`)."""
+        row_sq = self.projection.row_sq_norms().to(x2.dtype) if self.M != 0.0 else None
+        b = positive_log_offsets(self.log_prefactor, self.num_projections, self.M, row_sq)
+        proj = math.sqrt(1.0 + 4.0 * self.M) * self.projection(x2)
+        return torch.exp(positive_log_features(proj, sq, b))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Same as :meth:`input_map`."""

@@ -1,0 +1,334 @@
+r"""The functional API, :func:`kernel_attention`, and the validation of its inputs."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+from snnk._utils import (
+    check_finite,
+    check_in,
+    check_positive,
+    check_positive_int,
+    compute_dtype,
+)
+from snnk.features import PositiveFeatures
+from snnk.nn.attention.engine import CausalFeatureAttention, FeatureAttention, run_engine
+from snnk.nn.attention.methods import (
+    CAUSAL_METHODS,
+    DEFAULT_LANDMARKS,
+    LANDMARKS,
+    METHODS,
+    PINV_METHODS,
+    make_method,
+)
+
+#: elements of one ``(batch, chunk, m)`` feature block (512 KiB in float32: it fits the L2
+#: cache, and forward+backward keep peak memory at or below SDPA's from L = 4,096 on)
+_CHUNK_ELEMENTS = 1 << 17
+
+
+def _check_qkv(q, k, v) -> None:
+    for name, t in (("query", q), ("key", k), ("value", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.ndim < 2:
+            raise ValueError(
+                f"{name} must have shape (..., L, E) with at least 2 dimensions, got shape "
+                f"{tuple(t.shape)}; add a sequence dimension with {name}.unsqueeze(-2)"
+            )
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor, got dtype {t.dtype}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"query and key must have the same head dimension E (last dimension), got "
+            f"query {tuple(q.shape)} and key {tuple(k.shape)}"
+        )
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(
+            f"key and value must have the same sequence length S (dimension -2), got key "
+            f"{tuple(k.shape)} and value {tuple(v.shape)}"
+        )
+    if not (q.shape[:-2] == k.shape[:-2] == v.shape[:-2]):
+        raise ValueError(
+            f"query, key and value must have the same batch dimensions, got {tuple(q.shape)}, "
+            f"{tuple(k.shape)} and {tuple(v.shape)}; expand them to one batch shape first"
+        )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(
+            f"query, key and value must have one dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
+    if not (q.device == k.device == v.device):
+        raise ValueError(
+            f"query, key and value must be on one device, got {q.device}, {k.device}, {v.device}"
+        )
+    for name, t in (("query", q), ("key", k), ("value", v)):
+        # one host read per tensor and call (skipped on meta and while torch.compile traces):
+        # a NaN key otherwise turns every normaliser into NaN and rows silently into 0
+        check_finite(t, name)
+    if k.shape[-2] == 0:
+        raise ValueError(
+            f"key and value have no rows (S = 0, key shape {tuple(k.shape)}): attention over "
+            f"zero keys is undefined (softmax of an empty row); pass at least one key, or "
+            f"skip the call for empty sequences"
+        )
+
+
+def _key_log_weights(
+    attn_mask, key_padding_mask, k: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """Per-key additive log-weights ``(..., S)``: ``-inf`` drops a key, 0 keeps it."""
+    S = k.shape[-2]
+    batch = k.shape[:-2]
+    lw = None
+    if key_padding_mask is not None:
+        m = key_padding_mask
+        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
+            raise TypeError(
+                "key_padding_mask must be a bool tensor (True marks a padded key to ignore, as "
+                f"in nn.MultiheadAttention), got {getattr(m, 'dtype', type(m).__name__)}; "
+                "use mask.bool()"
+            )
+        if m.ndim == 0 or m.shape[-1] != S or not _broadcastable(m.shape[:-1], batch):
+            raise ValueError(
+                f"key_padding_mask must have shape (..., S) with S={S} keys and leading "
+                f"dimensions that broadcast to the batch shape {tuple(batch)} of key, got "
+                f"{tuple(m.shape)}; for inputs (B, H, S, E) pass mask[:, None, :]"
+            )
+        lw = torch.zeros(m.shape, dtype=dtype, device=k.device).masked_fill(m, float("-inf"))
+    if attn_mask is not None:
+        m = attn_mask
+        if not isinstance(m, torch.Tensor) or not (m.dtype == torch.bool or m.is_floating_point()):
+            raise TypeError(
+                "attn_mask must be a bool tensor (True = take part in attention, as in "
+                "scaled_dot_product_attention) or a float tensor of additive biases, got "
+                f"{getattr(m, 'dtype', type(m).__name__)}"
+            )
+        if m.ndim < 2 or m.shape[-1] != S or not _broadcastable(m.shape[:-2], batch):
+            raise ValueError(
+                f"attn_mask must have shape (..., 1, S) with S={S} keys and leading dimensions "
+                f"that broadcast to {tuple(batch)}, got {tuple(m.shape)}"
+            )
+        if m.shape[-2] != 1:
+            raise ValueError(
+                f"kernel attention supports only masks that are the same for every query, "
+                f"shape (..., 1, S); got attn_mask of shape {tuple(m.shape)}. Use "
+                f"is_causal=True for a causal mask, key_padding_mask for padding; arbitrary "
+                f"(L, S) masks need exact attention (scaled_dot_product_attention)"
+            )
+        m = m[..., 0, :]
+        if m.is_floating_point() and m.device.type != "meta" and not torch.compiler.is_compiling():
+            if bool(torch.isnan(m).any()):
+                raise ValueError(
+                    "attn_mask contains NaN biases; use -inf to drop a key and finite values "
+                    "to bias it"
+                )
+        add = (
+            torch.zeros(m.shape, dtype=dtype, device=k.device).masked_fill(~m, float("-inf"))
+            if m.dtype == torch.bool
+            else m.to(dtype)
+        )
+        lw = add if lw is None else lw + add
+    return None if lw is None else torch.broadcast_to(lw, (*batch, S)).detach()
+
+
+def _broadcastable(a, b) -> bool:
+    try:
+        return torch.broadcast_shapes(a, b) == tuple(b)
+    except RuntimeError:
+        return False
+
+
+def _default_chunk(batch_numel: int, m: int) -> int:
+    return max(64, _CHUNK_ELEMENTS // max(1, batch_numel * m))
+
+
+def kernel_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    method: str = "favor+",
+    attn_mask: torch.Tensor | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    *,
+    scale: float | None = None,
+    num_features: int = 256,
+    seed: int | torch.Generator | None = 0,
+    feature_map: PositiveFeatures | None = None,
+    jitter: float = 1e-3,
+    pinv: str = "solve",
+    max_iter: int = 100,
+    tol: float = 1e-10,
+    chunk_size: int | None = None,
+    landmarks: str | None = None,
+) -> torch.Tensor:
+    r"""Linear-complexity attention with the call shape of ``scaled_dot_product_attention``.
+
+    Parameters
+    ----------
+    q : Tensor of shape ``(..., L, E)``
+    k : Tensor of shape ``(..., S, E)``
+    v : Tensor of shape ``(..., S, Ev)``
+        Same batch dimensions, dtype and device.
+    method : {"favor+", "nystrom", "hermite", "softmax-free", "linear"}, default "favor+"
+        See :mod:`snnk.nn.attention` for the estimator behind each method.
+    attn_mask : Tensor of shape ``(..., 1, S)``, optional
+        As in SDPA: bool (True = the key takes part) or float (added to the logits; ``-inf``
+        drops the key). Only masks that are the same for every query can be linearised.
+    key_padding_mask : bool Tensor of shape ``(..., S)``, optional
+        As in ``nn.MultiheadAttention``: True marks a padded key. Masked keys are removed
+        from the numerator *and* the normaliser (and from the landmarks).
+    is_causal : bool, default False
+        Query ``i`` sees keys ``j <= i`` (needs ``L == S``); only ``"favor+"`` and
+        ``"linear"`` (landmark methods see the future and raise).
+    scale : float, optional
+        Logit scale, default ``1/√E`` (softmax of ``qᵀk·scale``; for ``"softmax-free"``
+        the kernel is ``exp(−‖q − k‖²·scale/2)``).
+    num_features : int, default 256
+        ``m``: random features (``"favor+"``), landmarks (``"nystrom"``,
+        ``"softmax-free"``; capped at ``S``) or the total feature width of ``"hermite"``
+        (``1 + E`` plus ``m − 1 − E`` quadratic landmarks, capped at ``S``; needs
+        ``m >= E + 2``). Ignored by ``"linear"``.
+    seed : int, torch.Generator or None, default 0
+        Draw of the ``"favor+"`` projection when ``feature_map`` is not given.
+    feature_map : PositiveFeatures, optional
+        ``"favor+"`` features to use (``in_features = E``); modules pass theirs.
+    jitter : float, default 1e-3
+        ``λ`` added to the unit-diagonal landmark Gram matrix before inversion (the
+        Gaussian Gram matrix, or ``G`` of ``"hermite"``).
+    pinv : {"solve", "newton"}, default "solve"
+        Exact SPD inverse (Cholesky, float64) or Newton–Schulz with a convergence check
+        (raises if ``tol`` is not met within ``max_iter``).
+    chunk_size : int, optional
+        Rows per chunk (default: about 2¹⁷ feature elements per block, at least 64 rows).
+    landmarks : {"kmeans", "pool"}, optional
+        Landmarks of ``"nystrom"`` (default ``"kmeans"``) and ``"softmax-free"`` (default
+        ``"pool"``, SOFT's rule): adaptive average pooling of the keys, or one Lloyd (k-means)
+        step from the pooled landmarks, which puts landmarks where the keys cluster (one
+        more pass over the keys). Errors at L = 1,024 with 256 landmarks: random keys 0.541
+        (pool) / 0.549 (kmeans); clustered keys at logit std 2: 2.7 (pool, row sums near 0)
+        / 0.156 (kmeans); see docs/benchmarks.md.
+
+    Returns
+    -------
+    Tensor of shape ``(..., L, Ev)`` in ``q``'s dtype.
+    """
+    check_in(method, "method", METHODS)
+    _check_qkv(q, k, v)
+    if is_causal and method not in CAUSAL_METHODS:
+        raise ValueError(
+            f"method={method!r} cannot be causal: its landmarks are computed from the "
+            f"whole sequence, so every output would see future tokens. Use method='favor+' or "
+            f"'linear' with is_causal=True"
+        )
+    if is_causal and attn_mask is not None:
+        raise ValueError("pass either attn_mask or is_causal=True, not both (as in SDPA)")
+    if is_causal and q.shape[-2] != k.shape[-2]:
+        raise ValueError(
+            f"is_causal=True needs as many queries as keys, got L={q.shape[-2]} and "
+            f"S={k.shape[-2]}; for decoding one token at a time use DecodingState"
+        )
+    E = q.shape[-1]
+    scale = 1.0 / math.sqrt(E) if scale is None else check_positive(scale, "scale")
+    num_features = check_positive_int(num_features, "num_features")
+    check_in(pinv, "pinv", PINV_METHODS)
+    jitter = check_positive(jitter, "jitter")
+    max_iter = check_positive_int(max_iter, "max_iter")
+    tol = check_positive(tol, "tol")
+    if landmarks is not None and method not in DEFAULT_LANDMARKS:
+        raise ValueError(
+            f"landmarks={landmarks!r} applies to {sorted(DEFAULT_LANDMARKS)} only, not to "
+            f"method={method!r}"
+        )
+    rule = check_in(landmarks or DEFAULT_LANDMARKS.get(method, "pool"), "landmarks", LANDMARKS)
+    num_landmarks = num_features
+    if method == "hermite":
+        num_landmarks = num_features - E - 1
+        if num_landmarks < 1:
+            raise ValueError(
+                f"method='hermite' uses 1 + E + (quadratic landmarks) features, so num_features "
+                f"must be at least E + 2 = {E + 2} for head dimension E={E}; got "
+                f"num_features={num_features}"
+            )
+    if method == "favor+":
+        feature_map = _favor_map(feature_map, E, num_features, seed, q.device)
+    if chunk_size is not None:
+        chunk_size = check_positive_int(chunk_size, "chunk_size")
+    out_dtype = q.dtype
+    work = compute_dtype(q.dtype)
+    # autocast has no meta backend; shape propagation on meta needs no autocast guard
+    no_autocast = (
+        contextlib.nullcontext()
+        if q.device.type == "meta"
+        else torch.autocast(q.device.type, enabled=False)
+    )
+    with no_autocast:
+        qw, kw, vw = q.to(work), k.to(work), v.to(work)
+        lw = _key_log_weights(attn_mask, key_padding_mask, kw, work)
+        spec = make_method(
+            method,
+            scale,
+            feature_map=feature_map,
+            num_landmarks=num_landmarks,
+            jitter=jitter,
+            pinv=pinv,
+            max_iter=max_iter,
+            tol=tol,
+            landmarks=rule if method in DEFAULT_LANDMARKS else None,
+        )
+        width = feature_map.num_features if method == "favor+" else num_features
+        batch = math.prod(q.shape[:-2])
+        chunk = chunk_size or _default_chunk(batch, width if method != "linear" else E)
+        fn = CausalFeatureAttention if is_causal else FeatureAttention
+        out = run_engine(fn, qw, kw, vw, lw, spec, chunk)
+    return out.to(out_dtype)
+
+
+#: default ``"favor+"`` feature maps by (E, num_features, seed, device): drawn once, so that
+#: repeated calls do not redraw (an orthogonal draw is a QR per call) and compiled code finds
+#: them ready (a draw cannot be traced)
+_DEFAULT_MAPS: dict[tuple, PositiveFeatures] = {}
+_MAX_DEFAULT_MAPS = 16
+
+
+def _favor_map(feature_map, E: int, num_features: int, seed, device) -> PositiveFeatures:
+    """The ``"favor+"`` feature map: ``feature_map`` checked, or the default draw for ``seed``."""
+    if feature_map is not None:
+        if not isinstance(feature_map, PositiveFeatures):
+            raise TypeError(
+                f"feature_map must be a snnk.features.PositiveFeatures, got "
+                f"{type(feature_map).__name__}"
+            )
+        if feature_map.in_features != E:
+            raise ValueError(
+                f"feature_map has in_features={feature_map.in_features} but the head "
+                f"dimension E of query/key is {E}"
+            )
+        ref = next(feature_map.buffers())
+        if ref.device != device:
+            raise ValueError(
+                f"feature_map is on device {ref.device} but query is on {device}; move it "
+                f"with feature_map.to({str(device)!r})"
+            )
+        return feature_map
+    key = None
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        key = (E, num_features, seed, str(device), torch.get_default_dtype())
+    if key is not None and key in _DEFAULT_MAPS:
+        return _DEFAULT_MAPS[key]
+    if torch.compiler.is_compiling():
+        raise ValueError(
+            "method='favor+' draws its random features when feature_map is not given, which "
+            "torch.compile cannot trace; pass feature_map=PositiveFeatures(E, num_features, "
+            "seed=...) built outside the compiled function (KernelAttention holds one), or "
+            "call kernel_attention once eagerly with an int seed"
+        )
+    fmap = PositiveFeatures(E, num_features, seed=seed, device=device)
+    if key is not None:
+        if len(_DEFAULT_MAPS) >= _MAX_DEFAULT_MAPS:
+            _DEFAULT_MAPS.pop(next(iter(_DEFAULT_MAPS)))
+        _DEFAULT_MAPS[key] = fmap
+    return fmap
