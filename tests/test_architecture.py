@@ -156,8 +156,10 @@ def private_imports() -> list[str]:
                         if not (own == owner or own.startswith(owner + ".")):
                             found.append(f"{mod}: from {base} import ...")
                         break
-                base_pkg = base if base in modules and modules[base].name == "__init__.py" else (
-                    base.rpartition(".")[0]
+                base_pkg = (
+                    base
+                    if base in modules and modules[base].name == "__init__.py"
+                    else (base.rpartition(".")[0])
                 )
                 for a in node.names:
                     if _is_private(a.name) and not (
@@ -198,26 +200,18 @@ def file_lengths() -> list[tuple[int, str]]:
     )
 
 
-# Until the engine refactor (issue 14) lands in full, these report without failing the suite.
-_PENDING = pytest.mark.xfail(reason="engine refactor in progress", strict=False)
-
-
-@_PENDING
 def test_no_import_cycle():
     assert import_cycles() == []
 
 
-@_PENDING
 def test_no_private_import_across_packages():
     assert private_imports() == []
 
 
-@_PENDING
 def test_file_length():
     assert [f for f in file_lengths() if f[0] > MAX_LINES] == []
 
 
-@_PENDING
 def test_function_size():
     assert [f for f in function_sizes() if f[0] >= MAX_STATEMENTS] == []
 
