@@ -598,7 +598,8 @@ def test_redraw_policy_is_explicit_and_reproducible():
     assert torch.equal(a.feature_map.projection.weight, w0)
     a(x)
     assert not torch.equal(a.feature_map.projection.weight, w0) and int(a.num_redraws) == 1
-    b.redraw_features()
+    with pytest.warns(FutureWarning, match="resample"):
+        b.redraw_features()
     assert torch.equal(a.feature_map.projection.weight, b.feature_map.projection.weight)
     plain = KernelAttention(16, 2, "favor+", num_features=8, seed=0)
     plain.train()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +44,7 @@ class KernelAttention(nn.Module):
     redraw_interval : int, optional
         ``"favor+"`` only: redraw the random features every ``redraw_interval`` forward calls
         in training mode (never in eval mode). Default None: never redraw implicitly;
-        :meth:`redraw_features` redraws on demand.
+        :meth:`resample` redraws on demand.
     seed : int, torch.Generator or None, default None
         Seeds the feature draws *and* the initial weights (the global RNG is never used).
     **attention_kwargs
@@ -160,6 +161,15 @@ class KernelAttention(nn.Module):
                     lin.bias.zero_()
 
     def redraw_features(self, seed: int | torch.Generator | None = None) -> None:
+        """Deprecated alias of :meth:`resample` (the redraw verb of every snnk module)."""
+        warnings.warn(
+            "KernelAttention.redraw_features is deprecated; use resample(seed)",
+            FutureWarning,
+            stacklevel=2,
+        )
+        self.resample(seed)
+
+    def resample(self, seed: int | torch.Generator | None = None) -> None:
         """Draw new ``"favor+"`` features (in place, same shapes). Without ``seed`` the next
         seed comes from the module's own generator, so a sequence of redraws is reproducible.
         """
@@ -266,7 +276,7 @@ class KernelAttention(nn.Module):
         if self.training and self.redraw_interval is not None:
             self._calls += 1
             if self._calls % self.redraw_interval == 0:
-                self.redraw_features()
+                self.resample()
         causal = self.is_causal if is_causal is None else bool(is_causal)
         q = self._heads(self.q_proj(q_in))
         k = self._heads(self.k_proj(k_in))
