@@ -14,7 +14,9 @@ What is timed (float64, CPU, one process; points generated beforehand and shared
      timed once more at d = 4 for n = 2^13 and 2^14 (``--dense-once``; 2^14 needs 2 GiB).
 
    The three contenders of one configuration run interleaved (round robin after one warm-up;
-   median of 3 rounds, of 5 for n <= 2^14 where calls take milliseconds). Reported: times,
+   median of 3 rounds, of 5 for n <= 2^14 where calls take milliseconds; for n < 2^14 one
+   timed call runs the work 2^14 / n times back to back and its time is divided by that, so
+   that cold caches after the pause do not dominate millisecond calls). Reported: times,
    ratios, the relative difference of the solves, and the log-log slope of the snnk time over
    n = 2^12 ... 2^18 (least squares).
 
@@ -135,14 +137,29 @@ def run_algebra(args, qp) -> list[dict]:
                 )
                 fns = contenders(kind, d, m, y, qp, args.dense_max)
                 answers = {k: f() for k, f in fns.items()}
-                # millisecond calls are noisier on a shared machine: more rounds there
-                timing = time_interleaved(fns, repeats=5 if m <= 14 else 3, warmup=1, pause=0.05)
+                # millisecond calls are noisier on a shared machine: more rounds there, and
+                # below 2^14 each timed call repeats the work (a lone ~1 ms call after the
+                # pause measures cold caches and dispatch, not the algorithm)
+                inner = max(1, 2 ** (14 - m))
+                timed = {k: _repeated(f, inner) for k, f in fns.items()}
+                timing = time_interleaved(timed, repeats=5 if m <= 14 else 3, warmup=1, pause=0.05)
                 row = {"kind": kind, "d": d, "m": m}
-                row.update({k: v[0] for k, v in timing.items()})
+                row.update({k: v[0] / inner for k, v in timing.items()})
                 row.update({f"diff_{k}": v for k, v in agreement(answers).items()})
                 rows.append(row)
                 print(_fmt_row(row), flush=True)
     return rows
+
+
+def _repeated(fn, times: int):
+    """``fn`` called ``times`` times in a row (the timed unit for small n)."""
+
+    def run():
+        for _ in range(times):
+            out = fn()
+        return out
+
+    return run
 
 
 def _fmt_row(r: dict) -> str:

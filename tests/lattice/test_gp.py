@@ -172,3 +172,24 @@ def test_shared_weights_fit_one_value_and_refuses_foreign_points():
         FastGP(pts.x, smooth(pts.x))
     with pytest.raises(ValueError, match="shape"):
         FastGP(pts, smooth(pts.x)[:10])
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "scipy"])
+@pytest.mark.parametrize("design", [Lattice(4, seed=7), DigitalNet(4, seed=7)])
+def test_fit_keeps_log_weights_bounded_on_a_function_of_x0_only(design, optimizer):
+    """Unbounded, log γ₀ ran to ~150 (γ₀ ~ 1e66) and the others to ~ −50 here."""
+    from snnk.lattice.gp import LOG_WEIGHT_BOUND
+
+    def f(x):
+        return torch.exp(torch.sin(2 * math.pi * x[:, 0]))
+
+    pts = design(2**10)
+    gp = FastGP(pts, f(pts.x)).fit(optimizer=optimizer)
+    logw = torch.log(gp.kernel.weights)
+    assert bool(torch.isfinite(logw).all())
+    assert float(logw.abs().max()) <= LOG_WEIGHT_BOUND + 1e-9
+    assert float(logw[0]) > float(logw[1:].max()) + 10  # x₀ is the only relevant input
+    test = design(2**10, n_start=2**10)
+    q = test.bits if design.kind == "net" else test.x
+    err = (gp.predict(q) - f(test.x)).abs().max() / f(test.x).abs().max()
+    assert float(err) < (1e-8 if design.kind == "lattice" else 1e-2)

@@ -37,6 +37,9 @@ __all__ = ["CubatureResult", "FastGP", "bayesian_cubature", "profiled_nll"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
+#: :meth:`FastGP.fit` keeps every ``log γ_j`` in ``[−LOG_WEIGHT_BOUND, LOG_WEIGHT_BOUND]``
+LOG_WEIGHT_BOUND = 20.0
+
 
 def _transform(v: torch.Tensor, kind: str) -> torch.Tensor:
     return fwht(v) if kind == "net" else fftbr(v)
@@ -161,19 +164,24 @@ class FastGP:
         ----------
         optimizer : {"lbfgs", "scipy"}
             ``torch.optim.LBFGS`` (strong Wolfe line search) or SciPy's L-BFGS-B, both with
-            autograd gradients.
+            autograd gradients. ``log γ`` is kept in ``[−B, B]``, ``B =``
+            :data:`LOG_WEIGHT_BOUND`: L-BFGS-B takes the box as bounds, LBFGS optimises ``u``
+            with ``log γ = B tanh(u / B)`` (the identity near 0). Without the box a weight whose
+            dimension the data ignore (or the only one they use) runs off to ``e^{±50}``
+            and beyond.
         max_iter : int
             Iteration limit.
         """
+        if optimizer not in ("lbfgs", "scipy"):
+            raise ValueError(f"optimizer must be 'lbfgs' or 'scipy', got {optimizer!r}")
         raw = torch.log(self.kernel.weights).detach()
         if self.shared_weights:
             raw = raw.mean().reshape(1)
+        raw = raw.clamp(-LOG_WEIGHT_BOUND, LOG_WEIGHT_BOUND)
         if optimizer == "lbfgs":
             raw = _fit_lbfgs(self.nll, raw, max_iter)
-        elif optimizer == "scipy":
-            raw = _fit_scipy(self.nll, raw, max_iter)
         else:
-            raise ValueError(f"optimizer must be 'lbfgs' or 'scipy', got {optimizer!r}")
+            raw = _fit_scipy(self.nll, raw, max_iter)
         self.kernel.weights = torch.exp(raw.detach()).expand(self.kernel.d).clone()
         self.mean = self.y.mean()
         self._refresh(fit_scale=True)
@@ -259,20 +267,24 @@ def _first(points: PointSet) -> PointSet:
     return PointSet(points.x[:1], bits, points.design, 0)
 
 
-def _fit_lbfgs(loss_fn, raw: torch.Tensor, max_iter: int) -> torch.Tensor:
-    raw = raw.detach().clone().requires_grad_(True)
+def _fit_lbfgs(loss_fn, start: torch.Tensor, max_iter: int) -> torch.Tensor:
+    bound = LOG_WEIGHT_BOUND
+    inner = start.detach() / bound
+    inner = inner.clamp(-1 + 1e-12, 1 - 1e-12)
+    raw = (bound * torch.atanh(inner)).requires_grad_(True)
     opt = torch.optim.LBFGS(
         [raw], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe", tolerance_grad=1e-9
     )
 
     def closure():
         opt.zero_grad()
-        loss = loss_fn(raw)
+        loss = loss_fn(bound * torch.tanh(raw / bound))
         loss.backward()
         return loss
 
     opt.step(closure)
-    return raw.detach()
+    with torch.no_grad():
+        return bound * torch.tanh(raw / bound)
 
 
 def _fit_scipy(loss_fn, raw: torch.Tensor, max_iter: int) -> torch.Tensor:
@@ -282,7 +294,10 @@ def _fit_scipy(loss_fn, raw: torch.Tensor, max_iter: int) -> torch.Tensor:
         (g,) = torch.autograd.grad(loss, r)
         return float(loss.detach()), g.numpy().astype(np.float64)
 
-    res = minimize(fun, raw.numpy(), jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
+    box = [(-LOG_WEIGHT_BOUND, LOG_WEIGHT_BOUND)] * raw.numel()
+    res = minimize(
+        fun, raw.numpy(), jac=True, method="L-BFGS-B", bounds=box, options={"maxiter": max_iter}
+    )
     return torch.tensor(res.x, dtype=raw.dtype)
 
 

@@ -50,9 +50,15 @@ def _bernoulli_coefficients(n: int) -> tuple[float, ...]:
 
 def bernoulli_polynomial(n: int, x: torch.Tensor) -> torch.Tensor:
     """``B_n(x)`` by Horner's rule (exact rational coefficients rounded once)."""
-    out = torch.zeros_like(x)
-    for c in _bernoulli_coefficients(n):
-        out = out * x + c
+    c = _bernoulli_coefficients(n)
+    if torch.is_grad_enabled() and x.requires_grad:
+        out = torch.zeros_like(x)
+        for v in c:
+            out = out * x + v
+        return out
+    out = torch.full_like(x, c[0])  # = 0 · x + c₀; then the same roundings, in place
+    for v in c[1:]:
+        out.mul_(x).add_(v)
     return out
 
 
@@ -61,7 +67,8 @@ def si_factor(delta: torch.Tensor, alpha: int) -> torch.Tensor:
     if alpha not in (1, 2, 3, 4, 5):
         raise ValueError(f"alpha must be in 1..5 for the SI kernel, got {alpha}")
     coef = (-1) ** (alpha + 1) * (2 * math.pi) ** (2 * alpha) / math.factorial(2 * alpha)
-    return coef * bernoulli_polynomial(2 * alpha, delta % 1.0)
+    out = bernoulli_polynomial(2 * alpha, delta % 1.0)
+    return out.mul_(coef) if not out.requires_grad else coef * out
 
 
 def _bit_length(v: torch.Tensor) -> torch.Tensor:
@@ -78,6 +85,26 @@ def _bit_length(v: torch.Tensor) -> torch.Tensor:
 _DSI_ZERO = (1.0, 1.5, 25.0 / 18.0, 407.0 / 294.0)
 
 
+def _beta(xb: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x, β, zero)`` for ``x = xb · 2^{-t}``: ``β = −⌊log₂ x⌋`` where ``xb > 0``.
+
+    ``β`` comes from the exponent of ``x`` itself (``x = m 2^e``, ``m ∈ [1/2, 1)``, so
+    ``β = 1 − e``): one ``frexp`` of the float that is needed anyway, instead of a bit length
+    of the int64. Where ``t > 53`` drops low bits that are all the set bits of ``xb``
+    (``0 < xb < 2^{t−53}``, ``x`` rounds to 0) the exact integer bit length is used.
+    """
+    x = to_float(xb, t)
+    beta = torch.frexp(x).exponent.to(torch.float64).neg_().add_(1.0)
+    zero = x == 0
+    if t > 53 and bool(zero.any()):
+        lost = zero & (xb != 0)
+        if bool(lost.any()):
+            exact = (t + 1 - _bit_length(xb)).to(torch.float64)
+            beta = torch.where(lost, exact, beta)
+            zero = xb == 0
+    return x, beta, zero
+
+
 def dsi_factor(xb: torch.Tensor, alpha: int, t: int) -> torch.Tensor:
     """``K̃_α(x)`` of the DSI kernel at ``x = xb · 2^{-t}``, ``xb`` int64 (``t ≤ 63``).
 
@@ -85,20 +112,17 @@ def dsi_factor(xb: torch.Tensor, alpha: int, t: int) -> torch.Tensor:
     """
     if alpha not in (1, 2, 3, 4):
         raise ValueError(f"alpha must be in 1..4 for the DSI kernel, got {alpha}")
-    zero = xb == 0
-    beta = (t + 1 - _bit_length(xb)).to(torch.float64)  # only used where xb > 0
+    x, beta, zero = _beta(xb, t)
     t1 = torch.exp2(-beta)  # t_1(x) for x > 0
     if alpha == 1:
-        out = 1.0 - 3.0 * t1
+        out = t1.mul_(-3.0).add_(1.0)  # 1 − 3 t₁
+    elif alpha == 2:  # −βx + (5/2)(1 − t₁) − 1, the same roundings in place
+        out = beta.mul_(x).neg_().add_(t1.neg_().add_(1.0).mul_(2.5)).sub_(1.0)
+    elif alpha == 3:
+        out = beta * x**2 - 5.0 * (1.0 - t1) * x + 43.0 / 18.0 * (1.0 - t1 * t1) - 1.0
     else:
-        x = to_float(xb, t)
-        if alpha == 2:
-            out = -beta * x + 2.5 * (1.0 - t1) - 1.0
-        elif alpha == 3:
-            out = beta * x**2 - 5.0 * (1.0 - t1) * x + 43.0 / 18.0 * (1.0 - t1 * t1) - 1.0
-        else:
-            out = _dsi4(xb, x, beta, t1, t)
-    return torch.where(zero, _DSI_ZERO[alpha - 1], out)
+        out = _dsi4(xb, x, beta, t1, t)
+    return out.masked_fill_(zero, _DSI_ZERO[alpha - 1])
 
 
 def _dsi4(xb, x, beta, t1, t):
@@ -189,8 +213,38 @@ class _ProductKernel(ABC):
         return scale * (1.0 + product_minus_one(weights * factors))
 
     def __call__(self, x, z) -> torch.Tensor:
-        """``K(x, z)`` for inputs broadcasting to (..., d); returns (...)."""
-        return self.combine(self.factors(x, z))
+        """``K(x, z)`` for inputs broadcasting to (..., d); returns (...).
+
+        Without autograd through the weights or the scale (and with one weight vector), the
+        product is accumulated one dimension at a time, in place: no ``(..., d)`` float
+        tensors, the same roundings as :meth:`combine` of :meth:`factors`.
+        """
+        w, s = self.weights, self.scale
+        tracked = torch.is_grad_enabled() and (w.requires_grad or s.requires_grad)
+        if tracked or w.ndim != 1 or s.ndim != 0:
+            return self.combine(self.factors(x, z))
+        a, b = self._operands(x, z)
+        if a.shape[-1] != self.d or b.shape[-1] != self.d:
+            raise ValueError(f"inputs must have last dimension d={self.d}")
+        if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+            return self.combine(self.factors(x, z))
+        v = buf = None
+        for j, alpha in enumerate(self.alpha):
+            p = self._column(a[..., j], b[..., j], alpha).to(w.dtype).mul_(w[j])
+            if v is None:
+                v = p
+                continue
+            buf = torch.mul(v, p) if buf is None else torch.mul(v, p, out=buf)
+            v.add_(p).add_(buf)  # v ← (v + p) + v p, as in product_minus_one
+        return v.add_(1.0).mul_(s)
+
+    @abstractmethod
+    def _operands(self, x, z) -> tuple[torch.Tensor, torch.Tensor]:
+        """The raw tensors the kernel compares (floats for SI, int64 bits for DSI)."""
+
+    @abstractmethod
+    def _column(self, a: torch.Tensor, b: torch.Tensor, alpha: int) -> torch.Tensor:
+        """``K̃_α(δ(a, b))`` of one dimension's broadcast inputs (a new tensor)."""
 
     def diag(self) -> torch.Tensor:
         """``K(x, x) = S ∏_j (1 + γ_j K̃_{α_j}(0))`` (the same for every point)."""
@@ -224,12 +278,18 @@ class SIKernel(_ProductKernel):
         """``K̃_α(0) = 2ζ(2α)``."""
         return torch.tensor(2.0 * _zeta(2 * alpha), dtype=torch.float64)
 
-    def factors(self, x, z) -> torch.Tensor:
-        """SI factors of ``δ = (x − z) mod 1``; ``x``, ``z``: Tensors or PointSets (..., d)."""
+    def _operands(self, x, z) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.x if isinstance(x, PointSet) else x
         z = z.x if isinstance(z, PointSet) else z
-        delta = (torch.as_tensor(x) - torch.as_tensor(z)) % 1.0
-        return self._by_alpha(delta, si_factor)
+        return torch.as_tensor(x), torch.as_tensor(z)
+
+    def _column(self, a, b, alpha) -> torch.Tensor:
+        return si_factor((a - b).remainder_(1.0), alpha)  # two reductions, as in factors
+
+    def factors(self, x, z) -> torch.Tensor:
+        """SI factors of ``δ = (x − z) mod 1``; ``x``, ``z``: Tensors or PointSets (..., d)."""
+        x, z = self._operands(x, z)
+        return self._by_alpha((x - z) % 1.0, si_factor)
 
 
 def _zeta(s: int) -> float:
@@ -279,6 +339,12 @@ class DSIKernel(_ProductKernel):
             return x.bits
         x = torch.as_tensor(x)
         return x if not x.is_floating_point() else to_bits(x, self.t)
+
+    def _operands(self, x, z) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._bits(x), self._bits(z)
+
+    def _column(self, a, b, alpha) -> torch.Tensor:
+        return dsi_factor(a ^ b, alpha, self.t)
 
     def factors(self, x, z) -> torch.Tensor:
         """DSI factors of ``δ = x ⊕ z`` (int64 bits, floats floored to ``t`` bits, PointSets)."""
