@@ -139,7 +139,8 @@ def _workloads():
     # 6. kernel attention forward + backward
     q, k, v = (torch.randn(1, 4, 4096, 64, generator=g) * 0.5 for _ in range(3))
     for method in ("favor+", "nystrom", "hermite", "softmax-free", "linear"):
-        feats = {} if method == "linear" else {"num_features": 64}
+        # hermite needs 1 + E + landmarks features (E = 64)
+        feats = {} if method == "linear" else {"num_features": 128 if method == "hermite" else 64}
 
         def att(method=method, feats=feats):
             qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
