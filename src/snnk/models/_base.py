@@ -92,6 +92,16 @@ def is_path(x: Any) -> bool:
     return isinstance(x, str | os.PathLike)
 
 
+def refuse_path(X: Any, owner: str) -> None:
+    """Raise a clear error when a file path is passed to an estimator that fits arrays only."""
+    if is_path(X):
+        raise TypeError(
+            f"X is a file path ({str(X)!r}), but {owner} fits in-memory arrays only: load the "
+            "file first (e.g. snnk._utils.tabular or pandas) or use RandomFeatureRidge / "
+            "BundledRegressor, which stream CSV and Parquet files"
+        )
+
+
 def as_numpy(x: Any) -> Any:
     """A tensor as a NumPy array (anything else unchanged)."""
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
@@ -162,7 +172,7 @@ def check_chunk(n_features: int | None, i: int, X: Any, y: Any, w: Any):
             f"chunk {i}: X has {X.shape[0]} rows but y has {y.shape[0]}; they must match"
         )
     if w is not None:
-        w = _check_sample_weight(as_numpy(w), X, dtype=np.float64)
+        w = _check_sample_weight(as_numpy(w), X, dtype=np.float64, ensure_non_negative=True)
     return X, y, w
 
 

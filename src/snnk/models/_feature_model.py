@@ -239,7 +239,7 @@ class FeatureModel(PersistMixin, BaseEstimator):
         sw = (
             None
             if sample_weight is None
-            else _check_sample_weight(sample_weight, X, dtype=np.float64)
+            else _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
         )
         self._start(X, sw)
         ne = self._stats(X, Y, sw, show=True)
@@ -325,7 +325,9 @@ class FeatureModel(PersistMixin, BaseEstimator):
             sw = (
                 None
                 if sample_weight is None
-                else _check_sample_weight(sample_weight, X, dtype=np.float64)
+                else _check_sample_weight(
+                    sample_weight, X, dtype=np.float64, ensure_non_negative=True
+                )
             )
             if first:
                 self._start(X, sw)

@@ -37,13 +37,8 @@ from snnk._utils.blocks import BLOCK_ELEMENTS, DEPRECATED, default_block_rows, r
 from snnk._utils.random import check_random_state
 from snnk.features import SAMPLERS, FourierFeatures, NystromFeatures
 from snnk.io import PersistMixin
-from snnk.kernels import (
-    Kernel,
-    ShiftInvariantKernel,
-    resolve_kernel,
-    split_scale,
-    with_lengthscale,
-)
+from snnk.kernels import Kernel, ShiftInvariantKernel, resolve_kernel, split_scale, with_lengthscale
+from snnk.models._base import refuse_path
 from snnk.solvers import (
     NormalEquations,
     NystromFactor,
@@ -443,6 +438,7 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
         """Fit the hyper-parameters (``optimize=True``) and the posterior on ``X`` of shape
         ``(n, d)`` and ``y`` of shape ``(n,)``; returns ``self``."""
         unit, ls0, amp0, noise0 = self._check_params()
+        refuse_path(X, type(self).__name__)
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=True)
         y = column_or_1d(y, warn=True).astype(np.float64)
         n, d = X.shape

@@ -40,6 +40,7 @@ from snnk._utils.blocks import (
 from snnk.features.centers import CENTER_METHODS, select_center_indices
 from snnk.io import PersistMixin
 from snnk.kernels import Kernel, KernelMatrix, resolve_kernel
+from snnk.models._base import refuse_path
 from snnk.solvers import (
     FalkonPreconditioner,
     NystromDiagonalPreconditioner,
@@ -116,6 +117,7 @@ class _KernelExpansion(RegressorMixin, PersistMixin, BaseEstimator):
 
     def _validate_fit(self, X, y, sample_weight):
         self._check_params()
+        refuse_path(X, type(self).__name__)
         X, y = validate_data(
             self, X, y, dtype=[np.float64, np.float32], y_numeric=True, multi_output=True
         )
