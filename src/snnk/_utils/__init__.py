@@ -3,6 +3,7 @@
 from snnk._utils.blocks import crossprod, default_block_rows, empty_output, iter_blocks
 from snnk._utils.random import draw_seed, make_generator
 from snnk._utils.validation import (
+    all_finite,
     as_float_tensor,
     check_finite,
     check_in,
@@ -13,6 +14,7 @@ from snnk._utils.validation import (
 )
 
 __all__ = [
+    "all_finite",
     "as_float_tensor",
     "check_finite",
     "check_in",

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from snnk._utils import (
+    all_finite,
     as_float_tensor,
     check_finite,
     check_in,
@@ -82,9 +83,7 @@ class Kernel:
         """
         if out.device.type == "meta" or torch.compiler.is_compiling():
             return
-        if not bool(torch.isfinite(out.sum(dtype=torch.float64))) and not bool(
-            torch.isfinite(out).all()
-        ):
+        if not all_finite(out):
             raise ValueError(
                 f"{self!r} overflows {out.dtype} on these inputs (kernel values beyond "
                 f"{torch.finfo(out.dtype).max:.3g}); scale X and Y down (e.g. "

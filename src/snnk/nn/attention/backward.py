@@ -165,10 +165,8 @@ def hermite_backward(ctx, g):
     dB, db = torch.zeros_like(B), torch.zeros_like(b)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     for a, e in _chunks(q.shape[-2], chunk):
-        xs = q[..., a:e, :] * r
-        alpha = spec.temper(xs, U)  # detached tempering factor (1 in the faithful regime)
-        xs = xs * alpha
-        f, pq = spec.polynomial(xs, U, True)
+        # alpha: the detached tempering factor (1 in the faithful regime); xs, pq tempered
+        f, pq, xs, alpha = spec.query_features(q[..., a:e, :] * r, U)
         df = _normalised_query_grad(f, g[..., a:e, :], out_all[..., a:e, :], B, b, dB, db)
         dquad = df[..., 1 + E :] * pq
         dq[..., a:e, :] = (r * alpha) * (df[..., 1 : 1 + E] + dquad @ U)

@@ -50,7 +50,7 @@ def _key_log(spec, k_c, Z, lw_c, aff=None):
     else:
         t = _affine_logits(k_c, *aff, spec.key_sq, spec.gamma)
     if spec.max_log is not None:
-        t = t.clamp_max(spec.max_log)
+        t = t.clamp_max_(spec.max_log)  # in place: t is a fresh tensor no op saved
     if lw_c is None:
         return t
     if spec.log_domain:
@@ -81,7 +81,7 @@ def _query_features(spec, q_c, Z, c, aff=None):
     else:
         t = _affine_logits(q_c, *aff, spec.query_sq, spec.gamma)
     if spec.max_log is not None:
-        t = t.clamp_max(spec.max_log)
+        t = t.clamp_max_(spec.max_log)  # in place: t is a fresh tensor no op saved
     if not spec.log_domain:
         return t
     if spec.stab == "feature":

@@ -255,23 +255,31 @@ class Hermite(LandmarkMethod):
     def key_map(self, x, Z):
         return self.polynomial((x - Z[..., -1:, :]) * self.r, self.directions(Z), False)[0]
 
-    def temper(self, xs: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
-        """Per-query factor ``α = 1/max(1, σ̂)`` (detached), ``σ̂²`` the row's estimated
-        mean squared (centred) logit. The expansion ``1 + t + (t² − E t²)/2`` is faithful
-        for ``σ ≲ 1``; beyond, its weights grow like ``σ²`` and the output leaves the hull of
-        ``V`` (1e5·max|V| at logits near 1e3). Queries are scaled by ``α`` there: the row
-        becomes the expansion at temperature ``σ̂`` (a softened attention) and its weights
-        ``((αt + 1)² + 1 − α² E t²)/2`` stay non-negative up to the Nyström error."""
+    def query_features(self, xs: torch.Tensor, U: torch.Tensor):
+        """Tempered query features ``f = [1, αx', (αp)²/2]`` with ``p = x'Uᵀ``.
+
+        Returns ``(f, αp, αx', α)``. The factor ``α = 1/max(1, σ̂)`` (detached) uses ``σ̂²``,
+        the row's estimated mean squared (centred) logit. The expansion
+        ``1 + t + (t² − E t²)/2`` is faithful for ``σ ≲ 1``; beyond, its weights grow like
+        ``σ²`` and the output leaves the hull of ``V`` (1e5·max|V| at logits near 1e3).
+        Queries are scaled by ``α`` there: the row becomes the expansion at temperature ``σ̂``
+        (a softened attention) and its weights ``((αt + 1)² + 1 − α² E t²)/2`` stay
+        non-negative up to the Nyström error. ``p`` and ``p²`` are formed once: ``σ̂²`` is
+        ``p² · (G + λI)⁻¹ā``, one matrix-vector product per row block.
+        """
+        p = xs @ U.mT
+        sq = p.square()
+        one = torch.ones_like(xs[..., :1])
         if self.mean_quad is None:
-            return torch.ones_like(xs[..., :1])
+            return torch.cat([one, xs, 0.5 * sq], -1), p, xs, 1.0
         with torch.no_grad():
-            var = ((xs @ U.mT).square() * self.mean_quad.unsqueeze(-2)).sum(-1, keepdim=True)
-            return var.clamp_min(1.0).rsqrt()
+            var = sq.detach() @ self.mean_quad.unsqueeze(-1)
+            alpha = var.clamp_min(1.0).rsqrt()
+        xs = xs * alpha
+        return torch.cat([one, xs, (0.5 * alpha.square()) * sq], -1), p * alpha, xs, alpha
 
     def query_map(self, x, Z):
-        U = self.directions(Z)
-        xs = x * self.r
-        return self.polynomial(xs * self.temper(xs, U), U, True)[0]
+        return self.query_features(x * self.r, self.directions(Z))[0]
 
     def finish(self, Z, Ssum, zsum):
         E = Z.shape[-1]
