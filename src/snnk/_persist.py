@@ -3,9 +3,12 @@
 A model file holds every fitted array as a named tensor and, in the safetensors metadata
 under the key ``"snnk"``, a JSON document with the estimator class, its hyper-parameters and
 its non-array fitted attributes. Loading reads tensors and JSON only, so a model file from
-an untrusted source cannot execute code; it can only be rejected. The header is checked
-against :data:`HEADER_SCHEMA` (and the class's declared arrays, ``_persist_arrays``) before
-anything is built, and a bad file gets a ``ValueError`` naming the file and the field.
+an untrusted source cannot execute code; it can only be rejected. Before anything is built
+the header is checked against :mod:`snnk._persist_schema`: the document's structure, the
+hyper-parameters against the estimator's ``_parameter_constraints`` (types and ranges), and
+the fitted state against the class's declarations (``_persist_arrays``,
+``_persist_values``: dtypes, shapes, sizes that agree, value ranges); a bad file gets a
+``ValueError`` naming the file and the field.
 
 Estimators take part through :class:`PersistMixin`: by default it stores every public
 fitted attribute (name ending in ``_``) that is a NumPy array, a tensor, a number, a string,
@@ -20,18 +23,28 @@ the library's estimators are also listed by name in :data:`KNOWN_CLASSES` and im
 
 from __future__ import annotations
 
-import fnmatch
 import importlib
 import json
 import numbers
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from snnk._persist_schema import (
+    HEADER_SCHEMA,
+    ArraySpec,
+    Field,
+    HeaderError,
+    ValueSpec,
+    check_header,
+    check_module_state,
+    check_param_names,
+    check_params,
+    check_state,
+)
 from snnk._utils.files import write_safetensors_atomic
 from snnk._version import __version__
 
@@ -63,6 +76,7 @@ __all__ = [
     "Field",
     "HeaderError",
     "PersistMixin",
+    "ValueSpec",
     "check_header",
     "check_state",
     "load_model",
@@ -106,219 +120,6 @@ def _from_json(value: Any) -> Any:
     return value
 
 
-# -- the header schema ---------------------------------------------------------------------------
-class HeaderError(Exception):
-    """A model file's header disagrees with the schema (``field``: where, ``problem``: what)."""
-
-    def __init__(self, field: str, problem: str):
-        super().__init__(f"{field}: {problem}")
-        self.field, self.problem = field, problem
-
-
-@dataclass(frozen=True)
-class Field:
-    """One entry of the header: its dotted ``path``, the JSON types it may have, whether it
-    is required, and (for objects and lists) the JSON types of every member."""
-
-    path: str
-    types: tuple[type, ...]
-    required: bool = True
-    members: tuple[type, ...] | None = None
-    choices: tuple[Any, ...] | None = None
-
-
-#: the header document of a model file, checked field by field before anything is built
-HEADER_SCHEMA: tuple[Field, ...] = (
-    Field("format", (str,)),
-    Field("format_version", (int,)),
-    Field("snnk_version", (str,), required=False),
-    Field("class", (str,)),
-    Field("params", (dict,)),
-    Field("state", (dict,)),
-    Field("state.arrays", (dict,), members=(str,), choices=("numpy", "torch")),
-    Field("state.modules", (list,), members=(str,)),
-    Field("state.values", (dict,)),
-)
-
-#: JSON types a saved scalar attribute or hyper-parameter may be built from
-_JSON_SCALARS = (str, int, float, bool, type(None))
-
-
-@dataclass(frozen=True)
-class ArraySpec:
-    """What an estimator declares about one saved tensor (``_persist_arrays``).
-
-    ``kinds``: allowed NumPy dtype kinds (``"f"`` floating, ``"i"``/``"u"`` integer, ``"b"``
-    bool); ``ndim``: number of dimensions; ``dims``: a name per dimension, so that sizes
-    agree across tensors and with integer hyper-parameters or values of the same name
-    (``None``: any size); ``required``: the tensor must be in every file of the class.
-    """
-
-    kinds: str = "f"
-    ndim: int | None = None
-    dims: tuple[str | None, ...] | None = None
-    required: bool = False
-
-
-def _has_type(value: Any, types: tuple[type, ...]) -> bool:
-    if isinstance(value, bool) and bool not in types:
-        return False  # JSON true is not the integer 1
-    return isinstance(value, types)
-
-
-def _lookup(doc: dict[str, Any], path: str) -> tuple[bool, Any]:
-    value: Any = doc
-    for part in path.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return False, None
-        value = value[part]
-    return True, value
-
-
-def _type_names(types: tuple[type, ...]) -> str:
-    names = {dict: "object", list: "list", str: "string", int: "integer", float: "number"}
-    return " or ".join(names.get(t, t.__name__) for t in types)
-
-
-def check_header(doc: dict[str, Any], schema: tuple[Field, ...] = HEADER_SCHEMA) -> None:
-    """Check the header document against ``schema``; raise :class:`HeaderError` at the first
-    field that is missing or of the wrong JSON type."""
-    for f in schema:
-        found, value = _lookup(doc, f.path)
-        if not found:
-            if f.required:
-                raise HeaderError(f.path, "missing")
-            continue
-        if not _has_type(value, f.types):
-            raise HeaderError(
-                f.path, f"expected {_type_names(f.types)}, got {type(value).__name__}"
-            )
-        if isinstance(value, dict):
-            items = list(value.items())
-        else:
-            items = list(enumerate(value)) if isinstance(value, list) else []
-        for key, item in items:
-            if f.members is not None and not _has_type(item, f.members):
-                raise HeaderError(
-                    f"{f.path}.{key}",
-                    f"expected {_type_names(f.members)}, got {type(item).__name__}",
-                )
-            if f.choices is not None and item not in f.choices:
-                raise HeaderError(f"{f.path}.{key}", f"expected one of {f.choices}, got {item!r}")
-
-
-def _check_json(field: str, value: Any) -> None:
-    """A saved value holds JSON scalars, lists and string-keyed objects only (a kernel is an
-    object ``{"__kernel__": {...}}``; a string array ``{"__array__": [...], "dtype": ...}``)."""
-    if isinstance(value, list):
-        for i, v in enumerate(value):
-            _check_json(f"{field}.{i}", v)
-    elif isinstance(value, dict):
-        if "__kernel__" in value and not (
-            set(value) == {"__kernel__"} and isinstance(value["__kernel__"], dict)
-        ):
-            raise HeaderError(field, "a kernel must be {'__kernel__': {...config...}}")
-        if "__array__" in value:
-            dtype = value.get("dtype")
-            ok = set(value) == {"__array__", "dtype"} and isinstance(value["__array__"], list)
-            try:
-                ok = ok and isinstance(dtype, str) and np.dtype(dtype).kind in "OUS"
-            except TypeError:
-                ok = False
-            if not ok:
-                raise HeaderError(
-                    field, "a label array must be {'__array__': [...], 'dtype': 'U…'}"
-                )
-        for k, v in value.items():
-            _check_json(f"{field}.{k}", v)
-    elif not isinstance(value, _JSON_SCALARS):
-        raise HeaderError(field, f"unexpected {type(value).__name__}")
-
-
-def _check_names(cls: type, state: dict[str, Any]) -> None:
-    """Every saved attribute is a fitted name of ``cls``: ``name_`` (public) or one of its
-    ``_persist_private``; never a method, a property or a dunder; each saved once."""
-    seen: set[str] = set()
-    for part in ("arrays", "modules", "values"):
-        for name in state[part]:
-            field = f"state.{part}.{name}"
-            public = name.isidentifier() and name.endswith("_") and not name.startswith("_")
-            if not (public or name in cls._persist_private) or hasattr(cls, name):
-                raise HeaderError(field, f"{name!r} is not a fitted attribute of {cls.__name__}")
-            if name in seen:
-                raise HeaderError(field, f"{name!r} is saved twice")
-            seen.add(name)
-
-
-def _check_tensors(cls: type, params: dict, state: dict, tensors: dict[str, torch.Tensor]) -> None:
-    """Tensor names match the header's arrays and modules; declared tensors have the declared
-    dtype kinds, dimensions and named sizes."""
-    expected = {f"attr.{name}" for name in state["arrays"]}
-    for key in expected - set(tensors):
-        raise HeaderError(f"tensors.{key}", "missing")
-    prefixes = tuple(f"module.{m}." for m in state["modules"])
-    for key in tensors:
-        if key not in expected and not key.startswith(prefixes):
-            raise HeaderError(f"tensors.{key}", "no array or module of the header holds it")
-    sizes: dict[str, int] = {}
-    for source in (params, state["values"]):
-        sizes.update({k: v for k, v in source.items() if _has_type(v, (int,))})
-    for pattern, spec in cls._persist_arrays.items():
-        keys = [k for k in tensors if fnmatch.fnmatchcase(k, pattern)]
-        if spec.required and not keys:
-            raise HeaderError(f"tensors.{pattern}", f"missing ({cls.__name__} needs it)")
-        for key in keys:
-            _check_spec(f"tensors.{key}", tensors[key], spec, sizes)
-
-
-def _check_spec(field: str, t: torch.Tensor, spec: ArraySpec, sizes: dict[str, int]) -> None:
-    kind = "b" if t.dtype == torch.bool else "f" if t.is_floating_point() else "i"
-    if t.is_complex() or kind not in spec.kinds:
-        raise HeaderError(field, f"dtype {t.dtype} is not of the kinds {spec.kinds!r}")
-    if spec.ndim is not None and t.ndim != spec.ndim:
-        raise HeaderError(field, f"expected {spec.ndim} dimensions, got shape {tuple(t.shape)}")
-    for axis, name in enumerate(spec.dims or ()):
-        if name is None:
-            continue
-        size = sizes.setdefault(name, int(t.shape[axis]))
-        if t.shape[axis] != size:
-            raise HeaderError(
-                field, f"dimension {axis} is {t.shape[axis]}, but {name} is {size} in this file"
-            )
-
-
-def check_state(
-    cls: type, params: dict[str, Any], state: dict[str, Any], tensors: dict[str, torch.Tensor]
-) -> None:
-    """Check a header's ``params`` and ``state`` (already of the right JSON types, see
-    :func:`check_header`) and the tensors against the class ``cls``."""
-    allowed = set(cls().get_params(deep=False))
-    for name, value in params.items():
-        if name not in allowed:
-            raise HeaderError(f"params.{name}", f"not a parameter of {cls.__name__}")
-        _check_json(f"params.{name}", value)
-    for name, value in state["values"].items():
-        _check_json(f"state.values.{name}", value)
-    _check_names(cls, state)
-    _check_tensors(cls, params, state, tensors)
-
-
-def _check_module_state(name: str, module: torch.nn.Module, saved: dict[str, torch.Tensor]):
-    """The saved ``state_dict`` of a rebuilt module has its keys, shapes and dtypes (a load
-    would otherwise cast or fail deep inside torch)."""
-    own = module.state_dict()
-    for key in sorted(set(own) ^ set(saved)):
-        problem = "missing" if key in own else "not a tensor of the rebuilt module"
-        raise HeaderError(f"tensors.module.{name}.{key}", problem)
-    for key, t in own.items():
-        if saved[key].shape != t.shape or saved[key].dtype != t.dtype:
-            raise HeaderError(
-                f"tensors.module.{name}.{key}",
-                f"expected {t.dtype} of shape {tuple(t.shape)}, got {saved[key].dtype} of "
-                f"shape {tuple(saved[key].shape)}",
-            )
-
-
 class PersistMixin:
     """Default ``_export_state`` / ``_import_state`` for :func:`save_model` / :func:`load_model`.
 
@@ -332,8 +133,12 @@ class PersistMixin:
     _persist_private : tuple of str
         Private fitted attributes that must survive a round trip as well.
     _persist_arrays : dict of str to ArraySpec
-        The fitted arrays the class declares (dtype kind, number of dimensions, named
-        sizes); a file whose arrays disagree is rejected before anything is built.
+        The fitted arrays the class declares (tensor key pattern -> dtype kinds, number of
+        dimensions, named sizes, value range); a file whose arrays disagree is rejected
+        before anything is built. Merged over the MRO (each class declares its own).
+    _persist_values : dict of str to ValueSpec
+        The scalar fitted attributes the class declares (JSON kinds, range, choices),
+        merged over the MRO likewise.
     _legacy_params : dict
         Values of hyper-parameters added after files were written: an older file without
         them loads with these (the values that reproduce its model), not today's defaults.
@@ -341,6 +146,7 @@ class PersistMixin:
 
     _persist_private: ClassVar[tuple[str, ...]] = ()
     _persist_arrays: ClassVar[dict[str, ArraySpec]] = {}
+    _persist_values: ClassVar[dict[str, ValueSpec]] = {}
     _legacy_params: ClassVar[dict[str, Any]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -396,7 +202,7 @@ class PersistMixin:
             for name in meta["modules"]:
                 prefix = f"module.{name}."
                 state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-                _check_module_state(name, getattr(self, name), state)
+                check_module_state(name, getattr(self, name), state)
                 getattr(self, name).load_state_dict(state, strict=True)
 
     def _build_modules(self) -> None:
@@ -426,11 +232,18 @@ def save_model(estimator: Any, path: str | os.PathLike[str]) -> Path:
     interrupted save never leaves a truncated model behind; a missing folder raises
     ``FileNotFoundError`` naming it.
     """
+    from sklearn.exceptions import NotFittedError
     from sklearn.utils.validation import check_is_fitted
 
     if not hasattr(estimator, "_export_state"):
         raise TypeError(f"{type(estimator).__name__} cannot be saved by snnk.io")
-    check_is_fitted(estimator)
+    try:
+        check_is_fitted(estimator)
+    except NotFittedError as exc:
+        raise NotFittedError(
+            f"this {type(estimator).__name__} is not fitted, so there is nothing to save: "
+            "call fit(X, y) first, then save_model"
+        ) from exc
     params = {k: _json_value(k, v) for k, v in estimator.get_params(deep=False).items()}
     state, tensors = estimator._export_state()
     doc = {
@@ -494,11 +307,13 @@ def load_model(path: str | os.PathLike[str]) -> Any:
         check_header(doc)
         # hyper-parameters added after a file was written take the value that reproduces
         # the model it holds (``_legacy_params``), not today's default
-        params = cls._upgrade_params(dict(doc["params"]))
-        check_state(cls, params, doc["state"], tensors)
+        raw = cls._upgrade_params(dict(doc["params"]))
+        check_param_names(cls, raw)
+        params = {**cls._legacy_params, **{k: _param_from_json(k, v) for k, v in raw.items()}}
+        check_params(cls, params)
+        check_state(cls, raw, doc["state"], tensors)
     except HeaderError as exc:
         raise ValueError(f"{path}: field {exc.field!r}: {exc.problem}") from None
-    params = {**cls._legacy_params, **{k: _from_json(v) for k, v in params.items()}}
     try:
         est = cls(**params)
         est._import_state(doc["state"], tensors)
@@ -509,3 +324,12 @@ def load_model(path: str | os.PathLike[str]) -> Any:
             f"{path}: the saved state does not rebuild a {cls.__name__}: {exc}"
         ) from exc
     return est
+
+
+def _param_from_json(name: str, value: Any) -> Any:
+    """A hyper-parameter from its JSON form; a kernel configuration that does not build is
+    a :class:`HeaderError` naming it."""
+    try:
+        return _from_json(value)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise HeaderError(f"params.{name}", f"not a valid kernel configuration: {exc}") from None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from numbers import Integral, Real
 from typing import Any
 
@@ -23,6 +24,7 @@ try:
     from sklearn.utils import check_array
     from sklearn.utils._param_validation import Hidden, Interval, StrOptions
     from sklearn.utils.validation import _check_sample_weight
+    from sklearn.utils.validation import validate_data as _sklearn_validate_data
 except ImportError as exc:  # pragma: no cover - the sklearn extra installs it
     raise ImportError("snnk.models needs scikit-learn: pip install 'snnk[sklearn]'") from exc
 
@@ -63,6 +65,8 @@ __all__ = [
     "pooled_moments",
     "progress",
     "seed_from_random_state",
+    "text_refused",
+    "validate_data",
 ]
 
 
@@ -93,13 +97,62 @@ def is_path(x: Any) -> bool:
 
 
 def refuse_path(X: Any, owner: str) -> None:
-    """Raise a clear error when a file path is passed to an estimator that fits arrays only."""
+    """Raise a clear error when a file path (or an array of text) is passed to an estimator
+    that fits numeric arrays only."""
     if is_path(X):
         raise TypeError(
             f"X is a file path ({str(X)!r}), but {owner} fits in-memory arrays only: load the "
             "file first (e.g. snnk._utils.tabular or pandas) or use RandomFeatureRidge / "
             "BundledRegressor, which stream CSV and Parquet files"
         )
+    if (isinstance(X, np.ndarray) and X.dtype.kind in "USO") or isinstance(X, list | tuple):
+        problem = _text_problem(X)
+        if problem is not None:
+            raise _text_error("X", problem) from problem
+
+
+def _text_error(name: str, exc: ValueError) -> TypeError:
+    return TypeError(
+        f"{name} holds text that is not a number ({exc}): snnk estimators fit numbers. Encode "
+        f"text columns first (e.g. sklearn.preprocessing.OneHotEncoder or OrdinalEncoder), "
+        f"or convert numbers stored as text with {name}.astype(np.float64)"
+    )
+
+
+@contextmanager
+def text_refused(name: str) -> Iterator[None]:
+    """Within the block, NumPy's "could not convert string to float" becomes a ``TypeError``
+    naming the argument ``name`` and the fix."""
+    try:
+        yield
+    except ValueError as exc:
+        if "could not convert" not in str(exc):
+            raise
+        raise _text_error(name, exc) from exc
+
+
+def _text_problem(x: Any) -> ValueError | None:
+    """NumPy's error converting ``x`` to float64 when it holds text, else ``None``."""
+    try:
+        np.asarray(as_numpy(x), dtype=np.float64)
+    except ValueError as exc:
+        return exc if "could not convert" in str(exc) else None
+    except TypeError:
+        return None
+    return None
+
+
+def validate_data(estimator: Any, X: Any = "no_validation", y: Any = "no_validation", **kw):
+    """scikit-learn's ``validate_data`` (its messages are the estimator contract), except that
+    text arrays get a ``TypeError`` naming ``X`` (or ``y``) and what to pass instead, where
+    NumPy's raw "could not convert string to float" would escape."""
+    try:
+        return _sklearn_validate_data(estimator, X, y, **kw)
+    except ValueError as exc:
+        if "could not convert" not in str(exc):
+            raise
+        name = "X" if not isinstance(X, str) and _text_problem(X) is not None else "y"
+        raise _text_error(name, exc) from exc
 
 
 def as_numpy(x: Any) -> Any:
@@ -160,7 +213,8 @@ class Moments:
 def check_chunk(n_features: int | None, i: int, X: Any, y: Any, w: Any):
     """Validate chunk ``i`` of a stream: float arrays ``(X, y, w)`` (``w`` float64 or
     ``None``); ``X`` must have ``n_features`` columns when given."""
-    X = check_array(as_numpy(X), dtype=[np.float64, np.float32], input_name=f"chunk {i} X")
+    with text_refused(f"chunk {i} X"):
+        X = check_array(as_numpy(X), dtype=[np.float64, np.float32], input_name=f"chunk {i} X")
     if n_features is not None and X.shape[1] != n_features:
         raise ValueError(
             f"chunk {i} has {X.shape[1]} feature columns but the earlier chunks have "

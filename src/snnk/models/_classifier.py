@@ -29,6 +29,7 @@ try:
 except ImportError as exc:  # pragma: no cover - the sklearn extra installs it
     raise ImportError("snnk.models needs scikit-learn: pip install 'snnk[sklearn]'") from exc
 
+from snnk._persist import ArraySpec, ValueSpec
 from snnk.models._base import NON_NEGATIVE, POSITIVE_INT, StrOptions
 from snnk.solvers import NormalEquations, multinomial_logistic
 
@@ -57,6 +58,13 @@ class FeatureClassifierMixin(ClassifierMixin):
         "tol": [NON_NEGATIVE],
     }
     _y_checks: ClassVar[dict[str, Any]] = {}
+    #: one output (score column) per class; labels as ``np.unique`` returns them
+    _persist_arrays: ClassVar[dict[str, ArraySpec]] = {
+        "attr.classes_": ArraySpec(
+            kinds="iufbUSO", ndim=1, dims=("n_outputs",), required=True, labels=True
+        ),
+    }
+    _persist_values: ClassVar[dict[str, ValueSpec]] = {"n_iter_": ValueSpec(("int",), low=0)}
 
     def _check_classes(self, classes: np.ndarray) -> None:
         if len(classes) < 2:

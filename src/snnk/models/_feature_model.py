@@ -28,11 +28,11 @@ import torch
 try:
     from sklearn.base import BaseEstimator, RegressorMixin
     from sklearn.utils._available_if import available_if
-    from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+    from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 except ImportError as exc:  # pragma: no cover - the sklearn extra installs it
     raise ImportError("snnk.models needs scikit-learn: pip install 'snnk[sklearn]'") from exc
 
-from snnk._persist import ArraySpec, PersistMixin
+from snnk._persist import ArraySpec, PersistMixin, ValueSpec
 from snnk._utils import default_block_rows, iter_blocks
 from snnk.models._base import (
     DEPRECATED,
@@ -52,13 +52,16 @@ from snnk.models._base import (
     iter_source,
     pooled_moments,
     progress,
+    validate_data,
 )
 from snnk.models._dask import dask_inputs, dask_moments, dask_normal_equations
 from snnk.solvers import NormalEquations
-from snnk.solvers.cross_validation import gcv_ridge, loo_ridge
+from snnk.solvers.cross_validation import default_alpha_grid, gcv_ridge, loo_ridge
 
 #: ``(F, Y, w)`` row blocks for the passes that read the data again (LOO, logistic loss)
 Blocks = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]]
+#: points of the ridge grid that "gcv" / "loo" search (the length of ``cv_scores_``)
+ALPHA_GRID_SIZE = default_alpha_grid(torch.ones(1)).numel()
 
 
 class FeatureModel(PersistMixin, BaseEstimator):
@@ -74,7 +77,14 @@ class FeatureModel(PersistMixin, BaseEstimator):
     _persist_arrays: ClassVar[dict[str, ArraySpec]] = {
         "attr.coef_": ArraySpec(ndim=2, dims=("n_outputs", "num_features"), required=True),
         "attr.intercept_": ArraySpec(ndim=1, dims=("n_outputs",), required=True),
-        "attr.cv_scores_": ArraySpec(ndim=1),
+        # a GCV score is infinite where the hat matrix's trace reaches n
+        "attr.cv_scores_": ArraySpec(ndim=1, dims=(ALPHA_GRID_SIZE,), finite=False),
+    }
+    _persist_values: ClassVar[dict[str, ValueSpec]] = {
+        "n_features_in_": ValueSpec(("int",), required=True, low=1),
+        "n_samples_seen_": ValueSpec(("int",), low=0),
+        "alpha_": ValueSpec(("real",), low=0.0),
+        "compute_dtype_": ValueSpec(("str",), choices=tuple(FLOAT_DTYPES)),
     }
     _parameter_constraints: ClassVar[dict[str, list]] = {
         "num_features": [POSITIVE_INT],
@@ -402,6 +412,10 @@ class FeatureRegressorMixin(RegressorMixin):
     or ``(n, o)`` (predictions keep that shape)."""
 
     _y_checks: ClassVar[dict[str, Any]] = {"y_numeric": True, "multi_output": True}
+    #: a model fitted on a 1-D ``y`` has one output (see :mod:`snnk._persist_schema`)
+    _persist_values: ClassVar[dict[str, ValueSpec]] = {
+        "_y_1d": ValueSpec(("bool",), required=True, when_true=(("n_outputs", 1),)),
+    }
 
     def _encode_targets(self, y) -> np.ndarray:
         self._y_1d = y.ndim == 1

@@ -52,7 +52,9 @@ class BundledModel(FeatureModel):
     _persist_arrays: ClassVar[dict[str, ArraySpec]] = {
         **FeatureModel._persist_arrays,
         "attr.mean_": ArraySpec(ndim=1, dims=("n_features_in_",), required=True),
-        "attr.scale_": ArraySpec(ndim=1, dims=("n_features_in_",), required=True),
+        "attr.scale_": ArraySpec(
+            ndim=1, dims=("n_features_in_",), required=True, low=0.0, low_open=True
+        ),
     }
 
     def __init__(

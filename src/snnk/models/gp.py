@@ -28,7 +28,7 @@ import torch
 try:
     from sklearn.base import BaseEstimator, RegressorMixin
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+    from sklearn.utils.validation import check_is_fitted, column_or_1d
 except ImportError as exc:  # pragma: no cover - the sklearn extra installs it
     raise ImportError("snnk.models needs scikit-learn: pip install 'snnk[sklearn]'") from exc
 
@@ -38,7 +38,7 @@ from snnk._utils.random import check_random_state
 from snnk.features import SAMPLERS, FourierFeatures, NystromFeatures
 from snnk.io import PersistMixin
 from snnk.kernels import Kernel, ShiftInvariantKernel, resolve_kernel, split_scale, with_lengthscale
-from snnk.models._base import refuse_path
+from snnk.models._base import refuse_path, validate_data
 from snnk.solvers import (
     NormalEquations,
     NystromFactor,

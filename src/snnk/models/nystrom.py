@@ -26,7 +26,7 @@ import torch
 try:
     from sklearn.base import BaseEstimator, RegressorMixin
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+    from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 except ImportError as exc:  # pragma: no cover - the sklearn extra installs it
     raise ImportError("snnk.models needs scikit-learn: pip install 'snnk[sklearn]'") from exc
 
@@ -40,7 +40,7 @@ from snnk._utils.blocks import (
 from snnk.features.centers import CENTER_METHODS, select_center_indices
 from snnk.io import PersistMixin
 from snnk.kernels import Kernel, KernelMatrix, resolve_kernel
-from snnk.models._base import refuse_path
+from snnk.models._base import refuse_path, validate_data
 from snnk.solvers import (
     FalkonPreconditioner,
     NystromDiagonalPreconditioner,

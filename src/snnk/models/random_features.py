@@ -17,6 +17,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from snnk._persist import ValueSpec
 from snnk.features import SAMPLERS
 from snnk.features import make_feature_map as make_feature_map
 from snnk.kernels import Kernel
@@ -41,6 +42,10 @@ class RandomFeatureModel(FeatureModel):
 
     #: files written before ``phases`` existed hold paired cos/sin features
     _legacy_params: ClassVar[dict[str, object]] = {"phases": "paired"}
+    #: ``None`` when ``kernel`` is a Kernel object (its own lengthscale)
+    _persist_values: ClassVar[dict[str, ValueSpec]] = {
+        "lengthscale_": ValueSpec(("real", "none"), low=0.0, low_open=True),
+    }
     _parameter_constraints: ClassVar[dict[str, list]] = {
         **FeatureModel._parameter_constraints,
         "kernel": [str, Kernel],

@@ -42,8 +42,10 @@ class SNNKLinear(nn.Module):
         ``"relu"`` estimates the arc-cosine kernel ``k_1([x;1], [w;b])/2``, not
         ``ReLU(wᵀx + b)`` (see :class:`SNNKMaps`); the others estimate ``f(wᵀx + b)``
         without bias. The Fourier kinds (``cos``, ``sin``, ``gaussian``, a measure) need
-        small inputs: their variance grows like ``exp(‖x‖²)`` and ``Φ(x)`` overflows to
-        Inf for ``‖x‖ ≳ 13`` in float32, so without ``input_norm`` a
+        small inputs: their variance grows like ``exp(‖x‖²)``, and rows beyond the norm
+        where ``Φ(x)`` would overflow (``≈ 12/max|ω|`` in float32, see
+        :meth:`SNNKMaps.input_map`) are shrunk to it, so the output stays finite but
+        meaningless there; without ``input_norm`` a
         :class:`~snnk.features.VarianceWarning` is raised at construction.
     bias : bool, default True
     mode : {"direct", "weights"}, default "direct"

@@ -61,6 +61,25 @@ def _is_fourier(activation: str | SpectralMeasure) -> bool:
     return activation not in ("relu", "exp")
 
 
+def _log_budget(dtype: torch.dtype, num_features: int) -> float:
+    """The largest exponent ``a`` of a Fourier amplitude ``e^a`` that leaves room below
+    overflow of ``dtype`` for ``Φ(x)Ψᵀ`` (a sum of ``D`` terms) and its gradients (factors
+    ``ω²s²‖x‖``, ``|Ψ|``, ``l``): ``D · e^{a+12}`` finite, and at least ``e^a = √max``
+    (half types, whose range is too small for that margin)."""
+    top = math.log(torch.finfo(dtype).max)
+    return max(top - math.log(num_features) - 12.0, 0.5 * top)
+
+
+def overflow_radius(towers: SNNKMaps, dtype: torch.dtype) -> float:
+    """The input norm ``R`` up to which the Fourier input tower stays finite in ``dtype``:
+    ``ω_max² s² R²/2`` equals :func:`_log_budget` (``inf`` for ``"relu"`` and ``"exp"``)."""
+    if not _is_fourier(towers.activation) or towers.maps.omega.is_meta:
+        return math.inf
+    top = float(towers.maps.omega.abs().max()) * towers.maps.split
+    budget = _log_budget(dtype, towers.num_features)
+    return math.inf if top == 0 else math.sqrt(2.0 * budget) / top
+
+
 class SNNKMaps(nn.Module):
     """The two towers of one SNNK layer: ``input_map(x)`` and ``parameter_map(W, b)``.
 
@@ -162,10 +181,32 @@ class SNNKMaps(nn.Module):
         return torch.cat([x, col], dim=-1)
 
     def input_map(self, x: torch.Tensor) -> torch.Tensor:
-        """``Φ(x)``: ``(..., d) -> (..., D)``."""
+        """``Φ(x)``: ``(..., d) -> (..., D)``.
+
+        Fourier kinds: rows of norm above the overflow radius ``R`` (:func:`overflow_radius`,
+        ``‖x‖ ≈ 12/ω_max`` in float32) are shrunk to norm ``R`` first, so the features stay
+        finite (their amplitudes are ``e^{ω²s²‖x‖²/2}``). The estimate is meaningless there
+        anyway (variance ``≈ e^{ω²s²‖x‖²}``): pass ``input_norm`` (SNNKLinear) or scale
+        the inputs to norm ≲ 1 (the construction warns when no bound is given). This needs
+        no value read back to the host, so it also holds under ``torch.compile``.
+        """
         if self.activation == "relu":
             return self.maps(self._augment(x, 1.0)) * math.sqrt(0.5)
+        if self.maps.is_fourier and x.is_floating_point():
+            x = self._bound_norms(x)
         return self.maps.input_map(x)
+
+    def _bound_norms(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with every row of norm above the overflow radius scaled to that norm
+        (differentiable; ``1`` exactly as the factor of the other rows)."""
+        work = x if x.dtype == torch.float64 else x.to(torch.float32)
+        top = self.maps.omega.abs().amax().to(work.dtype) * self.maps.split
+        radius = math.sqrt(2.0 * _log_budget(x.dtype, self.num_features)) / top
+        # ‖x‖ without overflow of the squares: the row maximum factored out
+        amax = work.abs().amax(-1, keepdim=True)
+        safe = amax.clamp_min(torch.finfo(work.dtype).tiny)
+        norm = amax * torch.linalg.vector_norm(work / safe, dim=-1, keepdim=True)
+        return x * (radius / norm).clamp(max=1.0).to(x.dtype)
 
     def parameter_map(self, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """``Ψ(W, b)``: ``(..., d)`` weights and ``(...)`` biases -> ``(..., D)``."""
@@ -186,34 +227,32 @@ def _check_input_scale(towers: SNNKMaps, input_norm: float | None, dtype: torch.
     """Warn or raise when inputs of norm ``input_norm`` break a Fourier-kind estimate.
 
     Fourier kinds scale ``Φ(x)`` by ``exp(ω² s² ‖x‖²/2)``: the estimate's variance grows
-    like ``E[exp(ω² s² ‖x‖²)]`` and the features overflow to Inf (then NaN) once the
-    exponent passes ``log(finfo(dtype).max)`` (``‖x‖ ≈ 13`` in float32 for ``cos``).
-    ``input_norm=None`` (no bound known): a :class:`~snnk.features.VarianceWarning` with
-    the fix; a known norm that overflows: ``ValueError``; one that explodes the
-    variance: a warning. Nothing is checked for ``"relu"`` and ``"exp"``, whose features
-    cannot overflow from finite inputs.
+    like ``E[exp(ω² s² ‖x‖²)]`` and the features would overflow past the radius ``R`` of
+    :func:`overflow_radius` (``‖x‖ ≈ 12`` in float32 for ``cos``), where
+    :meth:`SNNKMaps.input_map` shrinks the rows to norm ``R`` instead. ``input_norm=None``
+    (no bound known): a :class:`~snnk.features.VarianceWarning` with the fix; a known norm
+    beyond ``R``: ``ValueError``; one that explodes the variance: a warning. Nothing is
+    checked for ``"relu"`` and ``"exp"``, whose features cannot overflow from finite inputs.
     """
     if not _is_fourier(towers.activation):
         return
     maps = towers.maps
     kind = towers.activation if isinstance(towers.activation, str) else "SpectralMeasure"
-    top_omega = 1.0 if maps.omega.is_meta else float(maps.omega.abs().max())
+    radius = overflow_radius(towers, dtype)
     if input_norm is None:
-        limit = math.sqrt(2.0 * math.log(torch.finfo(dtype).max)) / (maps.split * top_omega)
         warnings.warn(
             f"activation={kind!r} without input_norm: the estimate's variance grows like "
-            f"exp(‖x‖²) and Φ(x) overflows {dtype} to Inf/NaN for ‖x‖ ≳ {limit:.3g} "
-            "(a hidden state of width 768 has ‖x‖ ≈ 28); pass input_norm=1.0, or "
-            "rescale the inputs to norm ≲ 1 yourself",
+            f"exp(‖x‖²), and Φ(x) overflows {dtype} beyond ‖x‖ ≈ {radius:.3g}, so inputs "
+            "are shrunk to that norm there (a hidden state of width 768 has ‖x‖ ≈ 28); "
+            "pass input_norm=1.0, or rescale the inputs to norm ≲ 1 yourself",
             VarianceWarning,
             stacklevel=3,
         )
         return
-    top = top_omega * maps.split * input_norm
-    if 0.5 * top * top > math.log(torch.finfo(dtype).max):
+    if input_norm > radius:
         raise ValueError(
             f"input_norm={input_norm} makes Φ(x) = exp(ω² s² ‖x‖²/2)·[cos, sin] overflow "
-            f"{dtype} (largest exponent {0.5 * top * top:.3g}); use input_norm ≲ 1"
+            f"{dtype} (inputs up to norm {radius:.3g} stay finite); use input_norm ≲ 1"
         )
     log_moment = maps.measure.log_second_moment((maps.split * input_norm) ** 2)
     if log_moment > _EXPLODES:
