@@ -298,3 +298,16 @@ def test_deprecated_batch_size_and_old_files(tmp_path):
     back = load_model(tmp_path / "old.snnk")
     assert back.block_rows == 30 and back.batch_size == "deprecated"
     np.testing.assert_array_equal(back.predict(X), ref.predict(X))
+
+
+def test_laplace_kernel_with_the_default_sampler_draws_iid():
+    # the L1 Laplace spectrum (Cauchy coordinates) has no orthogonal draw: the default falls
+    # back to i.i.d. frequencies instead of refusing a valid kernel name
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 3))
+    y = np.sin(X[:, 0])
+    default = RandomFeatureRidge(kernel="laplace", num_features=32, random_state=0).fit(X, y)
+    iid = RandomFeatureRidge(kernel="laplace", num_features=32, sampler="iid", random_state=0)
+    np.testing.assert_array_equal(default.predict(X), iid.fit(X, y).predict(X))
+    with pytest.raises(ValueError, match="rotation-invariant"):
+        RandomFeatureRidge(kernel="laplace", num_features=32, sampler="structured").fit(X, y)

@@ -109,11 +109,15 @@ class RandomFeatureModel(FeatureModel):
 
     def _map(self, in_features: int, lengthscale, seed: int) -> torch.nn.Module:
         kernel = resolve_kernel(self.kernel, lengthscale)
+        sampler = self.sampler
+        spectrum = getattr(kernel, "spectrum", None)
+        if sampler == "orthogonal" and spectrum is not None and not spectrum.rotation_invariant:
+            sampler = "iid"  # the default on a kernel with no orthogonal draw (L1 Laplace)
         fmap = make_feature_map(
             kernel,
             in_features,
             self.num_features,
-            sampler=self.sampler,
+            sampler=sampler,
             phases=self.phases,
             seed=seed,
             dtype=FLOAT_DTYPES[self.compute_dtype_],
@@ -164,6 +168,9 @@ class RandomFeatureRidge(FeatureRegressorMixin, RandomFeatureModel):
     num_features : int, default 1024
         ``D`` (even for Fourier features with ``phases="paired"``).
     sampler : {"orthogonal", "iid", "structured", "qmc", "halton"}, default "orthogonal"
+        How the frequencies are drawn (:class:`~snnk.features.FourierFeatures`). Kernels whose
+        spectrum is not rotation-invariant (the L1 ``"laplace"`` kernel) have no orthogonal
+        draw: ``"orthogonal"`` then draws i.i.d. (``"structured"`` is refused).
     phases : {"random", "paired"}, default "random"
         Fourier features only. ``"random"``: ``D`` frequencies ``ω_j``, features
         ``√(2/D) cos(ω_jᵀx + b_j)`` with uniform phases; ``"paired"``: ``D/2`` frequencies,
