@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint install clean
+.PHONY: demo test audit bench lint install clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+	# the empirical privacy audits (10-40 s on 2 cores) run only when selected by their marker
+	$(PY) -m pytest -q -p no:cacheprovider tests/private -m audit
+
+audit: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests/private -m audit
 
 bench: $(STAMP)
 	$(PIP) install --quiet -e ".[bench]"
