@@ -59,6 +59,7 @@ KNOWN_CLASSES: dict[str, str] = {
     "BundledRegressor": "snnk.models",
     "KernelRidgeCG": "snnk.models",
     "NystromRidge": "snnk.models",
+    "OptimalWeightedLeastSquares": "snnk.models",
     "RandomFeatureClassifier": "snnk.models",
     "RandomFeatureGP": "snnk.models",
     "RandomFeatureRidge": "snnk.models",

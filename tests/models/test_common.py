@@ -23,6 +23,7 @@ from snnk.models import (
     BundledRegressor,
     KernelRidgeCG,
     NystromRidge,
+    OptimalWeightedLeastSquares,
     RandomFeatureClassifier,
     RandomFeatureGP,
     RandomFeatureRidge,
@@ -70,6 +71,8 @@ REGISTRY = [
     Case(KernelRidgeCG(num_centers=10, lengthscale=2.0, alpha=1e-2, random_state=0)),
     # the marginal-likelihood optimisation is tested in test_gp.py; here the contract only
     Case(RandomFeatureGP(num_features=64, random_state=0)),
+    # predicts in float64 whatever the input (its basis is evaluated in float64)
+    Case(OptimalWeightedLeastSquares(degree=2, random_state=0), float32=None),
 ]
 IDS = [case.id for case in REGISTRY]
 

@@ -10,11 +10,23 @@ models (:class:`~snnk.models.NystromRidge`, :class:`~snnk.models.KernelRidgeCG`,
   with ``d_k(x, c)² = k(x, x) + k(c, c) − 2 k(x, c)`` (Arthur & Vassilvitskii, 2007), which
   spreads the centres over the data;
 * ``"kmeans"``: Lloyd's algorithm in the input space from a k-means++ start; the centres are
-  (weighted) cluster means, not data rows (Zhang, Tsang & Kwok, 2008).
+  (weighted) cluster means, not data rows (Zhang, Tsang & Kwok, 2008);
+* ``"rls"``: ``m`` rows without replacement ``∝`` the exact ridge leverage scores
+  ``ℓ_i(λ) = [K(K + nλI)⁻¹]_ii`` at the ``λ`` where ``d_eff(λ) = m`` (``O(n³)``; a uniform
+  subsample of ``max_candidates=4000`` candidates above that);
+* ``"bless"``: the same from BLESS-style approximate leverage scores (Rudi et al., 2018),
+  ``Õ(d_eff)`` dictionary, every row a candidate;
+* ``"kdpp"``: a k-DPP of ``L = K`` with ``k = m`` (exact; ``max_candidates`` as for ``"rls"``);
+* ``"pivoted-cholesky"``: the greedy pivoted Cholesky pivots (deterministic,
+  ``O(n m (m + d))``), the MAP-like choice of diverse rows;
+* ``"rpcholesky"``: randomly pivoted Cholesky (Chen, Epperly, Tropp & Webber, 2023; pivots
+  ``∝`` the residual diagonal, proposed in blocks and accepted by rejection), near-optimal
+  trace error at ``O(n m (m + d))`` in matrix products.
 
 A selector that picks rows returns their indices (:func:`select_center_indices`); one that
-builds new points returns rows only (:func:`select_centers` serves both). New methods (leverage
-scores, DPPs) register with :func:`register_center_method`.
+builds new points returns rows only (:func:`select_centers` serves both). New methods
+register with :func:`register_center_method`; the samplers behind these five live in
+:mod:`snnk.sampling`.
 """
 
 from __future__ import annotations
@@ -27,6 +39,13 @@ import numpy as np
 import torch
 
 from snnk._utils.random import make_generator, seed_from_random_state
+from snnk.features._centers_sampling import (
+    bless_centers,
+    kdpp_centers,
+    pivoted_cholesky_centers,
+    rls_centers,
+    rpcholesky_centers,
+)
 from snnk.kernels import Kernel, Linear, make_kernel
 
 __all__ = [
@@ -131,6 +150,11 @@ def _kmeans(X, m, *, weight, generator, kernel, max_iter: int = 20, tol: float =
 register_center_method("uniform", _uniform)
 register_center_method("kmeans++", _kmeanspp)
 register_center_method("kmeans", _kmeans, returns_rows=True)
+register_center_method("rls", rls_centers)
+register_center_method("bless", bless_centers)
+register_center_method("kdpp", kdpp_centers)
+register_center_method("pivoted-cholesky", pivoted_cholesky_centers)
+register_center_method("rpcholesky", rpcholesky_centers)
 
 
 def _candidates(X: torch.Tensor, weight, distinct: bool) -> tuple[np.ndarray | None, Any]:

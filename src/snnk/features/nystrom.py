@@ -26,9 +26,11 @@ class NystromFeatures(nn.Module):
     kernel : Kernel or str
     num_centers : int
         ``m``; the output width.
-    centers : {"uniform", "kmeans++", "kmeans"}, default "uniform"
+    centers : {"uniform", "kmeans++", "kmeans", "rls", "bless", "kdpp", "pivoted-cholesky", \
+"rpcholesky"}, default "uniform"
         A method of :func:`snnk.features.centers.select_centers`: rows drawn uniformly,
-        D²-sampled in the kernel's feature space, or k-means cluster means (new points).
+        D²-sampled in the kernel's feature space, k-means cluster means (new points), ridge
+        leverage scores (exact or BLESS), a k-DPP, or greedy / randomly pivoted Cholesky.
     rcond : float, optional
         Eigenvalues of ``K_CC`` below ``rcond · λ_max`` are dropped (pseudo-inverse);
         default ``m · eps`` of float64, the dtype the map computes in.

@@ -4,12 +4,14 @@ from snnk.models.bundled import BundledClassifier, BundledRegressor
 from snnk.models.gp import RandomFeatureGP
 from snnk.models.nystrom import KernelRidgeCG, NystromRidge
 from snnk.models.random_features import RandomFeatureClassifier, RandomFeatureRidge
+from snnk.models.weighted_least_squares import OptimalWeightedLeastSquares
 
 __all__ = [
     "BundledClassifier",
     "BundledRegressor",
     "KernelRidgeCG",
     "NystromRidge",
+    "OptimalWeightedLeastSquares",
     "RandomFeatureClassifier",
     "RandomFeatureGP",
     "RandomFeatureRidge",

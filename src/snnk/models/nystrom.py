@@ -279,10 +279,12 @@ class NystromRidge(_KernelExpansion):
         Number ``M`` of Nyström centres. If it exceeds the number of distinct training rows
         (with positive weight), every such row is a centre: exact kernel ridge regression.
         This is not an error and gives no warning; ``centers_.shape[0]`` says what was used.
-    center_selection : {"uniform", "kmeans++"}, default "uniform"
-        Uniform sampling without replacement of distinct rows (Falkon's default), or
-        D²-sampling in the kernel's feature space (``∝ weight``); see
-        :func:`snnk.features.select_center_indices`.
+    center_selection : {"uniform", "kmeans++", "rls", "bless", "kdpp", "pivoted-cholesky", \
+"rpcholesky"}, default "uniform"
+        Uniform sampling without replacement of distinct rows (Falkon's default),
+        D²-sampling in the kernel's feature space (``∝ weight``), ridge leverage scores
+        (exact or BLESS), a k-DPP, or greedy / randomly pivoted Cholesky; every row selector
+        of :func:`snnk.features.select_center_indices` (see ``docs/sampling.md``).
     solver : {"auto", "direct", "cg"}, default "auto"
         See **Solvers** above. ``max_iter`` and ``tol`` apply to ``"cg"`` only.
     fit_intercept : bool, default False
@@ -486,7 +488,8 @@ class KernelRidgeCG(_KernelExpansion):
     num_centers : int, default 1000
         Centres of the Nyström preconditioner (only speed depends on it, not the solution).
         Clipped to the number of distinct training rows.
-    center_selection : {"uniform", "kmeans++"}, default "uniform"
+    center_selection : str, default "uniform"
+        Any row selector of :class:`NystromRidge`'s ``center_selection``.
     max_iter : int, default 100
         Maximum CG iterations.
     tol : float, default 1e-6

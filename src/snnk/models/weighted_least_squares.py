@@ -1,0 +1,270 @@
+r"""Optimal weighted least squares with DPP and volume-sampling designs (Nouy & Michel).
+
+Given a pool of ``N`` candidate inputs (the rows of ``X``; their empirical measure is ``μ``)
+and a basis ``φ_1..φ_M``, the estimator labels only ``n`` rows chosen by a sampling design
+and fits
+
+.. math:: \hat f = \arg\min_{v ∈ V_m} \frac1n Σ_{i=1}^n w(x_i)\,(y_i − v(x_i))², \qquad
+          w = m / k_m,\; k_m(x) = Σ_j ψ_j(x)²,
+
+where ``ψ = √N U`` is an orthonormal basis of ``V_m = span φ`` in ``L²(μ)`` (``U`` from the SVD
+of the pool's feature matrix, ``m = rank``). The designs come from :mod:`snnk.sampling`:
+``"iid"`` (``ρ_m = k_m/m``, stable for ``n ≳ m log m``), ``"dpp"`` (one projection DPP,
+``n = m``), ``"repeated_dpp"`` (``n/m`` independent DPPs: stable with ``n`` a small multiple
+of ``m``) and ``"volume"`` (volume-rescaled sampling: unbiased, finite mean error at
+``n = m``). After ``fit`` the stability diagnostic ``stability_ = ‖G − I‖₂`` with
+``G = (1/n) Σ w(x_i) ψ(x_i)ψ(x_i)ᵀ`` says whether the fit is quasi-optimal: with
+``‖G − I‖₂ ≤ δ < 1``, ``E‖f − \hat f‖² ≤ (1 + (1 − δ)^{-1}) \min_{v ∈ V_m} ‖f − v‖²``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from numbers import Integral
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+try:
+    from sklearn.base import BaseEstimator, RegressorMixin
+    from sklearn.utils._param_validation import Interval, StrOptions
+    from sklearn.utils.validation import check_is_fitted, validate_data
+except ImportError as exc:  # pragma: no cover - the sklearn extra installs it
+    raise ImportError("snnk.models needs scikit-learn: pip install 'snnk[sklearn]'") from exc
+
+from snnk._persist import PersistMixin
+from snnk._utils.random import make_generator, seed_from_random_state
+from snnk.models._base import NON_NEGATIVE, POSITIVE_INT, refuse_path
+from snnk.sampling import (
+    DESIGNS,
+    FAMILIES,
+    PolynomialBasis,
+    gram_deviation,
+    optimal_weights,
+    orthonormal_basis,
+    sample_design,
+)
+from snnk.solvers import solve_spd
+
+__all__ = ["OptimalWeightedLeastSquares"]
+
+F64 = torch.float64
+
+
+def _callable_basis(value: Any) -> bool:
+    return callable(value) and not isinstance(value, str)
+
+
+class OptimalWeightedLeastSquares(RegressorMixin, PersistMixin, BaseEstimator):
+    r"""Weighted least squares on a basis, from ``n`` rows chosen by a DPP / volume design.
+
+    Parameters
+    ----------
+    basis : {"legendre", "hermite"} or callable, default "legendre"
+        Orthonormal polynomials (tensor products of total or tensor degree ``degree``) or any
+        feature map ``X -> (n, M)`` (a fitted snnk feature module such as
+        :class:`~snnk.features.FourierFeatures`, or a function). The basis need not be
+        orthonormal: it is orthonormalised on the pool.
+    degree : int, default 3
+        Polynomial degree (polynomial bases only).
+    index_set : {"total", "tensor"}, default "total"
+        Multi-indices of the polynomial basis: ``|α|₁ ≤ degree`` or ``max α ≤ degree``.
+    sampler : {"repeated_dpp", "volume", "iid", "dpp"}, default "repeated_dpp"
+        The sampling design (see :func:`snnk.sampling.sample_design`).
+    num_samples : int or None, default None
+        Number ``n`` of rows used (labelled). ``None``: ``6 m`` (``m`` for ``"dpp"``).
+    alpha : float, default 0
+        Optional ridge on ``G`` (``(G + αI) c = b``); 0 is the plain weighted least squares
+        (minimum-norm solution when ``G`` is singular).
+    rescale : bool, default True
+        Map the inputs affinely to the basis' reference domain using the pool: per-feature
+        min/max onto ``[−1, 1]`` (Legendre) or mean/std (Hermite); ignored for callables.
+    random_state : int, RandomState or None
+        Seeds the design's ``torch.Generator``.
+
+    Attributes
+    ----------
+    coef_ : ndarray of shape ``(M,)`` or ``(M, n_outputs)``
+        Coefficients on the raw basis: ``predict(X) = φ(X) @ coef_``.
+    sample_indices_ : ndarray of shape ``(n,)``
+        Rows of ``X`` the fit used.
+    sample_weight_ : ndarray of shape ``(n,)``
+        Their weights ``w = m/k_m`` (``1`` on average under ``ρ_m``).
+    stability_ : float
+        ``‖G − I‖₂``; below ``1/2`` the fit is quasi-optimal.
+    rank_ : int
+        ``m``, the dimension of the span of the basis on the pool.
+    offset_, scale_ : ndarray of shape ``(n_features,)``
+        The input map ``(X − offset_)/scale_`` (zeros and ones without ``rescale``).
+    """
+
+    _parameter_constraints: ClassVar[dict[str, list]] = {
+        "basis": [StrOptions(set(FAMILIES)), callable],
+        "degree": [Interval(Integral, 0, None, closed="left")],
+        "index_set": [StrOptions({"total", "tensor"})],
+        "sampler": [StrOptions(set(DESIGNS))],
+        "num_samples": [POSITIVE_INT, None],
+        "alpha": [NON_NEGATIVE],
+        "rescale": ["boolean"],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(
+        self,
+        basis: str | Callable = "legendre",
+        degree: int = 3,
+        index_set: str = "total",
+        sampler: str = "repeated_dpp",
+        num_samples: int | None = None,
+        alpha: float = 0.0,
+        rescale: bool = True,
+        random_state=None,
+    ):
+        self.basis = basis
+        self.degree = degree
+        self.index_set = index_set
+        self.sampler = sampler
+        self.num_samples = num_samples
+        self.alpha = alpha
+        self.rescale = rescale
+        self.random_state = random_state
+
+    # -- the basis ----------------------------------------------------------------------------
+    def _make_basis(self, n_features: int):
+        if _callable_basis(self.basis):
+            return self.basis
+        return PolynomialBasis(self.basis, int(self.degree), n_features, self.index_set)
+
+    def _features(self, X: np.ndarray) -> torch.Tensor:
+        Z = (
+            torch.from_numpy(np.array(X, dtype=np.float64, order="C")) - self._offset
+        ) / self._scale
+        if _callable_basis(self.basis):
+            out = self.basis(Z)
+            out = torch.as_tensor(out.detach() if isinstance(out, torch.Tensor) else out)
+            if out.ndim != 2 or out.shape[0] != X.shape[0]:
+                raise ValueError(
+                    f"basis(X) must return a ({X.shape[0]}, M) array, got shape {tuple(out.shape)}"
+                )
+            out = out.to(F64)
+        else:
+            out = self.basis_(Z)
+        if not bool(torch.isfinite(out).all()):
+            raise ValueError(
+                "the basis is not finite on X (inputs far outside the pool's range overflow a "
+                "polynomial); keep rescale=True, lower degree or clip X"
+            )
+        return out
+
+    def _fit_scaling(self, X: np.ndarray) -> None:
+        d = X.shape[1]
+        off, sc = np.zeros(d), np.ones(d)
+        if self.rescale and not _callable_basis(self.basis):
+            if self.basis == "legendre":
+                lo, hi = X.min(0), X.max(0)
+                off, sc = (lo + hi) / 2, (hi - lo) / 2
+            else:
+                off, sc = X.mean(0), X.std(0)
+            sc = np.where(sc > 0, sc, 1.0)
+        self.offset_, self.scale_ = off.astype(np.float64), sc.astype(np.float64)
+
+    @property
+    def _offset(self) -> torch.Tensor:
+        return torch.from_numpy(self.offset_)
+
+    @property
+    def _scale(self) -> torch.Tensor:
+        return torch.from_numpy(self.scale_)
+
+    # -- fit / predict ------------------------------------------------------------------------
+    def fit(self, X, y) -> OptimalWeightedLeastSquares:
+        """Choose ``num_samples`` rows of ``X`` by the design and fit on their labels only.
+
+        ``X`` is the candidate pool ``(N, d)``; ``y`` ``(N,)`` or ``(N, n_outputs)`` (only the
+        chosen rows are read, so entries of unchosen rows may be placeholders — but must be
+        finite). Use :meth:`design` to choose the rows before any label exists.
+        """
+        self._validate_params()
+        refuse_path(X, type(self).__name__)
+        X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True, multi_output=True)
+        Y = np.asarray(y, dtype=np.float64)
+        self._y_1d = Y.ndim == 1
+        Y = Y.reshape(len(Y), -1)
+        idx, w, U, T = self._design(X)
+        N = X.shape[0]
+        m = U.shape[1]
+        sw = w.sqrt()
+        A = sw[:, None] * U[idx] * math.sqrt(N)  # √w ψ(x_i)
+        B = sw[:, None] * torch.from_numpy(Y[idx.numpy()])
+        n = idx.numel()
+        if self.alpha > 0:
+            c = solve_spd(A.T @ A / n, A.T @ B / n, alpha=float(self.alpha))
+        else:
+            c = torch.linalg.lstsq(A, B, driver="gelsd").solution
+        coef = (T @ c) * math.sqrt(N)
+        self.coef_ = (coef[:, 0] if self._y_1d else coef).numpy()
+        self.sample_indices_ = idx.numpy()
+        self.sample_weight_ = w.numpy()
+        self.stability_ = float(gram_deviation(U, idx)[0])
+        self.rank_ = int(m)
+        self.n_basis_ = int(T.shape[0])
+        return self
+
+    def _design(self, X: np.ndarray):
+        """``(indices, weights, U, T)`` of a design on the pool ``X`` (sets the scaling)."""
+        if X.shape[0] == 0:
+            raise ValueError("X has no rows; the pool needs at least one candidate")
+        self.basis_ = self._make_basis(X.shape[1])
+        self._fit_scaling(X)
+        U, T = orthonormal_basis(self._features(X), return_transform=True)
+        m = U.shape[1]
+        n = self.num_samples
+        if n is None:
+            n = m if self.sampler == "dpp" else 6 * m
+        if self.sampler == "dpp" and n != m:
+            raise ValueError(
+                f"sampler='dpp' uses exactly m = {m} rows (the dimension of the basis on X); "
+                f"set num_samples=None or use sampler='repeated_dpp' for num_samples={n}"
+            )
+        if self.sampler == "volume" and n < m:
+            raise ValueError(f"sampler='volume' needs num_samples >= m = {m}, got {n}")
+        gen = make_generator(seed_from_random_state(self.random_state))[0]
+        idx = sample_design(U, n, design=self.sampler, generator=gen)[0]
+        return idx, optimal_weights(U, idx), U, T
+
+    def design(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """``(indices, weights)`` of the rows of the pool ``X`` to label (same draw as ``fit``)."""
+        self._validate_params()
+        refuse_path(X, type(self).__name__)
+        X = validate_data(self, X, dtype=np.float64, reset=True)
+        idx, w, _, _ = self._design(X)
+        return idx.numpy(), w.numpy()
+
+    def predict(self, X) -> np.ndarray:
+        """``φ(X) @ coef_``, shape ``(n,)`` or ``(n, n_outputs)``."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        if X.shape[0] == 0:
+            shape = (0,) if self._y_1d else (0, self.coef_.shape[1])
+            return np.zeros(shape)
+        return (self._features(X) @ torch.from_numpy(self.coef_)).numpy()
+
+    def _build_modules(self) -> None:  # pragma: no cover - no fitted modules
+        pass
+
+    def _import_state(self, meta, tensors) -> None:
+        super()._import_state(meta, tensors)
+        self.basis_ = self._make_basis(self.n_features_in_)
+
+    def _fitted_names(self) -> list[str]:
+        return [k for k in super()._fitted_names() if k != "basis_"]  # rebuilt from params
+
+    _persist_private = ("_y_1d",)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        tags.target_tags.multi_output = True
+        return tags

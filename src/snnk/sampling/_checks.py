@@ -1,0 +1,70 @@
+"""Argument checks shared by the samplers of :mod:`snnk.sampling` (private to the package)."""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+
+import torch
+
+from snnk._utils.random import make_generator
+from snnk._utils.validation import as_float_tensor, check_positive_int
+
+F64 = torch.float64
+
+
+def as_generator(generator) -> torch.Generator:
+    """A CPU ``torch.Generator``: as given, or seeded from an int (``None``: OS entropy)."""
+    if isinstance(generator, torch.Generator) or generator is None:
+        return make_generator(generator)[0]
+    if isinstance(generator, bool) or not isinstance(generator, numbers.Integral):
+        raise TypeError(
+            f"generator must be a torch.Generator, an int seed or None, got {generator!r}"
+        )
+    return make_generator(int(generator))[0]
+
+
+def as_matrix(x, name: str) -> torch.Tensor:
+    """``x`` as a finite float64 matrix of shape ``(N, r)`` (float16/bfloat16/float32 upcast)."""
+    t = as_float_tensor(x, name)
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be a matrix of shape (N, r), got shape {tuple(t.shape)}")
+    return t.to(F64)
+
+
+def as_square(x, name: str) -> torch.Tensor:
+    """``x`` as a finite symmetric float64 matrix of shape ``(N, N)``: ``(x + xᵀ)/2``."""
+    t = as_matrix(x, name)
+    if t.shape[0] != t.shape[1]:
+        raise ValueError(f"{name} must be square, got shape {tuple(t.shape)}")
+    return 0.5 * (t + t.T)
+
+
+def check_count(value, name: str) -> int:
+    """A positive integer (``num_samples``, ``k``, ...)."""
+    return check_positive_int(value, name)
+
+
+def uniforms(shape: tuple[int, ...], generator: torch.Generator, device) -> torch.Tensor:
+    """Uniforms in ``(0, 1]`` (never 0, so an inverse-CDF draw never lands on a zero mass)."""
+    u = 1.0 - torch.rand(shape, generator=generator, dtype=F64)
+    return u.to(device)
+
+
+#: below this many flops per step a chain runs on one thread (thread start-up and spinning
+#: cost more than the work, and on a busy machine they cost milliseconds per call)
+SMALL_WORK = 1 << 24
+
+
+@contextlib.contextmanager
+def threads_for(work: float):
+    """Run the body on one intra-op thread when ``work`` (flops per step) is small."""
+    before = torch.get_num_threads()
+    if work >= SMALL_WORK or before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
