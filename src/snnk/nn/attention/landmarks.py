@@ -49,10 +49,17 @@ class Landmarks:
             self.target = torch.floor((i + 0.5) * n / m)
             self.n = n.clamp_min(1.0)
             return
-        start, end = _segments(S, m, dev)
+        _, end = _segments(S, m, dev)
+        # keys in more than one segment, as (key, each later segment), from the shapes alone
+        # (no data-dependent indexing: meta and compiled graphs work); none when m divides S,
+        # several per key when m > S
+        self.twice = [
+            (j, i + 1)
+            for i in range(m - 1)
+            for j in range(((i + 1) * S) // m, ((i + 1) * S + m - 1) // m)
+        ]
         j = torch.arange(S, device=dev)
         self.lo = torch.searchsorted(end, j, right=True)  # first segment holding key j
-        self.hi = torch.searchsorted(start, j, right=True) - 1  # last segment holding it
         w = torch.ones(S, 1, dtype=dt, device=dev) if keep is None else keep.unsqueeze(-1)
         counts = self._segment_sum(lambda a, b: w[..., a:b, :], S, 1, k)[..., 0]
         self.counts = counts.clamp_min(1.0)
@@ -63,21 +70,31 @@ class Landmarks:
         keep = torch.ones_like(like[..., 0]) if self.keep is None else self.keep[..., a:b]
         return keep.unsqueeze(-1)
 
+    def _twice_in(self, a: int, b: int, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Keys of ``[a, b)`` (offsets from ``a``) that also lie in a second segment, and it."""
+        pairs = [(j - a, seg) for j, seg in self.twice if a <= j < b]
+        if not pairs:
+            return None
+        t = torch.tensor(pairs, device=device)
+        return t[:, 0], t[:, 1]
+
     def _segment_sum(self, get, S: int, F: int, like: torch.Tensor) -> torch.Tensor:
         """``Σ_{j ∈ segment} x_j`` with ``x[..., a:b, :] = get(a, b)`` (already masked)."""
         out = 0
         for a, b in _chunks(S, self.chunk):
-            lo, hi, xc = self.lo[a:b], self.hi[a:b], get(a, b)
+            xc = get(a, b)
             part = like.new_zeros(*xc.shape[:-2], self.m, F)
-            part.index_add_(-2, lo, xc)
-            # keys in two segments also join the second; the others add 0 there (no boolean
-            # indexing: its data-dependent shape has no meta kernel and breaks compiled graphs)
-            two = (hi != lo).to(xc.dtype).unsqueeze(-1)
-            out = out + part.index_add_(-2, hi, xc * two)
+            part.index_add_(-2, self.lo[a:b], xc)
+            twice = self._twice_in(a, b, xc.device)
+            if twice is not None:  # keys in two segments also join the second
+                part.index_add_(-2, twice[1], xc.index_select(-2, twice[0]))
+            out = out + part
         return out
 
     def _pooled(self, k: torch.Tensor) -> torch.Tensor:
         def masked(a, b):
+            if self.keep is None:
+                return k[..., a:b, :]
             return k[..., a:b, :] * self._weight(a, b, k[..., a:b, :])
 
         sums = self._segment_sum(masked, k.shape[-2], k.shape[-1], k)
@@ -93,7 +110,8 @@ class Landmarks:
             lab = (Zsq - 2.0 * (kc @ Z0.mT)).argmin(-1)
             w = self._weight(a, b, kc).expand(*lab.shape, 1)
             s = kc.new_zeros(*lab.shape[:-1], self.m, kc.shape[-1])
-            sums = sums + s.scatter_add_(-2, lab.unsqueeze(-1).expand_as(kc), kc * w)
+            kw = kc if self.keep is None else kc * w
+            sums = sums + s.scatter_add_(-2, lab.unsqueeze(-1).expand_as(kc), kw)
             c = kc.new_zeros(*lab.shape[:-1], self.m)
             sizes = sizes + c.scatter_add_(-1, lab, w[..., 0])
             labels.append(lab)
@@ -131,11 +149,13 @@ class Landmarks:
             member = torch.where(nonempty, dZ / self.sizes.clamp_min(1.0).unsqueeze(-1), 0.0)
             pooled = torch.where(nonempty, 0.0, pooled)
         for a, b in _chunks(dk.shape[-2], self.chunk):
-            lo, hi = self.lo[a:b], self.hi[a:b]
-            g = pooled.index_select(-2, lo) + torch.where(
-                (hi != lo).unsqueeze(-1), pooled.index_select(-2, hi), 0.0
-            )
+            g = pooled.index_select(-2, self.lo[a:b])
+            twice = self._twice_in(a, b, dZ.device)
+            if twice is not None:  # keys in more than one segment get each one's share
+                g = g.index_add(-2, twice[0], pooled.index_select(-2, twice[1]))
             if self.kind == "kmeans":
                 lab = self.labels[..., a:b].unsqueeze(-1)
                 g = g + member.gather(-2, lab.expand(*lab.shape[:-1], dZ.shape[-1]))
-            dk[..., a:b, :] += (g * self._weight(a, b, dk[..., a:b, :])).expand_as(dk[..., a:b, :])
+            if self.keep is not None:
+                g = g * self._weight(a, b, dk[..., a:b, :])
+            dk[..., a:b, :] += g.expand_as(dk[..., a:b, :])

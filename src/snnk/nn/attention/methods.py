@@ -255,10 +255,11 @@ class Hermite(LandmarkMethod):
     def key_map(self, x, Z):
         return self.polynomial((x - Z[..., -1:, :]) * self.r, self.directions(Z), False)[0]
 
-    def query_features(self, xs: torch.Tensor, U: torch.Tensor):
+    def query_features(self, xs: torch.Tensor, U: torch.Tensor, need_p: bool = True):
         """Tempered query features ``f = [1, αx', (αp)²/2]`` with ``p = x'Uᵀ``.
 
-        Returns ``(f, αp, αx', α)``. The factor ``α = 1/max(1, σ̂)`` (detached) uses ``σ̂²``,
+        Returns ``(f, αp, αx', α)`` (``αp`` is None unless ``need_p``: only the backward
+        uses it). The factor ``α = 1/max(1, σ̂)`` (detached) uses ``σ̂²``,
         the row's estimated mean squared (centred) logit. The expansion
         ``1 + t + (t² − E t²)/2`` is faithful for ``σ ≲ 1``; beyond, its weights grow like
         ``σ²`` and the output leaves the hull of ``V`` (1e5·max|V| at logits near 1e3).
@@ -276,10 +277,11 @@ class Hermite(LandmarkMethod):
             var = sq.detach() @ self.mean_quad.unsqueeze(-1)
             alpha = var.clamp_min(1.0).rsqrt()
         xs = xs * alpha
-        return torch.cat([one, xs, (0.5 * alpha.square()) * sq], -1), p * alpha, xs, alpha
+        f = torch.cat([one, xs, (0.5 * alpha.square()) * sq], -1)
+        return f, (p * alpha if need_p else None), xs, alpha
 
     def query_map(self, x, Z):
-        return self.query_features(x * self.r, self.directions(Z))[0]
+        return self.query_features(x * self.r, self.directions(Z), need_p=False)[0]
 
     def finish(self, Z, Ssum, zsum):
         E = Z.shape[-1]
