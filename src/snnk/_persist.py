@@ -57,12 +57,17 @@ META_KEY = "snnk"
 KNOWN_CLASSES: dict[str, str] = {
     "BundledClassifier": "snnk.models",
     "BundledRegressor": "snnk.models",
+    "DeepKernelMachineClassifier": "snnk.models",
+    "DeepKernelMachineRegressor": "snnk.models",
     "KernelRidgeCG": "snnk.models",
     "NystromRidge": "snnk.models",
+    "NystromTransformer": "snnk.models",
     "OptimalWeightedLeastSquares": "snnk.models",
+    "PositiveFeatureTransformer": "snnk.models",
     "RandomFeatureClassifier": "snnk.models",
     "RandomFeatureGP": "snnk.models",
     "RandomFeatureRidge": "snnk.models",
+    "RandomFeatureTransformer": "snnk.models",
 }
 
 _REGISTRY: dict[str, type] = {}

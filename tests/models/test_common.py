@@ -21,12 +21,17 @@ from snnk.io import load_model, save_model
 from snnk.models import (
     BundledClassifier,
     BundledRegressor,
+    DeepKernelMachineClassifier,
+    DeepKernelMachineRegressor,
     KernelRidgeCG,
     NystromRidge,
+    NystromTransformer,
     OptimalWeightedLeastSquares,
+    PositiveFeatureTransformer,
     RandomFeatureClassifier,
     RandomFeatureGP,
     RandomFeatureRidge,
+    RandomFeatureTransformer,
 )
 
 
@@ -73,6 +78,18 @@ REGISTRY = [
     Case(RandomFeatureGP(num_features=64, random_state=0)),
     # predicts in float64 whatever the input (its basis is evaluated in float64)
     Case(OptimalWeightedLeastSquares(degree=2, random_state=0), float32=None),
+    Case(RandomFeatureTransformer(num_features=32, random_state=0)),
+    Case(PositiveFeatureTransformer(num_features=16, random_state=0)),
+    Case(NystromTransformer(num_centers=10, random_state=0)),
+    # learned Gram matrices are optimised in float64 (L-BFGS); predictions are float64
+    Case(
+        DeepKernelMachineRegressor(depth=1, num_inducing=10, max_iter=5, random_state=0),
+        float32=None,
+    ),
+    Case(
+        DeepKernelMachineClassifier(depth=1, num_inducing=10, max_iter=5, random_state=0),
+        float32=None,
+    ),
 ]
 IDS = [case.id for case in REGISTRY]
 
@@ -107,7 +124,9 @@ def _target(est, y):
 
 
 def _outputs(est, X) -> dict[str, np.ndarray]:
-    out = {"predict": est.predict(X)}
+    out = (
+        {"predict": est.predict(X)} if hasattr(est, "predict") else {"transform": est.transform(X)}
+    )
     for name in ("predict_proba", "decision_function"):
         if hasattr(est, name):
             out[name] = getattr(est, name)(X)

@@ -264,3 +264,32 @@ def test_block_rows_and_deprecated_batch_size():
     assert new._step == 50
     with pytest.raises(ValueError, match="block_rows"):
         RandomFeatureGP(block_rows=0).fit(X, y)
+
+
+@pytest.mark.parametrize("method", ["uniform", "pivoted-cholesky", "rpcholesky"])
+def test_nystrom_gp_takes_every_row_selector(method):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 2))
+    y = np.sin(2 * X[:, 0]) + 0.1 * rng.normal(size=300)
+    gp = RandomFeatureGP(
+        features="nystrom", num_features=30, center_selection=method, random_state=0
+    ).fit(X, y)
+    assert gp.num_features_ == 30 and gp.score(X, y) > 0.8
+    if method == "uniform":  # the historical draw: centres with the optimisation subsample
+        return
+    # a greedy selector spreads the centres: the trace error of the Nyström approximation
+    # (prior variance the centres cannot represent) is below uniform's at the same M
+    uni = RandomFeatureGP(features="nystrom", num_features=30, random_state=0).fit(X, y)
+
+    def residual(model):
+        Z = model.feature_map_(torch.from_numpy(X) / model.lengthscale_).double()
+        return float(1.0 - Z.square().sum(1).mean())
+
+    assert residual(gp) < residual(uni)
+
+
+def test_center_selection_is_checked():
+    with pytest.raises(ValueError, match="center_selection"):
+        RandomFeatureGP(features="nystrom", center_selection="kmeans").fit(
+            np.ones((5, 1)), np.ones(5)
+        )

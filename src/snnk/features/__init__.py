@@ -10,6 +10,7 @@ from snnk.features.arccosine import ArcCosineFeatures
 from snnk.features.centers import register_center_method, select_center_indices, select_centers
 from snnk.features.factory import make_feature_map
 from snnk.features.fourier import FourierFeatures
+from snnk.features.nngp import NNGPFeatures
 from snnk.features.nystrom import NystromFeatures
 from snnk.features.positive import (
     PositiveFeatures,
@@ -33,6 +34,7 @@ __all__ = [
     "FourierFeatures",
     "GaussianMeasure",
     "LaplaceMeasure",
+    "NNGPFeatures",
     "NystromFeatures",
     "PositiveFeatures",
     "RandomFeatures",

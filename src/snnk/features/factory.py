@@ -6,7 +6,8 @@ import torch
 
 from snnk.features.arccosine import ArcCosineFeatures
 from snnk.features.fourier import FourierFeatures
-from snnk.kernels import ArcCosine, Kernel
+from snnk.features.nngp import NNGPFeatures
+from snnk.kernels import NNGP, NTK, ArcCosine, Kernel
 
 
 def make_feature_map(
@@ -26,7 +27,9 @@ def make_feature_map(
     spectral measure by ``sampler`` and ``z(x) = √(2/D) cos(Ωᵀx + b)`` (``phases="random"``)
     or ``√(1/m) [cos(Ωᵀx), sin(Ωᵀx)]`` with ``m = D/2`` (``phases="paired"``).
     :class:`~snnk.kernels.ArcCosine` gets :class:`~snnk.features.ArcCosineFeatures` of its
-    order (``phases`` unused).
+    order (``phases`` unused). :class:`~snnk.kernels.NNGP` (depth ``≥ 1``) gets
+    :class:`~snnk.features.NNGPFeatures`, a random network of width ``D`` (``phases``
+    unused); the NTK has no random feature map here (use Nyström).
 
     Parameters
     ----------
@@ -69,7 +72,17 @@ def make_feature_map(
         return ArcCosineFeatures(
             in_features, num_features, kernel.order, sampler=sampler, seed=seed, dtype=dtype
         )
+    if isinstance(kernel, NNGP):
+        return NNGPFeatures(
+            kernel, in_features, num_features, sampler=sampler, seed=seed, dtype=dtype
+        )
+    if isinstance(kernel, NTK):
+        raise ValueError(
+            f"no random feature map for {kernel!r}: the NTK's gradient features have one "
+            f"coordinate per network parameter; use snnk.models.NystromRidge or KernelRidgeCG "
+            f"with kernel='ntk', or kernel='nngp' for random-network features"
+        )
     raise ValueError(
         f"no random feature map for {kernel!r}: use a shift-invariant kernel (gaussian, "
-        f"laplace, matern) or arccosine, or snnk.models.NystromRidge for any kernel"
+        f"laplace, matern), arccosine or nngp, or snnk.models.NystromRidge for any kernel"
     )

@@ -33,11 +33,15 @@ from snnk.kernels.factory import (
     split_scale,
     with_lengthscale,
 )
+from snnk.kernels.nngp import NNGP, NTK, FullyConnectedKernel, fully_connected_kernels
 from snnk.kernels.operator import KernelMatrix
 
 __all__ = [
+    "NNGP",
+    "NTK",
     "ArcCosine",
     "CauchySpectrum",
+    "FullyConnectedKernel",
     "Gaussian",
     "GaussianSpectrum",
     "Kernel",
@@ -53,6 +57,7 @@ __all__ = [
     "Spectrum",
     "StudentSpectrum",
     "SumKernel",
+    "fully_connected_kernels",
     "kernel_names",
     "make_kernel",
     "resolve_kernel",

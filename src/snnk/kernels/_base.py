@@ -41,9 +41,11 @@ class Kernel:
     shift_invariant: bool = False
 
     # -- public API -------------------------------------------------------------------------
-    def __call__(
-        self, X: Any, Y: Any | None = None, *, block_rows: int | None = None
-    ) -> torch.Tensor:
+    @staticmethod
+    def _inputs(X: Any, Y: Any | None):
+        """Validated ``(Xw, Yw, batch, out_dtype)``: float tensors on one device in the working
+        dtype (:func:`~snnk._utils.compute_dtype` of the promoted dtype) and the broadcast
+        batch shape; ``Y`` is ``X`` when None."""
         X = as_float_tensor(X, "X")
         if Y is None:
             Y = X
@@ -53,14 +55,20 @@ class Kernel:
             check_finite(Y, "Y")
         out_dtype = torch.promote_types(X.dtype, Y.dtype)
         work = compute_dtype(out_dtype)
-        Xw, Yw = X.to(work), Y.to(work)
         try:
-            batch = torch.broadcast_shapes(Xw.shape[:-2], Yw.shape[:-2])
+            batch = torch.broadcast_shapes(X.shape[:-2], Y.shape[:-2])
         except RuntimeError:
             raise ValueError(
                 f"the batch shapes of X {tuple(X.shape)} and Y {tuple(Y.shape)} do not broadcast "
                 f"(leading dimensions before (n, d) must be equal or 1); reshape one of them"
             ) from None
+        return X.to(work), Y.to(work), batch, out_dtype
+
+    def __call__(
+        self, X: Any, Y: Any | None = None, *, block_rows: int | None = None
+    ) -> torch.Tensor:
+        Xw, Yw, batch, out_dtype = self._inputs(X, Y)
+        work = Xw.dtype
         n, m = Xw.shape[-2], Yw.shape[-2]
         if block_rows is None:
             block_rows = default_block_rows(m * max(1, Xw.shape[-1] if self._needs_dim else 1))
@@ -68,7 +76,7 @@ class Kernel:
         if block_rows >= n:
             out = self._gram(Xw, Yw).expand(*batch, n, m).to(out_dtype)
         else:
-            full = torch.empty(*batch, n, m, dtype=work, device=X.device)
+            full = torch.empty(*batch, n, m, dtype=work, device=Xw.device)
             for rows in iter_blocks(n, block_rows):
                 full[..., rows, :] = self._gram(Xw[..., rows, :], Yw)
             out = full.to(out_dtype)

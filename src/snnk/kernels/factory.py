@@ -21,9 +21,11 @@ from snnk.kernels._base import (
     Softmax,
     SumKernel,
 )
+from snnk.kernels.nngp import NNGP, NTK
 
 _REGISTRY: dict[str, type[Kernel]] = {
-    cls.name: cls for cls in (Gaussian, Laplace, Matern, ArcCosine, Softmax, Polynomial, Linear)
+    cls.name: cls
+    for cls in (Gaussian, Laplace, Matern, ArcCosine, Softmax, Polynomial, Linear, NNGP, NTK)
 }
 _REGISTRY["rbf"] = Gaussian
 

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
 try:
     from sklearn.base import BaseEstimator, RegressorMixin
-    from sklearn.exceptions import ConvergenceWarning
     from sklearn.utils.validation import check_is_fitted, column_or_1d
 except ImportError as exc:  # pragma: no cover - the sklearn extra installs it
     raise ImportError("snnk.models needs scikit-learn: pip install 'snnk[sklearn]'") from exc
@@ -36,26 +34,22 @@ from snnk._utils import check_in, iter_blocks
 from snnk._utils.blocks import BLOCK_ELEMENTS, DEPRECATED, default_block_rows, resolve_block_rows
 from snnk._utils.random import check_random_state
 from snnk.features import SAMPLERS, FourierFeatures, NystromFeatures
+from snnk.features.centers import CENTER_METHODS, select_center_indices
 from snnk.io import PersistMixin
 from snnk.kernels import Kernel, ShiftInvariantKernel, resolve_kernel, split_scale, with_lengthscale
 from snnk.models._base import refuse_path, validate_data
+from snnk.models._gp_objective import DTYPES, MarginalLikelihoodMixin
 from snnk.solvers import (
     NormalEquations,
-    NystromFactor,
     cholesky_solve,
     jittered_cholesky,
     log_marginal_likelihood_from_stats,
-    log_marginal_likelihood_with_grad,
-    minimize_bounded,
 )
 
 __all__ = ["RandomFeatureGP", "log_marginal_likelihood_from_stats"]
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _FEATURES = ("fourier", "nystrom")
 _OPTIMIZERS = ("lbfgs", "adam")
-#: bounds of every hyper-parameter during the optimisation (scikit-learn's default bounds)
-_BOUNDS = (1e-5, 1e5)
 _HINTS = {
     "max_optimize_rows": "; pass None to use every row",
     "noise": " (a noise-free GP is ill-posed: use a small value such as 1e-6)",
@@ -74,7 +68,7 @@ def _unit_kernel(kernel: Kernel | str, lengthscale: float) -> tuple[Kernel, floa
     return split_scale(k)
 
 
-class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
+class RandomFeatureGP(MarginalLikelihoodMixin, PersistMixin, RegressorMixin, BaseEstimator):
     r"""Gaussian-process regression on random Fourier (or Nyström) features.
 
     Model: ``f(x) = √a · z(x)ᵀw``, ``w ~ N(0, I_D)``, ``y = f(x) + ε``, ``ε ~ N(0, s)``, with
@@ -132,6 +126,12 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
         per feature, and with ``num_features = n`` it is the exact GP. During the
         optimisation its centres are the first ``min(num_features, max_optimize_rows)`` of the
         rows drawn for it (a subset of the final centres), factored by a jittered Cholesky.
+    center_selection : str, default "uniform"
+        How the Nyström centres are chosen among the training rows (``features="nystrom"``):
+        ``"uniform"`` draws them with the optimisation subsample; any other row selector of
+        :func:`snnk.features.select_center_indices` (``"kmeans++"``, ``"rls"``, ``"bless"``,
+        ``"kdpp"``, ``"pivoted-cholesky"``, ``"rpcholesky"``) picks them for the kernel at
+        the starting lengthscale, in draw order, the first ones serving the optimisation.
     normalize_y : bool, default True
         Centre ``y`` and divide it by its standard deviation before fitting (scikit-learn's
         ``normalize_y``); ``amplitude``, ``noise`` and their fitted values are then in units
@@ -206,6 +206,7 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
         num_features: int = 1024,
         sampler: str = "orthogonal",
         features: str = "fourier",
+        center_selection: str = "uniform",
         normalize_y: bool = True,
         optimize: bool = True,
         optimizer: str = "lbfgs",
@@ -225,6 +226,7 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
         self.num_features = num_features
         self.sampler = sampler
         self.features = features
+        self.center_selection = center_selection
         self.normalize_y = normalize_y
         self.optimize = optimize
         self.optimizer = optimizer
@@ -254,8 +256,10 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
                 )
         resolve_block_rows(self.block_rows, self.batch_size, owner="RandomFeatureGP")
         check_in(self.features, "features", _FEATURES)
+        rows = tuple(k for k, spec in CENTER_METHODS.items() if not spec.returns_rows)
+        check_in(self.center_selection, "center_selection", rows)
         check_in(self.optimizer, "optimizer", _OPTIMIZERS)
-        check_in(self.dtype, "dtype", tuple(_DTYPES))
+        check_in(self.dtype, "dtype", tuple(DTYPES))
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
         if self.features == "fourier" and self.num_features % 2:
@@ -274,12 +278,12 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
     # -- feature maps ----------------------------------------------------------------------------
     def _fourier_map(self, unit: ShiftInvariantKernel, d: int, seed: int) -> FourierFeatures:
         return FourierFeatures(
-            unit, d, self.num_features, sampler=self.sampler, seed=seed, dtype=_DTYPES[self.dtype]
+            unit, d, self.num_features, sampler=self.sampler, seed=seed, dtype=DTYPES[self.dtype]
         ).requires_grad_(False)
 
     def _build_modules(self) -> None:
         """Recreate ``feature_map_``'s skeleton for :func:`snnk.io.load_model`."""
-        unit, d, dt = _unit_kernel(self.kernel, 1.0)[0], self.n_features_in_, _DTYPES[self.dtype]
+        unit, d, dt = _unit_kernel(self.kernel, 1.0)[0], self.n_features_in_, DTYPES[self.dtype]
         if self.features == "fourier":
             self.feature_map_ = self._fourier_map(unit, d, 0)
         else:
@@ -287,151 +291,11 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
 
     def _blocks(self, X: np.ndarray) -> Iterator[tuple[torch.Tensor, slice]]:
         """``(z(X[rows]), rows)`` over row blocks with the fitted map (no autograd)."""
-        dt = _DTYPES[self.dtype]
+        dt = DTYPES[self.dtype]
         with torch.no_grad():
             for rows in iter_blocks(X.shape[0], self._step):
                 xb = torch.tensor(X[rows], dtype=dt) / self.lengthscale_
                 yield self.feature_map_(xb).to(dt), rows
-
-    # -- likelihood and its gradient on the optimisation rows ------------------------------------
-    def _objective_map(
-        self, log_ls: torch.Tensor, factor: tuple[torch.Tensor, ...] | None = None
-    ) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The feature map of the optimisation at ``ℓ = exp(log_ls)``: ``x_block -> z``.
-
-        Fourier: differentiable in ``log_ls``. Nyström: ``factor`` is
-        :meth:`_nystrom_factor`'s ``(C/ℓ, L, L⁻ᵀ)``; its gradients go through
-        :meth:`_nystrom_length_gradient`.
-        """
-        if self.features == "fourier":
-            fmap = self._opt_map
-            return lambda xb: fmap(xb / torch.exp(log_ls))
-        ls = torch.exp(log_ls)
-        C, _, norm = factor
-        return lambda xb: self._unit(xb / ls, C) @ norm
-
-    def _nystrom_factor(self, log_ls: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``(C/ℓ, L, L⁻ᵀ)`` with ``L Lᵀ = κ(C/ℓ, C/ℓ)`` (jittered): ``Z = κ(X/ℓ, C/ℓ) L⁻ᵀ``."""
-        C = self._centers_opt / torch.exp(log_ls)
-        Kcc = self._unit(C, C)
-        # plain factor first (differentiable), the one jitter ladder only when needed: the
-        # optimiser may visit lengthscales at which the centres' kernel matrix is singular
-        factor = NystromFactor(Kcc, name="κ(C/ℓ, C/ℓ)", jitter=0.0, symmetrize=True, upcast=False)
-        return C, factor.L, factor.inv_T
-
-    def _objective(self, theta: np.ndarray, want_grad: bool = True) -> tuple[float, np.ndarray]:
-        """``(log p(y), ∂ log p(y)/∂θ)`` on the optimisation rows, ``θ = log(ℓ, a, s)``."""
-        th = torch.tensor(np.asarray(theta, dtype=np.float64))
-        log_ls = th[0].clone().requires_grad_(want_grad)
-        X, y = self._X_opt_t, self._y_opt_t
-        step = self._step
-        # The Nyström factor once per evaluation (with its graph to log ℓ when want_grad):
-        # pass 1 uses its values, the gradient its graph.
-        factor = self._nystrom_factor(log_ls) if self.features == "nystrom" else None
-        # Pass 1: sufficient statistics G = ZᵀZ, b = Zᵀy (no graph).
-        with torch.no_grad():
-            zfun = self._objective_map(
-                log_ls.detach(), None if factor is None else tuple(t.detach() for t in factor)
-            )
-            D = zfun(X[:1]).shape[1]
-            ne = NormalEquations(D, 1)
-            for rows in iter_blocks(X.shape[0], step):
-                ne.update(zfun(X[rows]), y[rows, None])
-        G, b = ne.FtF, ne.FtY[:, 0]
-        if not want_grad:
-            lml = log_marginal_likelihood_from_stats(
-                G, b, ne.YtY[0], ne.n, torch.exp(th[1]), torch.exp(th[2])
-            )
-            return float(lml), np.zeros(3)
-        grad = log_marginal_likelihood_with_grad(G, b, ne.YtY[0], ne.n, th[1], th[2])
-        S, gb = grad.gram, grad.proj
-        if self.features == "nystrom":
-            g_ls = self._nystrom_length_gradient(log_ls, factor, S, gb, G, b)
-        else:
-            # Pass 2: ∂/∂Z = Z S + y g_bᵀ of each block, pushed back to log ℓ by autograd.
-            zfun = self._objective_map(log_ls)
-            dt = _DTYPES[self.dtype]
-            g_ls = torch.zeros((), dtype=torch.float64)
-            for rows in iter_blocks(X.shape[0], step):
-                Zb = zfun(X[rows])
-                gZ = Zb.detach().double() @ S + y[rows, None] * gb[None, :]
-                (g,) = torch.autograd.grad(Zb, log_ls, grad_outputs=gZ.to(dt))
-                g_ls = g_ls + g
-        return grad.value, np.array([float(g_ls), grad.log_amplitude, grad.log_noise])
-
-    def _nystrom_length_gradient(
-        self,
-        log_ls: torch.Tensor,
-        factor: tuple[torch.Tensor, ...],
-        S: torch.Tensor,
-        gb: torch.Tensor,
-        G: torch.Tensor,
-        b: torch.Tensor,
-    ) -> torch.Tensor:
-        r"""``∂ log p(y)/∂ log ℓ`` for Nyström features, one ``n M²`` pass instead of three.
-
-        With ``Z = K N`` (``K = κ(X/ℓ, C/ℓ)``, ``N = L⁻ᵀ``, ``L Lᵀ = K_CC``) and the gradients
-        ``S = ∂/∂G + (∂/∂G)ᵀ``, ``g_b = ∂/∂b`` of the likelihood in ``G = ZᵀZ``, ``b = Zᵀy``:
-        ``∂/∂Z = Z S + y g_bᵀ``, hence ``∂/∂K = K (N S Nᵀ) + y (N g_b)ᵀ`` (one product with
-        ``K``, never forming ``Z``) and ``∂/∂N = Kᵀ ∂/∂Z = L (G S + b g_bᵀ)``, because
-        ``KᵀK N = L G`` and ``Kᵀy = L b``: no pass over the rows at all. Both are pushed back
-        to ``log ℓ`` by autograd (through the kernel blocks and through ``factor``, the
-        :meth:`_nystrom_factor` of ``log_ls`` with its graph).
-        """
-        dt = _DTYPES[self.dtype]
-        X, y = self._X_opt_t, self._y_opt_t
-        _, Lc, norm = factor  # norm = N = L⁻ᵀ
-        N, L = norm.detach().double(), Lc.detach().double()
-        S_k = N @ S @ N.T
-        g_k = N @ gb
-        g_norm = L @ (G @ S + b[:, None] * gb[None, :])
-        (g_ls,) = torch.autograd.grad(norm, log_ls, grad_outputs=g_norm.to(norm.dtype))
-        for rows in iter_blocks(X.shape[0], self._step):
-            ls = torch.exp(log_ls)
-            Kb = self._unit(X[rows] / ls, self._centers_opt / ls)
-            gK = Kb.detach().double() @ S_k + y[rows, None] * g_k[None, :]
-            (g,) = torch.autograd.grad(Kb, log_ls, grad_outputs=gK.to(dt))
-            g_ls = g_ls + g
-        return g_ls
-
-    def _optimize(self, theta0: np.ndarray) -> tuple[np.ndarray, int]:
-        n = self._X_opt_t.shape[0]
-        bar = None
-        if self.verbose:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=self.max_iter, desc="RandomFeatureGP: marginal likelihood")
-
-        def fun(theta):
-            v, g = self._objective(theta)
-            return -v / n, -g / n
-
-        def callback(value: float) -> None:
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(nlml=f"{value:.4f}")
-
-        try:
-            theta, n_iter, stopped = minimize_bounded(
-                fun,
-                theta0,
-                (math.log(_BOUNDS[0]), math.log(_BOUNDS[1])),
-                method=self.optimizer,
-                max_iter=self.max_iter,
-                learning_rate=self.learning_rate,
-                callback=callback,
-            )
-        finally:
-            if bar is not None:
-                bar.close()
-        if stopped is not None:
-            warnings.warn(
-                f"RandomFeatureGP: L-BFGS-B stopped after {n_iter} iterations without "
-                f"converging ({stopped}); raise max_iter or try optimizer='adam'",
-                ConvergenceWarning,
-                stacklevel=3,
-            )
-        return theta, n_iter
 
     # -- fit -------------------------------------------------------------------------------------
     def fit(self, X, y) -> RandomFeatureGP:
@@ -451,7 +315,7 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
         n_opt = n if self.max_optimize_rows is None else min(n, self.max_optimize_rows)
         D = self.num_features if self.features == "fourier" else min(self.num_features, n)
         self.num_features_ = D
-        dt = _DTYPES[self.dtype]
+        dt = DTYPES[self.dtype]
         self._unit = unit
         self._X_opt = X[np.sort(perm[:n_opt])].astype(np.float64)
         self._y_opt = yn[np.sort(perm[:n_opt])]
@@ -460,7 +324,17 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
         if self.features == "fourier":
             self._opt_map = self._fourier_map(unit, d, seed)
         else:
-            centers = X[perm[:D]].astype(np.float64)
+            if self.center_selection == "uniform":
+                centers = X[perm[:D]].astype(np.float64)
+            else:
+                idx = select_center_indices(
+                    X,
+                    D,
+                    method=self.center_selection,
+                    random_state=seed,
+                    kernel=with_lengthscale(unit, ls0),
+                )
+                centers = X[idx.numpy()].astype(np.float64)
             self._centers_opt = torch.from_numpy(centers[: min(D, n_opt)]).to(dt)
         theta = np.log([ls0, amp0, noise0])
         self.n_iter_ = 0
@@ -524,7 +398,7 @@ class RandomFeatureGP(PersistMixin, RegressorMixin, BaseEstimator):
 
     def _restore_objective(self) -> None:
         """Rebuild the optimisation's tensors (after :func:`snnk.io.load_model`)."""
-        dt = _DTYPES[self.dtype]
+        dt = DTYPES[self.dtype]
         self._X_opt_t = torch.from_numpy(np.asarray(self._X_opt)).to(dt)
         self._y_opt_t = torch.from_numpy(np.asarray(self._y_opt, dtype=np.float64))
         self._unit, _, _ = _unit_kernel(self.kernel, 1.0)

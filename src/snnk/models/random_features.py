@@ -36,6 +36,34 @@ from snnk.models._feature_model import FeatureModel, FeatureRegressorMixin
 __all__ = ["RandomFeatureClassifier", "RandomFeatureRidge", "make_feature_map", "resolve_kernel"]
 
 
+def estimator_feature_map(
+    kernel,
+    lengthscale,
+    in_features: int,
+    num_features: int,
+    *,
+    sampler: str,
+    phases: str,
+    seed: int,
+    dtype: torch.dtype,
+) -> torch.nn.Module:
+    """The fixed feature map of the random-feature estimators and transformers (no autograd).
+
+    :func:`~snnk.features.make_feature_map` of ``resolve_kernel(kernel, lengthscale)``, with
+    one rule of the estimators' own: the default ``sampler="orthogonal"`` draws i.i.d. for a
+    kernel whose spectrum is not rotation-invariant (the L1 Laplace kernel has no orthogonal
+    draw; ``"structured"`` is still refused there).
+    """
+    k = resolve_kernel(kernel, lengthscale)
+    spectrum = getattr(k, "spectrum", None)
+    if sampler == "orthogonal" and spectrum is not None and not spectrum.rotation_invariant:
+        sampler = "iid"
+    fmap = make_feature_map(
+        k, in_features, num_features, sampler=sampler, phases=phases, seed=seed, dtype=dtype
+    )
+    return fmap.requires_grad_(False)
+
+
 class RandomFeatureModel(FeatureModel):
     """The random-feature member of the family: ``feature_map_`` is the random feature map
     of ``kernel`` (:func:`snnk.features.make_feature_map`) drawn once per fit."""
@@ -108,21 +136,16 @@ class RandomFeatureModel(FeatureModel):
         return math.sqrt(X.shape[1] * var / 2.0) if var > 0 else 1.0
 
     def _map(self, in_features: int, lengthscale, seed: int) -> torch.nn.Module:
-        kernel = resolve_kernel(self.kernel, lengthscale)
-        sampler = self.sampler
-        spectrum = getattr(kernel, "spectrum", None)
-        if sampler == "orthogonal" and spectrum is not None and not spectrum.rotation_invariant:
-            sampler = "iid"  # the default on a kernel with no orthogonal draw (L1 Laplace)
-        fmap = make_feature_map(
-            kernel,
+        return estimator_feature_map(
+            self.kernel,
+            lengthscale,
             in_features,
             self.num_features,
-            sampler=sampler,
+            sampler=self.sampler,
             phases=self.phases,
             seed=seed,
             dtype=FLOAT_DTYPES[self.compute_dtype_],
         )
-        return fmap.requires_grad_(False)
 
     def _init_features(self, X: np.ndarray, sw, moments: Moments | None) -> None:
         ls = self._lengthscale_for(X, sw, moments)

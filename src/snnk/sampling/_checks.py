@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import numbers
 
 import torch
 
 from snnk._utils.random import make_generator
+from snnk._utils.threads import single_thread_if
 from snnk._utils.validation import as_float_tensor, check_positive_int
 
 F64 = torch.float64
@@ -56,15 +56,6 @@ def uniforms(shape: tuple[int, ...], generator: torch.Generator, device) -> torc
 SMALL_WORK = 1 << 24
 
 
-@contextlib.contextmanager
 def threads_for(work: float):
-    """Run the body on one intra-op thread when ``work`` (flops per step) is small."""
-    before = torch.get_num_threads()
-    if work >= SMALL_WORK or before == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    """One intra-op thread when ``work`` (flops per step) is below :data:`SMALL_WORK`."""
+    return single_thread_if(work < SMALL_WORK)

@@ -29,6 +29,11 @@ from snnk.solvers.preconditioners import (
     NystromDiagonalPreconditioner,
     NystromFactor,
 )
+from snnk.solvers.student_t import (
+    student_t_log_marginal,
+    student_t_log_pdf,
+    student_t_posterior_scale,
+)
 
 __all__ = [
     "SPD_INVERSE_METHODS",
@@ -56,4 +61,7 @@ __all__ = [
     "newton_schulz_inverse",
     "solve_spd",
     "spd_inverse",
+    "student_t_log_marginal",
+    "student_t_log_pdf",
+    "student_t_posterior_scale",
 ]

