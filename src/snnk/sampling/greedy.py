@@ -73,15 +73,16 @@ def _greedy(X: torch.Tensor, kern: Kernel, m: int, w: torch.Tensor) -> PivotedCh
     sw = w.sqrt()
     diag = kern.diag(X).to(F64).cpu() * w
     d = diag.clone()
-    F = torch.zeros(n, m, dtype=F64)
+    # Fᵀ, one contiguous row per column: the step's product reads exactly t x n numbers (the
+    # O(n m²) memory traffic is the cost of the greedy choice)
+    Ft = torch.zeros(m, n, dtype=F64)
     chosen = torch.zeros(n, dtype=torch.bool)
     pivots = torch.empty(m, dtype=torch.long)
     traces = torch.empty(m + 1, dtype=F64)
     for t in range(m):
         d.clamp_(min=0.0)
-        traces[t] = d[~chosen].sum()
-        masked = torch.where(chosen, torch.tensor(-1.0, dtype=F64), d)
-        j = int(masked.argmax())
+        traces[t] = d.sum()  # chosen rows hold 0
+        j = int(torch.where(chosen, -1.0, d).argmax())
         pivots[t] = j
         chosen[j] = True
         dj = float(d[j])
@@ -89,13 +90,14 @@ def _greedy(X: torch.Tensor, kern: Kernel, m: int, w: torch.Tensor) -> PivotedCh
             d[j] = 0.0
             continue  # nothing left to explain at j: a zero column
         col = kern(X, X[j : j + 1]).to(F64).cpu()[:, 0] * sw * sw[j]
-        col -= F[:, :t] @ F[j, :t]
-        F[:, t] = col / dj**0.5
-        d -= F[:, t].square()
+        if t:
+            col = torch.addmv(col, Ft[:t].T, Ft[:t, j], alpha=-1.0)
+        Ft[t] = col / dj**0.5
+        d -= Ft[t].square()
         d[j] = 0.0
     d.clamp_(min=0.0)
-    traces[m] = d[~chosen].sum()
-    return PivotedCholesky(pivots, F, traces)
+    traces[m] = d.sum()
+    return PivotedCholesky(pivots, Ft.T.contiguous(), traces)
 
 
 def _check_weight(weight, n: int) -> torch.Tensor:
@@ -167,14 +169,19 @@ def _rp(X, kern, m: int, w: torch.Tensor, b: int, gen: torch.Generator) -> Pivot
         G -= F[:, :t] @ F[prop, :t].T
         H = G[prop].clone()  # residual kernel among the proposals, updated as they are accepted
         u = torch.rand(prop.numel(), generator=gen, dtype=F64)
+        # host copies once: the acceptance loop is sequential and short (b steps)
+        rows, thresholds = prop.tolist(), (u * avail[prop]).tolist()
         acc: list[int] = []
-        for i in range(prop.numel()):
-            if any(int(prop[a]) == int(prop[i]) for a in acc):
+        taken: set[int] = set()
+        for i, row in enumerate(rows):
+            if row in taken:
                 continue  # proposed twice: its residual is already 0
-            if float(u[i]) * float(avail[prop[i]]) < float(H[i, i]):
+            hii = float(H[i, i])
+            if thresholds[i] < hii:
                 acc.append(i)
-                piv = H[:, i] / float(H[i, i]) ** 0.5
-                H -= piv[:, None] * piv[None, :]
+                taken.add(row)
+                piv = H[i:, i] / hii**0.5  # rows before i are decided: update the rest only
+                H[i:, i:] -= piv[:, None] * piv[None, :]
         if not acc:
             continue
         A = torch.tensor(acc)
