@@ -216,7 +216,8 @@ class ArraySpec:
     ``kinds``: allowed NumPy dtype kinds (``"f"`` floating, ``"i"``/``"u"`` integer, ``"b"``
     bool, ``"U"``/``"S"`` text labels); ``ndim``: number of dimensions; ``dims``: per
     dimension a name, so that sizes agree across arrays and with integer hyper-parameters or
-    values of the same name, an int (a fixed size) or ``None`` (any size); ``required``: the
+    values of the same name, an int (a fixed size) or ``None`` (any size); with ``ndim=None``
+    they name the leading dimensions only; ``required``: the
     array must be in every file of the class; ``low`` (with ``low_open``): a lower bound of
     every entry; ``finite``: floating entries must be finite; ``labels``: class labels, at
     least two, sorted and unique (as ``np.unique`` returns them).
@@ -416,6 +417,8 @@ def _check_array(where: str, a: torch.Tensor | np.ndarray, spec: ArraySpec, size
         raise HeaderError(where, f"dtype {a.dtype} is not of the kinds {spec.kinds!r}")
     if spec.ndim is not None and a.ndim != spec.ndim:
         raise HeaderError(where, f"expected {spec.ndim} dimensions, got shape {tuple(a.shape)}")
+    if len(spec.dims or ()) > a.ndim:
+        raise HeaderError(where, f"expected at least {len(spec.dims)} dimensions, got {a.ndim}")
     for axis, name in enumerate(spec.dims or ()):
         size = int(a.shape[axis])
         if isinstance(name, int) and size != name:

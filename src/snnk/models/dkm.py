@@ -34,7 +34,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 import snnk.models._dkm_core as core
-from snnk._persist import PersistMixin
+from snnk._persist import ArraySpec, PersistMixin, ValueSpec
 from snnk.features import select_centers
 from snnk.kernels import NNGP
 from snnk.models._base import POSITIVE, POSITIVE_INT, progress, refuse_path
@@ -331,6 +331,41 @@ class DeepKernelMachineRegressor(PersistMixin, RegressorMixin, BaseEstimator):
         return lp if lp.ndim == 1 else lp.sum(-1)
 
     _persist_private: ClassVar[tuple[str, ...]] = ("_single",)
+    #: the fitted state a model file must hold, checked before anything is built
+    _persist_arrays: ClassVar[dict[str, ArraySpec]] = {
+        "attr.X_mean_": ArraySpec(ndim=1, dims=("n_features_in_",), required=True),
+        "attr.X_scale_": ArraySpec(
+            ndim=1, dims=("n_features_in_",), required=True, low=0.0, low_open=True
+        ),
+        "attr.y_mean_": ArraySpec(ndim=1, dims=("n_outputs",), required=True),
+        "attr.y_scale_": ArraySpec(
+            ndim=1, dims=("n_outputs",), required=True, low=0.0, low_open=True
+        ),
+        "attr.inducing_points_": ArraySpec(
+            ndim=2, dims=("n_inducing", "n_features_in_"), required=True
+        ),
+        "attr.grams_": ArraySpec(ndim=3, dims=("depth", "n_inducing", "n_inducing"), required=True),
+        "attr.posterior_weights_": ArraySpec(
+            ndim=2, dims=("n_inducing", "n_outputs"), required=True
+        ),
+        "attr.posterior_correction_": ArraySpec(
+            ndim=2, dims=("n_inducing", "n_inducing"), required=True
+        ),
+        "attr.variance_factor_": ArraySpec(
+            ndim=1, dims=("n_outputs",), required=True, low=0.0, low_open=True
+        ),
+        # a regressor holds no class labels (a classifier's file relabelled is refused here)
+        "attr.classes_": ArraySpec(kinds="iufbUSO", ndim=1, dims=(0,)),
+    }
+    _persist_values: ClassVar[dict[str, ValueSpec]] = {
+        "n_features_in_": ValueSpec(("int",), required=True, low=1),
+        "n_iter_": ValueSpec(("int",), low=0),
+        "weight_variance_": ValueSpec(("real",), required=True, low=0.0, low_open=True),
+        "bias_variance_": ValueSpec(("real",), required=True, low=0.0),
+        "noise_": ValueSpec(("real",), required=True, low=0.0, low_open=True),
+        "df_": ValueSpec(("real", "none"), low=0.0, low_open=True),
+        "_single": ValueSpec(("bool",), required=True, when_true=(("n_outputs", 1),)),
+    }
 
 
 class DeepKernelMachineClassifier(ClassifierMixin, DeepKernelMachineRegressor):
@@ -343,6 +378,12 @@ class DeepKernelMachineClassifier(ClassifierMixin, DeepKernelMachineRegressor):
     """
 
     _numeric_targets: ClassVar[bool] = False
+    #: one output (one-hot column) per class; labels as ``np.unique`` returns them
+    _persist_arrays: ClassVar[dict[str, ArraySpec]] = {
+        "attr.classes_": ArraySpec(
+            kinds="iufbUSO", ndim=1, dims=("n_outputs",), required=True, labels=True
+        ),
+    }
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -34,7 +34,7 @@ try:
 except ImportError as exc:  # pragma: no cover - the sklearn extra installs it
     raise ImportError("snnk.models needs scikit-learn: pip install 'snnk[sklearn]'") from exc
 
-from snnk._persist import PersistMixin
+from snnk._persist import ArraySpec, PersistMixin, ValueSpec
 from snnk._utils.random import make_generator, seed_from_random_state
 from snnk.models._base import NON_NEGATIVE, POSITIVE_INT, refuse_path
 from snnk.sampling import (
@@ -262,6 +262,24 @@ class OptimalWeightedLeastSquares(RegressorMixin, PersistMixin, BaseEstimator):
         return [k for k in super()._fitted_names() if k != "basis_"]  # rebuilt from params
 
     _persist_private = ("_y_1d",)
+    #: the fitted state a model file must hold, checked before anything is built
+    _persist_arrays: ClassVar[dict[str, ArraySpec]] = {
+        "attr.offset_": ArraySpec(ndim=1, dims=("n_features_in_",), required=True),
+        "attr.scale_": ArraySpec(
+            ndim=1, dims=("n_features_in_",), required=True, low=0.0, low_open=True
+        ),
+        # (n_basis,) for one target, (n_basis, n_outputs) for several: the leading size only
+        "attr.coef_": ArraySpec(dims=("n_basis_",), required=True),
+        "attr.sample_indices_": ArraySpec(kinds="iu", ndim=1, dims=("n_samples",), low=0.0),
+        "attr.sample_weight_": ArraySpec(ndim=1, dims=("n_samples",), low=0.0),
+    }
+    _persist_values: ClassVar[dict[str, ValueSpec]] = {
+        "n_features_in_": ValueSpec(("int",), required=True, low=1),
+        "stability_": ValueSpec(("real",), low=0.0),
+        "rank_": ValueSpec(("int",), required=True, low=1),
+        "n_basis_": ValueSpec(("int",), required=True, low=1),
+        "_y_1d": ValueSpec(("bool",), required=True),
+    }
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
