@@ -293,3 +293,66 @@ def test_center_selection_is_checked():
         RandomFeatureGP(features="nystrom", center_selection="kmeans").fit(
             np.ones((5, 1)), np.ones(5)
         )
+
+
+def _dense_student_t(gp, X, yn, shape, rate):
+    """The Student-t marginal from the dense covariance C = a ZZᵀ + s I (the definition)."""
+    from snnk.solvers import student_t_log_marginal
+
+    Z = gp.feature_map_(torch.from_numpy(X) / gp.lengthscale_).double()
+    C = gp.amplitude_ * Z @ Z.T + gp.noise_ * torch.eye(len(X), dtype=torch.float64)
+    y = torch.from_numpy(yn)
+    quad = y @ torch.linalg.solve(C, y)
+    return float(student_t_log_marginal(quad, torch.logdet(C), len(X), shape, rate)), float(quad)
+
+
+@pytest.mark.parametrize("features", ["fourier", "nystrom"])
+def test_scale_prior_gives_the_student_t_process(features):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 2))
+    y = np.sin(2 * X[:, 0]) + 0.2 * rng.standard_t(3, size=120)
+    prior = (3.0, 2.0)
+    gp = RandomFeatureGP(num_features=40, features=features, scale_prior=prior, random_state=0).fit(
+        X, y
+    )
+    yn = (y - gp.y_mean_) / gp.y_scale_
+    lml, quad = _dense_student_t(gp, X, yn, *prior)
+    assert gp.log_marginal_likelihood_ == pytest.approx(lml, rel=1e-9, abs=1e-9)
+    assert gp.df_ == 2 * prior[0] + len(X)
+    assert gp.variance_factor_ == pytest.approx((2 * prior[1] + quad) / gp.df_, rel=1e-9)
+    # the predictive law: the Gaussian process's variance times the factor
+    base = RandomFeatureGP(
+        num_features=40,
+        features=features,
+        lengthscale=gp.lengthscale_,
+        amplitude=gp.amplitude_,
+        noise=gp.noise_,
+        optimize=False,
+        random_state=0,
+    ).fit(X, y)
+    m0, s0 = base.predict(X[:7], return_std=True)
+    m1, s1 = gp.predict(X[:7], return_std=True)
+    np.testing.assert_allclose(m1, m0, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(s1, s0 * np.sqrt(gp.variance_factor_), rtol=1e-10)
+    _, c1 = gp.predict(X[:3], return_cov=True)
+    np.testing.assert_allclose(np.sqrt(np.diag(c1)), s1[:3], rtol=1e-8)
+
+
+def test_scale_prior_tends_to_the_gaussian_process():
+    # a → ∞ with b/a = 1: InvGamma concentrates at 1 and the Student-t marginal is the GP's
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(80, 2))
+    y = np.cos(X[:, 1]) + 0.1 * rng.normal(size=80)
+    fixed = dict(num_features=30, optimize=False, random_state=0)
+    gauss = RandomFeatureGP(**fixed).fit(X, y)
+    t = RandomFeatureGP(scale_prior=(1e8, 1e8), **fixed).fit(X, y)
+    assert t.log_marginal_likelihood_ == pytest.approx(gauss.log_marginal_likelihood_, rel=1e-6)
+    np.testing.assert_allclose(
+        t.predict(X[:5], return_std=True)[1], gauss.predict(X[:5], return_std=True)[1], rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("bad", [(0.0, 1.0), (1.0,), "t", (1.0, float("nan")), (True, 1.0)])
+def test_scale_prior_is_checked(bad):
+    with pytest.raises(ValueError, match="scale_prior"):
+        RandomFeatureGP(scale_prior=bad).fit(np.ones((5, 1)), np.arange(5.0))

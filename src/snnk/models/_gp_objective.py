@@ -38,6 +38,11 @@ class MarginalLikelihoodMixin:
     ``_centers_opt``, ``_X_opt_t``, ``_y_opt_t``.
     """
 
+    def _prior(self) -> tuple[float, float] | None:
+        """``scale_prior`` as ``(shape, rate)`` floats, or None (a Gaussian process)."""
+        prior = getattr(self, "scale_prior", None)
+        return None if prior is None else (float(prior[0]), float(prior[1]))
+
     # -- likelihood and its gradient on the optimisation rows ------------------------------------
     def _objective_map(
         self, log_ls: torch.Tensor, factor: tuple[torch.Tensor, ...] | None = None
@@ -85,10 +90,12 @@ class MarginalLikelihoodMixin:
         G, b = ne.FtF, ne.FtY[:, 0]
         if not want_grad:
             lml = log_marginal_likelihood_from_stats(
-                G, b, ne.YtY[0], ne.n, torch.exp(th[1]), torch.exp(th[2])
+                G, b, ne.YtY[0], ne.n, torch.exp(th[1]), torch.exp(th[2]), self._prior()
             )
             return float(lml), np.zeros(3)
-        grad = log_marginal_likelihood_with_grad(G, b, ne.YtY[0], ne.n, th[1], th[2])
+        grad = log_marginal_likelihood_with_grad(
+            G, b, ne.YtY[0], ne.n, th[1], th[2], scale_prior=self._prior()
+        )
         S, gb = grad.gram, grad.proj
         if self.features == "nystrom":
             g_ls = self._nystrom_length_gradient(log_ls, factor, S, gb, G, b)

@@ -44,6 +44,7 @@ from snnk.solvers import (
     cholesky_solve,
     jittered_cholesky,
     log_marginal_likelihood_from_stats,
+    student_t_posterior_scale,
 )
 
 __all__ = ["RandomFeatureGP", "log_marginal_likelihood_from_stats"]
@@ -132,6 +133,13 @@ class RandomFeatureGP(MarginalLikelihoodMixin, PersistMixin, RegressorMixin, Bas
         :func:`snnk.features.select_center_indices` (``"kmeans++"``, ``"rls"``, ``"bless"``,
         ``"kdpp"``, ``"pivoted-cholesky"``, ``"rpcholesky"``) picks them for the kernel at
         the starting lengthscale, in draw order, the first ones serving the optimisation.
+    scale_prior : (shape, rate) or None, default None
+        An inverse-gamma prior ``σ² ~ InvGamma(a, b)`` on a common scale of the covariance
+        ``C = a_f ZZᵀ + s I`` (a scale mixture: the Student-t process of
+        :mod:`snnk.solvers.student_t`). The hyper-parameters then maximise the Student-t
+        marginal, and predictive variances are multiplied by ``variance_factor_ =
+        (2b + Q)/(2a + n)`` (``Q = yᵀC⁻¹y``; the predictive law is Student-t with ``df_ =
+        2a + n`` degrees of freedom). ``None``: the Gaussian process.
     normalize_y : bool, default True
         Centre ``y`` and divide it by its standard deviation before fitting (scikit-learn's
         ``normalize_y``); ``amplitude``, ``noise`` and their fitted values are then in units
@@ -207,6 +215,7 @@ class RandomFeatureGP(MarginalLikelihoodMixin, PersistMixin, RegressorMixin, Bas
         sampler: str = "orthogonal",
         features: str = "fourier",
         center_selection: str = "uniform",
+        scale_prior: tuple[float, float] | None = None,
         normalize_y: bool = True,
         optimize: bool = True,
         optimizer: str = "lbfgs",
@@ -227,6 +236,7 @@ class RandomFeatureGP(MarginalLikelihoodMixin, PersistMixin, RegressorMixin, Bas
         self.sampler = sampler
         self.features = features
         self.center_selection = center_selection
+        self.scale_prior = scale_prior
         self.normalize_y = normalize_y
         self.optimize = optimize
         self.optimizer = optimizer
@@ -256,6 +266,22 @@ class RandomFeatureGP(MarginalLikelihoodMixin, PersistMixin, RegressorMixin, Bas
                 )
         resolve_block_rows(self.block_rows, self.batch_size, owner="RandomFeatureGP")
         check_in(self.features, "features", _FEATURES)
+        prior = self.scale_prior
+        if prior is not None and not (
+            isinstance(prior, tuple | list)
+            and len(prior) == 2
+            and all(
+                isinstance(v, numbers.Real)
+                and not isinstance(v, bool)
+                and math.isfinite(v)
+                and v > 0
+                for v in prior
+            )
+        ):
+            raise ValueError(
+                f"scale_prior must be None or (shape, rate), two positive finite numbers of the "
+                f"inverse-gamma prior, got {prior!r}; e.g. scale_prior=(2.0, 2.0)"
+            )
         rows = tuple(k for k, spec in CENTER_METHODS.items() if not spec.returns_rows)
         check_in(self.center_selection, "center_selection", rows)
         check_in(self.optimizer, "optimizer", _OPTIMIZERS)
@@ -360,13 +386,20 @@ class RandomFeatureGP(MarginalLikelihoodMixin, PersistMixin, RegressorMixin, Bas
             ne.update(Z, yt[rows, None])
         G, b = ne.FtF, ne.FtY[:, 0]
         amp, noise = (torch.tensor(v, dtype=torch.float64) for v in (self.amplitude_, self.noise_))
+        prior = self._prior()
         self.log_marginal_likelihood_ = float(
-            log_marginal_likelihood_from_stats(G, b, ne.YtY[0], ne.n, amp, noise)
+            log_marginal_likelihood_from_stats(G, b, ne.YtY[0], ne.n, amp, noise, prior)
         )
         eye = torch.eye(G.shape[0], dtype=torch.float64)
         L = jittered_cholesky(G + (self.noise_ / self.amplitude_) * eye, name="ZᵀZ + λI")
         self.coef_ = cholesky_solve(L, b[:, None])[:, 0].numpy()
         self.cholesky_ = L.numpy()
+        self.variance_factor_, self.df_ = 1.0, None
+        if prior is not None:  # Q = yᵀC⁻¹y = (yᵀy − ‖L⁻¹b‖²)/s (Woodbury)
+            alpha = torch.linalg.solve_triangular(L, b[:, None], upper=False)
+            quad = (ne.YtY[0] - alpha.square().sum()) / self.noise_
+            factor, df = student_t_posterior_scale(quad, ne.n, *prior)
+            self.variance_factor_, self.df_ = float(factor), float(df)
 
     # -- the likelihood as a function ------------------------------------------------------------
     def log_marginal_likelihood(
@@ -442,7 +475,7 @@ class RandomFeatureGP(MarginalLikelihoodMixin, PersistMixin, RegressorMixin, Bas
                     v = self.noise_ * Vb.square().sum(0)
                     if nystrom:  # DTC: prior variance the centres cannot represent
                         v += self.amplitude_ * (1.0 - Z.square().sum(1)).clamp_min(0.0)
-                    var[rows] = v.clamp_min(0.0).numpy()
+                    var[rows] = (v.clamp_min(0.0) * self._variance_factor()).numpy()
         out_dtype = X.dtype
         mean = (mean * self.y_scale_ + self.y_mean_).astype(out_dtype, copy=False)
         if return_std:
@@ -453,8 +486,13 @@ class RandomFeatureGP(MarginalLikelihoodMixin, PersistMixin, RegressorMixin, Bas
                 Xs = torch.from_numpy(X).double() / self.lengthscale_
                 Zs = np.concatenate([Z.double().numpy() for Z, _ in self._blocks(X)], 0)
                 cov += self.amplitude_ * (_unit_kernel(self.kernel, 1.0)[0](Xs).numpy() - Zs @ Zs.T)
-            return mean, (cov * self.y_scale_**2).astype(out_dtype, copy=False)
+            cov *= self._variance_factor() * self.y_scale_**2
+            return mean, cov.astype(out_dtype, copy=False)
         return mean
+
+    def _variance_factor(self) -> float:
+        """``variance_factor_`` (1 for a Gaussian process and files saved before it existed)."""
+        return float(getattr(self, "variance_factor_", 1.0))
 
     def sample_y(self, X, n_samples: int = 1, random_state=0) -> np.ndarray:
         """Draw latent functions ``f`` from the posterior at ``X``, shape ``(m, n_samples)``."""

@@ -17,6 +17,7 @@ import torch
 from scipy.optimize import minimize
 
 from snnk.solvers.cholesky import jittered_cholesky
+from snnk.solvers.student_t import student_t_log_marginal
 
 __all__ = [
     "LikelihoodGradient",
@@ -36,6 +37,7 @@ def log_marginal_likelihood_from_stats(
     n: int,
     amplitude: torch.Tensor,
     noise: torch.Tensor,
+    scale_prior: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     r"""``log p(y)`` of the feature GP from its sufficient statistics (differentiable).
 
@@ -61,6 +63,10 @@ def log_marginal_likelihood_from_stats(
         Number of rows.
     amplitude, noise : scalar Tensors
         ``a`` and ``s`` (variances).
+    scale_prior : (shape, rate) or None
+        An inverse-gamma prior on a common scale of ``C`` (a Student-t process): the
+        marginal is :func:`~snnk.solvers.student_t_log_marginal` of the same ``Q = yᵀC⁻¹y``
+        and ``log|C|``.
 
     Returns
     -------
@@ -72,13 +78,10 @@ def log_marginal_likelihood_from_stats(
     L = jittered_cholesky(gram + lam * eye, name="ZᵀZ + (noise/amplitude) I", hint=_HINT)
     alpha = torch.linalg.solve_triangular(L, proj.reshape(D, 1), upper=False)
     quad = (yy - alpha.square().sum()) / noise
-    return (
-        -0.5 * quad
-        - torch.log(torch.diagonal(L)).sum()
-        + 0.5 * D * torch.log(lam)
-        - 0.5 * n * torch.log(noise)
-        - 0.5 * n * _LOG_2PI
-    )
+    logdet = 2.0 * torch.log(torch.diagonal(L)).sum() - D * torch.log(lam) + n * torch.log(noise)
+    if scale_prior is not None:
+        return student_t_log_marginal(quad, logdet, n, *scale_prior)
+    return -0.5 * quad - 0.5 * logdet - 0.5 * n * _LOG_2PI
 
 
 @dataclass
@@ -110,6 +113,7 @@ def log_marginal_likelihood_with_grad(
     n: int,
     log_amplitude: float | torch.Tensor,
     log_noise: float | torch.Tensor,
+    scale_prior: tuple[float, float] | None = None,
 ) -> LikelihoodGradient:
     r""":func:`log_marginal_likelihood_from_stats` and its exact gradient (reverse mode).
 
@@ -123,12 +127,16 @@ def log_marginal_likelihood_with_grad(
         As in :func:`log_marginal_likelihood_from_stats`.
     log_amplitude, log_noise : float or scalar Tensor
         ``log a`` and ``log s``.
+    scale_prior : (shape, rate) or None
+        As in :func:`log_marginal_likelihood_from_stats`.
     """
     G = gram.detach().requires_grad_(True)
     b = proj.detach().requires_grad_(True)
     la = torch.as_tensor(log_amplitude, dtype=torch.float64).detach().clone().requires_grad_(True)
     ln = torch.as_tensor(log_noise, dtype=torch.float64).detach().clone().requires_grad_(True)
-    lml = log_marginal_likelihood_from_stats(G, b, yy, n, torch.exp(la), torch.exp(ln))
+    lml = log_marginal_likelihood_from_stats(
+        G, b, yy, n, torch.exp(la), torch.exp(ln), scale_prior=scale_prior
+    )
     gG, gb, ga, gn = torch.autograd.grad(lml, [G, b, la, ln])
     return LikelihoodGradient(float(lml.detach()), gG + gG.T, gb, float(ga), float(gn))
 
