@@ -128,3 +128,25 @@ def test_bad_input_gives_a_message_and_exit_code_2(tmp_path, capsys):
     out = str(tmp_path / "p.csv")
     assert main(["predict", str(tmp_path / "junk.snnk"), str(tmp_path / "t.csv"), "-o", out]) == 2
     assert "snnk predict: error" in capsys.readouterr().err
+
+
+def test_predict_writes_the_format_of_the_suffix(tmp_path):
+    import pandas as pd
+
+    df = _table()
+    df.drop(columns="label").to_csv(tmp_path / "train.csv", index=False)
+    model = tmp_path / "m.snnk"
+    argv = ["fit", str(tmp_path / "train.csv"), "--target", "y", "--num-features", "64"]
+    assert main([*argv, "--quiet", "-o", str(model)]) == 0
+    df[["a", "b", "c"]].to_csv(tmp_path / "new.csv", index=False)
+    new = str(tmp_path / "new.csv")
+    assert main(["predict", str(model), new, "-o", str(tmp_path / "p.csv")]) == 0
+    assert main(["predict", str(model), new, "-o", str(tmp_path / "p.parquet")]) == 0
+    raw = (tmp_path / "p.csv").read_bytes()
+    assert b"\r\n" not in raw and raw.startswith(b"prediction\n")
+    from_csv = pd.read_csv(tmp_path / "p.csv")["prediction"].to_numpy()
+    from_parquet = pd.read_parquet(tmp_path / "p.parquet")["prediction"].to_numpy()
+    assert len(from_parquet) == len(df) and (from_csv == from_parquet).all()
+    # an unknown suffix: a clear error naming --output, and no file left behind
+    assert main(["predict", str(model), new, "-o", str(tmp_path / "p.xlsx")]) == 2
+    assert not (tmp_path / "p.xlsx").exists()

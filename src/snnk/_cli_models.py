@@ -66,7 +66,9 @@ def add_parsers(sub) -> None:
     pred = sub.add_parser("predict", help="predict with a saved model, chunk by chunk")
     pred.add_argument("model", help="a model file written by 'snnk fit'")
     pred.add_argument("data", help=".csv or .parquet with the model's feature columns")
-    pred.add_argument("-o", "--output", required=True, help="CSV file of predictions")
+    pred.add_argument(
+        "-o", "--output", required=True, help="predictions: .csv (LF line endings) or .parquet"
+    )
     pred.add_argument("--chunk-rows", type=int, default=65_536)
     pred.add_argument("--proba", action="store_true", help="also write class probabilities")
 
@@ -209,31 +211,46 @@ def run_predict(args) -> int:
     proba = args.proba and hasattr(est, "predict_proba")
     if args.proba and not proba:
         raise ValueError(f"{type(est).__name__} has no class probabilities (--proba)")
+    kind = _output_kind(out)
     rows = 0
+    header = ["prediction"] + ([f"proba_{c}" for c in est.classes_] if proba else [])
+
+    def records():
+        nonlocal rows
+        chunks = iter_table(args.data, None, features=features, chunk_rows=args.chunk_rows)
+        for X, _, _ in chunks:
+            X = _named(est, X)
+            pred = est.predict(X).tolist()
+            if proba:
+                yield from ([p, *q] for p, q in zip(pred, est.predict_proba(X), strict=True))
+            else:
+                yield from ([p] for p in pred)
+            rows += len(X)
 
     def write(tmp: Path) -> None:
-        nonlocal rows
+        if kind == "parquet":  # one table (predictions are one small column per class)
+            import pandas as pd
+
+            pd.DataFrame(list(records()), columns=header).to_parquet(tmp, index=False)
+            return
         with open(tmp, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            header = ["prediction"]
-            if proba:
-                header += [f"proba_{c}" for c in est.classes_]
+            writer = csv.writer(fh, lineterminator="\n")  # LF, not csv's default CRLF
             writer.writerow(header)
-            chunks = iter_table(args.data, None, features=features, chunk_rows=args.chunk_rows)
-            for X, _, _ in chunks:
-                X = _named(est, X)
-                pred = est.predict(X)
-                if proba:
-                    writer.writerows(
-                        [p, *q] for p, q in zip(pred.tolist(), est.predict_proba(X), strict=True)
-                    )
-                else:
-                    writer.writerows([p] for p in pred.tolist())
-                rows += len(X)
+            writer.writerows(records())
 
     atomic_write(out, write)
     print(f"wrote {rows} predictions to {out}", file=sys.stderr)
     return 0
+
+
+def _output_kind(path: Path) -> str:
+    """``"csv"`` or ``"parquet"`` from the suffix of ``-o`` (a clear error otherwise)."""
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".txt"):
+        return "csv"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    raise ValueError(f"--output {str(path)!r}: the suffix says the format; use .csv or .parquet")
 
 
 def run(args) -> int:
