@@ -311,3 +311,16 @@ def test_laplace_kernel_with_the_default_sampler_draws_iid():
     np.testing.assert_array_equal(default.predict(X), iid.fit(X, y).predict(X))
     with pytest.raises(ValueError, match="rotation-invariant"):
         RandomFeatureRidge(kernel="laplace", num_features=32, sampler="structured").fit(X, y)
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-200, 1e200, 1e300])
+def test_lengthscale_scale_at_extreme_magnitudes(scale):
+    # Var(X) over- or underflows (squares of 1e200 are inf, of 1e-200 are 0); "scale" is then
+    # computed in units of max|X|, so the fit is the fit of the unscaled data
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 3))
+    y = np.sin(X[:, 0])
+    ref = RandomFeatureRidge(num_features=64, random_state=0).fit(X, y)
+    est = RandomFeatureRidge(num_features=64, random_state=0).fit(X * scale, y)
+    assert est.lengthscale_ / scale == pytest.approx(ref.lengthscale_, rel=1e-12)
+    np.testing.assert_allclose(est.predict(X * scale), ref.predict(X), atol=1e-9)

@@ -36,6 +36,15 @@ from snnk.models._feature_model import FeatureModel, FeatureRegressorMixin
 __all__ = ["RandomFeatureClassifier", "RandomFeatureRidge", "make_feature_map", "resolve_kernel"]
 
 
+def _entry_variance(X: np.ndarray, sw=None) -> float:
+    """The variance of all entries of ``X`` (rows weighted like repetitions by ``sw``)."""
+    if sw is None:
+        return float(np.var(X))
+    w = np.asarray(sw, dtype=np.float64) / max(float(np.sum(sw)), 1e-300)
+    mean = float(w @ X.mean(1))
+    return float(w @ np.square(X - mean).mean(1))
+
+
 def estimator_feature_map(
     kernel,
     lengthscale,
@@ -127,12 +136,16 @@ class RandomFeatureModel(FeatureModel):
             var = moments.entry_variance()
         elif not X.size:
             var = 0.0
-        elif sw is None:
-            var = float(np.var(X))
-        else:  # weighted like repeated rows, so weights and repetitions agree
-            w = np.asarray(sw, dtype=np.float64) / max(float(np.sum(sw)), 1e-300)
-            mean = float(w @ X.mean(1))
-            var = float(w @ np.square(X - mean).mean(1))
+        else:
+            with np.errstate(over="ignore", under="ignore"):
+                var = _entry_variance(X, sw)
+            if not (math.isfinite(var) and var > 0):
+                # squares overflow (|X| ≳ 1e155) or underflow (|X| ≲ 1e-155): ℓ in units of
+                # max|X|, which stays representable
+                top = float(np.max(np.abs(X)))
+                if 0.0 < top < math.inf and (vs := _entry_variance(X / top, sw)) > 0:
+                    return top * math.sqrt(X.shape[1] * vs / 2.0)
+                var = 0.0
         return math.sqrt(X.shape[1] * var / 2.0) if var > 0 else 1.0
 
     def _map(self, in_features: int, lengthscale, seed: int) -> torch.nn.Module:
