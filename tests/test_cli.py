@@ -150,3 +150,29 @@ def test_predict_writes_the_format_of_the_suffix(tmp_path):
     # an unknown suffix: a clear error naming --output, and no file left behind
     assert main(["predict", str(model), new, "-o", str(tmp_path / "p.xlsx")]) == 2
     assert not (tmp_path / "p.xlsx").exists()
+
+
+def test_predict_carries_id_columns_through(tmp_path):
+    import pandas as pd
+
+    df = _table()
+    df.drop(columns="label").to_csv(tmp_path / "train.csv", index=False)
+    model = tmp_path / "m.snnk"
+    argv = ["fit", str(tmp_path / "train.csv"), "--target", "y", "--num-features", "64"]
+    assert main([*argv, "--quiet", "-o", str(model)]) == 0
+    new = df[["a", "b", "c"]].assign(key=[f"r{i}" for i in range(len(df))], n=range(len(df)))
+    new.to_csv(tmp_path / "new.csv", index=False)
+    out = tmp_path / "p.parquet"
+    cmd = ["predict", str(model), str(tmp_path / "new.csv"), "--chunk-rows", "7"]
+    assert main([*cmd, "--id", "key", "--id", "n", "-o", str(out)]) == 0
+    got = pd.read_parquet(out)
+    assert list(got.columns) == ["key", "n", "prediction"]
+    assert got["key"].tolist() == new["key"].tolist() and got["n"].tolist() == list(range(len(df)))
+    plain = tmp_path / "q.csv"
+    assert main([*cmd, "-o", str(plain)]) == 0  # the same chunks: the same predictions
+    np_pred = pd.read_csv(plain)["prediction"].to_numpy()
+    assert (got["prediction"].to_numpy() == np_pred).all()
+    # an id that is a feature of the model, or that is missing: a clear error, no file
+    assert main([*cmd, "--id", "a", "-o", str(tmp_path / "x.csv")]) == 2
+    assert main([*cmd, "--id", "nope", "-o", str(tmp_path / "y.csv")]) == 2
+    assert not (tmp_path / "x.csv").exists() and not (tmp_path / "y.csv").exists()

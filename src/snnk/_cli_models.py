@@ -71,6 +71,13 @@ def add_parsers(sub) -> None:
     )
     pred.add_argument("--chunk-rows", type=int, default=65_536)
     pred.add_argument("--proba", action="store_true", help="also write class probabilities")
+    pred.add_argument(
+        "--id",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="a column copied to the output before the predictions (repeatable)",
+    )
 
 
 def _number_or_word(value: str | None, words: tuple[str, ...], name: str):
@@ -213,18 +220,20 @@ def run_predict(args) -> int:
         raise ValueError(f"{type(est).__name__} has no class probabilities (--proba)")
     kind = _output_kind(out)
     rows = 0
-    header = ["prediction"] + ([f"proba_{c}" for c in est.classes_] if proba else [])
+    ids = list(args.id)
+    if features is not None and (clash := [c for c in ids if c in features]):
+        raise ValueError(f"--id {clash} are feature columns of the model; pass other columns")
+    header = ids + ["prediction"] + ([f"proba_{c}" for c in est.classes_] if proba else [])
 
     def records():
         nonlocal rows
-        chunks = iter_table(args.data, None, features=features, chunk_rows=args.chunk_rows)
-        for X, _, _ in chunks:
+        chunks = iter_table(args.data, ids or None, features=features, chunk_rows=args.chunk_rows)
+        for X, idv, _ in chunks:  # the id columns come back as the "target" of the table
             X = _named(est, X)
             pred = est.predict(X).tolist()
-            if proba:
-                yield from ([p, *q] for p, q in zip(pred, est.predict_proba(X), strict=True))
-            else:
-                yield from ([p] for p in pred)
+            scores = est.predict_proba(X).tolist() if proba else [[]] * len(pred)
+            keys = [[]] * len(pred) if not ids else np.asarray(idv).reshape(len(pred), -1).tolist()
+            yield from ([*k, p, *q] for k, p, q in zip(keys, pred, scores, strict=True))
             rows += len(X)
 
     def write(tmp: Path) -> None:
