@@ -17,6 +17,16 @@ def _deterministic_global_rngs():
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op torch thread for the test (small sequential kernels, e.g. DPP chains,
+    are fastest there and immune to a busy machine); the count is restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(0)
 

@@ -120,13 +120,7 @@ def test_global_rngs_untouched():
 NEW = ("rls", "bless", "kdpp", "pivoted-cholesky", "rpcholesky")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The O(n³) selectors run far faster on one thread on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def d3_clusters(n, seed):

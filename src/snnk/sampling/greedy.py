@@ -53,17 +53,8 @@ def pivoted_cholesky(
     Ties and exhausted residuals (duplicated rows, rank ``< m``) pick the lowest-numbered
     remaining row, so the result is deterministic and always has ``m`` distinct pivots.
     """
-    kern = make_kernel(kernel)
-    X = torch.as_tensor(X)
-    if X.ndim != 2:
-        raise ValueError(f"X must be an (n, d) matrix, got shape {tuple(X.shape)}")
+    X, kern, m, w = _check_inputs(X, kernel, m, weight)
     n = X.shape[0]
-    m = check_count(m, "m")
-    if m > n:
-        raise ValueError(f"cannot pick {m} pivots among {n} rows")
-    w = torch.ones(n, dtype=F64) if weight is None else torch.as_tensor(weight, dtype=F64).cpu()
-    if w.shape != (n,) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
-        raise ValueError("weight must be a finite, non-negative vector with one entry per row")
     with threads_for(n * (m + X.shape[1])):
         return _greedy(X, kern, m, w)
 
@@ -100,11 +91,21 @@ def _greedy(X: torch.Tensor, kern: Kernel, m: int, w: torch.Tensor) -> PivotedCh
     return PivotedCholesky(pivots, Ft.T.contiguous(), traces)
 
 
-def _check_weight(weight, n: int) -> torch.Tensor:
+def _check_inputs(X, kernel, m, weight) -> tuple[torch.Tensor, Kernel, int, torch.Tensor]:
+    """``(X, kernel, m, w)`` checked for both pivoted Cholesky variants (``w``: float64 row
+    weights, ones when ``weight`` is None)."""
+    kern = make_kernel(kernel)
+    X = torch.as_tensor(X)
+    if X.ndim != 2:
+        raise ValueError(f"X must be an (n, d) matrix, got shape {tuple(X.shape)}")
+    n = X.shape[0]
+    m = check_count(m, "m")
+    if m > n:
+        raise ValueError(f"cannot pick {m} pivots among {n} rows")
     w = torch.ones(n, dtype=F64) if weight is None else torch.as_tensor(weight, dtype=F64).cpu()
     if w.shape != (n,) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
         raise ValueError("weight must be a finite, non-negative vector with one entry per row")
-    return w
+    return X, kern, m, w
 
 
 def randomly_pivoted_cholesky(
@@ -127,15 +128,8 @@ def randomly_pivoted_cholesky(
     proposed), which is exactly the sequential distribution; the accepted columns are
     appended through a ``b × b`` Cholesky. Work is in BLAS-3 blocks, ``O(n m (m + d))``.
     """
-    kern = make_kernel(kernel)
-    X = torch.as_tensor(X)
-    if X.ndim != 2:
-        raise ValueError(f"X must be an (n, d) matrix, got shape {tuple(X.shape)}")
+    X, kern, m, w = _check_inputs(X, kernel, m, weight)
     n = X.shape[0]
-    m = check_count(m, "m")
-    if m > n:
-        raise ValueError(f"cannot pick {m} pivots among {n} rows")
-    w = _check_weight(weight, n)
     b = (
         check_count(block_size, "block_size")
         if block_size is not None
