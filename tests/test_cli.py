@@ -41,10 +41,13 @@ def _table(n=400, seed=0):
 
 
 def test_fit_and_predict_on_csv_round_trip(tmp_path, capsys):
+    """The predictions of the saved file equal those of the same pipeline built in memory:
+    the column transform learned from the training rows (every row but each 5th), the same
+    model, the same seed."""
     import numpy as np
-    import pandas as pd
 
-    from snnk.io import load_model
+    from snnk._cli_preprocess import build_transform, learn, transform
+    from snnk.models import RandomFeatureRidge
 
     df = _table()
     df.drop(columns="label").to_csv(tmp_path / "train.csv", index=False)
@@ -59,14 +62,20 @@ def test_fit_and_predict_on_csv_round_trip(tmp_path, capsys):
     text = capsys.readouterr().out
     r2 = float(text.split("R2 = ")[1].split()[0])
     assert r2 > 0.8 and "peak memory" in text and "every 5th row" in text
+    assert "RMSE" in text and "MAE" in text and "lengthscale 1" in text and "alpha 0.001" in text
     assert model.read_bytes()[8:9] == b"{"  # safetensors: length prefix, then a JSON header
     df[["a", "b", "c"]].to_csv(tmp_path / "new.csv", index=False)
     assert (
         main(["predict", str(model), str(tmp_path / "new.csv"), "-o", str(tmp_path / "p.csv")]) == 0
     )
-    pred = pd.read_csv(tmp_path / "p.csv")["prediction"].to_numpy()
-    ref = load_model(model).predict(df[["a", "b", "c"]])
-    np.testing.assert_allclose(pred, ref, rtol=1e-12)
+    pred = _predictions(tmp_path / "p.csv")
+    train = df.drop(columns="label")[np.arange(len(df)) % 5 != 0]
+    spec, _ = learn(train.drop(columns="y"), "y", "regression")
+    ct = build_transform(spec)
+    est = RandomFeatureRidge(num_features=256, lengthscale=1.0, alpha=1e-3, random_state=0)
+    est.fit(transform(spec, ct, train), train["y"].to_numpy())
+    ref = est.predict(transform(spec, ct, df))
+    np.testing.assert_array_equal(pred, ref)
 
 
 def test_classifier_on_parquet_with_probabilities(tmp_path):
@@ -115,12 +124,14 @@ def test_bad_input_gives_a_message_and_exit_code_2(tmp_path, capsys):
     df = _table(n=50)
     df.to_csv(tmp_path / "t.csv", index=False)
     base = ["fit", str(tmp_path / "t.csv"), "--quiet", "-o", str(tmp_path / "m.snnk")]
+    base += ["--num-features", "32"]
     assert main([*base, "--target", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
-    assert main([*base, "--target", "y"]) == 2  # the "label" column is text
+    assert main([*base, "--target", "y", "--categorical", "error"]) == 2  # "label" is text
     err = capsys.readouterr().err
     assert "label" in err and "--categorical" in err
     assert main([*base, "--target", "y", "--categorical", "drop"]) == 0
+    assert main([*base, "--target", "y"]) == 0  # one-hot by default
     assert main([*base, "--target", "y", "--alpha", "lots"]) == 2
     assert "--alpha" in capsys.readouterr().err
     assert main(["fit", str(tmp_path / "missing.csv"), "--target", "y", "-o", "x.snnk"]) == 2
@@ -176,3 +187,10 @@ def test_predict_carries_id_columns_through(tmp_path):
     assert main([*cmd, "--id", "a", "-o", str(tmp_path / "x.csv")]) == 2
     assert main([*cmd, "--id", "nope", "-o", str(tmp_path / "y.csv")]) == 2
     assert not (tmp_path / "x.csv").exists() and not (tmp_path / "y.csv").exists()
+
+
+def _predictions(path):
+    """The prediction column of a CSV written by snnk predict, parsed exactly."""
+    import numpy as np
+
+    return np.loadtxt(path, delimiter=",", skiprows=1, usecols=0, ndmin=1)

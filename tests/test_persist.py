@@ -181,6 +181,39 @@ def test_save_into_a_missing_folder_names_it(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.snnk"]  # no temporary left
 
 
+def test_preprocessing_travels_in_the_header(tmp_path):
+    """A JSON object saved beside the estimator (snnk fit's column transform): returned by
+    load_model_and_preprocessing, ignored by load_model, finite values only, and checked by
+    the reader's ``check`` with errors naming the file and the field."""
+    X, y = _data()
+    est = RandomFeatureRidge(num_features=8, random_state=0).fit(X, y)
+    spec = {"columns": ["a", "b", "c"], "scale": [1.5, 2.0, 0.25], "note": None}
+    path = save_model(est, tmp_path / "m.snnk", preprocessing=spec)
+    loaded, got = _persist.load_model_and_preprocessing(path)
+    assert got == spec and np.array_equal(loaded.predict(X), est.predict(X))
+    assert np.array_equal(load_model(path).predict(X), est.predict(X))
+    assert _persist.load_model_and_preprocessing(save_model(est, tmp_path / "n.snnk"))[1] is None
+
+    def check(value, estimator):
+        if value["scale"][2] <= 0:
+            raise _persist.HeaderError("preprocessing.scale.2", "must be positive")
+
+    doc, tensors = _read(path)
+    doc["preprocessing"]["scale"][2] = -1.0
+    bad = _write(tmp_path / "bad.snnk", doc, tensors)
+    with pytest.raises(ValueError, match=r"bad\.snnk: field 'preprocessing\.scale\.2'"):
+        _persist.load_model_and_preprocessing(bad, check=check)
+    doc["preprocessing"] = [1, 2]
+    bad = _write(tmp_path / "bad.snnk", doc, tensors)
+    with pytest.raises(ValueError, match="field 'preprocessing': expected object, got list"):
+        load_model(bad)
+    with pytest.raises(ValueError, match="finite"):
+        save_model(est, tmp_path / "x.snnk", preprocessing={"mean": float("nan")})
+    with pytest.raises(TypeError, match="preprocessing must be a dict"):
+        save_model(est, tmp_path / "x.snnk", preprocessing=[1])
+    assert not (tmp_path / "x.snnk").exists()
+
+
 def test_registry_needs_no_import_of_the_models(saved):
     code = (
         "import sys, snnk.io\n"

@@ -27,6 +27,7 @@ import importlib
 import json
 import numbers
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -86,6 +87,7 @@ __all__ = [
     "check_header",
     "check_state",
     "load_model",
+    "load_model_and_preprocessing",
     "registered_class",
     "save_model",
 ]
@@ -230,13 +232,24 @@ def registered_class(name: str) -> type | None:
     return cls if isinstance(cls, type) and issubclass(cls, PersistMixin) else None
 
 
-def save_model(estimator: Any, path: str | os.PathLike[str]) -> Path:
+def save_model(
+    estimator: Any,
+    path: str | os.PathLike[str],
+    *,
+    preprocessing: dict[str, Any] | None = None,
+) -> Path:
     """Write a fitted snnk estimator to ``path`` (one safetensors file, JSON metadata).
 
     Returns the path written. The write goes to a temporary file beside ``path`` that
     replaces it only when complete (:func:`snnk._utils.files.write_safetensors_atomic`), so an
     interrupted save never leaves a truncated model behind; a missing folder raises
     ``FileNotFoundError`` naming it.
+
+    ``preprocessing``: a JSON object (strings, finite numbers, booleans, ``None``, lists and
+    string-keyed objects) stored beside the estimator under the header key
+    ``"preprocessing"``: how the columns of a table become the estimator's inputs (``snnk
+    fit`` writes its fitted column transform there). :func:`load_model` ignores it;
+    :func:`load_model_and_preprocessing` returns it.
     """
     from sklearn.exceptions import NotFittedError
     from sklearn.utils.validation import check_is_fitted
@@ -260,6 +273,18 @@ def save_model(estimator: Any, path: str | os.PathLike[str]) -> Path:
         "params": params,
         "state": state,
     }
+    if preprocessing is not None:
+        if not isinstance(preprocessing, dict):
+            raise TypeError(
+                f"preprocessing must be a dict (a JSON object), got {type(preprocessing).__name__}"
+            )
+        try:  # finite numbers only: NaN and Infinity are not JSON
+            json.dumps(preprocessing, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"preprocessing is not a JSON object of finite values: {exc}"
+            ) from None
+        doc["preprocessing"] = preprocessing
     return write_safetensors_atomic(path, tensors, metadata={META_KEY: json.dumps(doc)})
 
 
@@ -289,6 +314,20 @@ def load_model(path: str | os.PathLike[str]) -> Any:
 
     The header is checked against :data:`HEADER_SCHEMA` and the class's declarations before
     the estimator is built; every problem is a ``ValueError`` naming the file and the field.
+    """
+    return load_model_and_preprocessing(path)[0]
+
+
+def load_model_and_preprocessing(
+    path: str | os.PathLike[str],
+    check: Callable[[dict[str, Any], Any], None] | None = None,
+) -> tuple[Any, dict[str, Any] | None]:
+    """``(estimator, preprocessing)`` of a file written by :func:`save_model`.
+
+    ``preprocessing`` is the JSON object saved with the estimator (``None`` when there is
+    none). ``check(preprocessing, estimator)``, when given, validates it and raises
+    :class:`HeaderError` naming the field (e.g. ``preprocessing.numeric.0.scale``); like every
+    other problem of the file, that becomes a ``ValueError`` naming the file and the field.
     """
     path = Path(path)
     if not path.is_file():
@@ -329,7 +368,13 @@ def load_model(path: str | os.PathLike[str]) -> Any:
         raise ValueError(
             f"{path}: the saved state does not rebuild a {cls.__name__}: {exc}"
         ) from exc
-    return est
+    preprocessing = doc.get("preprocessing")
+    if preprocessing is not None and check is not None:
+        try:
+            check(preprocessing, est)
+        except HeaderError as exc:
+            raise ValueError(f"{path}: field {exc.field!r}: {exc.problem}") from None
+    return est, preprocessing
 
 
 def _param_from_json(name: str, value: Any) -> Any:

@@ -78,6 +78,9 @@ HEADER_SCHEMA: tuple[Field, ...] = (
     Field("state.arrays", (dict,), members=(str,), choices=("numpy", "torch")),
     Field("state.modules", (list,), members=(str,)),
     Field("state.values", (dict,)),
+    # how a table's columns become the estimator's inputs (``snnk fit``), checked in full by
+    # the reader that applies it (:mod:`snnk._cli_preprocess`)
+    Field("preprocessing", (dict,), required=False),
 )
 
 #: JSON types a saved scalar attribute or hyper-parameter may be built from

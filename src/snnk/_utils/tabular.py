@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 CATEGORICAL_CHOICES = ("error", "drop")
@@ -36,6 +40,8 @@ def table_columns(path: str | Path) -> list[str]:
     """Column names of a CSV or Parquet file (reads the header / schema only)."""
     p = _check_file(path)
     fmt = table_format(p)
+    if p.stat().st_size == 0:
+        raise ValueError(f"{str(path)!r} is an empty file: a header row and data rows are needed")
     try:
         if fmt == "parquet":
             import pyarrow.parquet as pq
@@ -45,6 +51,42 @@ def table_columns(path: str | Path) -> list[str]:
 
         return list(pd.read_csv(p, nrows=0).columns)
     except (OSError, ValueError) as exc:
+        raise ValueError(f"could not read {str(path)!r} as {fmt}: {exc}") from exc
+
+
+def iter_frames(
+    path: str | Path, columns: Sequence[str] | None = None, *, chunk_rows: int = 65_536
+) -> Iterator[pd.DataFrame]:
+    """Yield the rows of a CSV or Parquet file as pandas DataFrames of at most ``chunk_rows``
+    rows, with the ``columns`` named (all when ``None``), as pandas parses them.
+
+    Empty chunks are skipped, so a file with a header and no rows yields nothing. Peak
+    memory is one chunk.
+    """
+    import pandas as pd
+
+    p = _check_file(path)
+    fmt = table_format(p)
+    if not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows <= 0:
+        raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+    if columns is not None:
+        present = table_columns(p)
+        missing = [c for c in columns if c not in present]
+        if missing:
+            raise ValueError(f"{str(path)!r} has no column(s) {missing}; its columns are {present}")
+        columns = list(dict.fromkeys(columns))
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        batches = pq.ParquetFile(p).iter_batches(batch_size=chunk_rows, columns=columns)
+        frames = (b.to_pandas() for b in batches)
+    else:
+        frames = pd.read_csv(p, chunksize=chunk_rows, usecols=columns)
+    try:
+        for frame in frames:
+            if frame.shape[0]:
+                yield frame
+    except (OSError, ValueError) as exc:  # a malformed line, a truncated compressed file
         raise ValueError(f"could not read {str(path)!r} as {fmt}: {exc}") from exc
 
 
@@ -66,7 +108,7 @@ def iter_table(
     import pandas as pd
 
     p = _check_file(path)
-    fmt = table_format(p)
+    table_format(p)
     if categorical not in CATEGORICAL_CHOICES:
         raise ValueError(f"categorical must be one of {CATEGORICAL_CHOICES}, got {categorical!r}")
     if not isinstance(chunk_rows, int) or chunk_rows <= 0:
@@ -80,16 +122,7 @@ def iter_table(
     if not names:
         raise ValueError(f"{str(path)!r} has no feature columns besides the target {targets}")
 
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        pf = pq.ParquetFile(p)
-        frames = (
-            b.to_pandas() for b in pf.iter_batches(batch_size=chunk_rows, columns=names + targets)
-        )
-    else:
-        frames = pd.read_csv(p, chunksize=chunk_rows, usecols=names + targets)
-
+    frames = iter_frames(p, names + targets, chunk_rows=chunk_rows)
     kept: list[str] | None = None
     for frame in frames:
         if frame.shape[0] == 0:
