@@ -83,11 +83,18 @@ def test_favor_estimates_softmax_for_small_logits(seed):
 def test_nystrom_estimates_softmax(seed):
     q, k, v = qkv(L=256, E=16, std=0.5, seed=seed)
     exact = F.scaled_dot_product_attention(q, k, v)
-    err = rel(kernel_attention(q, k, v, "nystrom", num_features=64), exact)
+    err = rel(
+        kernel_attention(q, k, v, "nystrom", nystrom_form="projection", num_features=64), exact
+    )
     base = rel(uniform(v, exact), exact)
     assert err < 0.25 * base, (err, base)
     # Every key a landmark: the Nyström projection is exact up to the jitter.
-    full = rel(kernel_attention(q, k, v, "nystrom", num_features=256, jitter=1e-8), exact)
+    full = rel(
+        kernel_attention(
+            q, k, v, "nystrom", nystrom_form="projection", num_features=256, jitter=1e-8
+        ),
+        exact,
+    )
     assert full < 1e-4, full
 
 
@@ -184,10 +191,12 @@ def test_nystrom_kmeans_landmarks_match_their_dense_formula():
     keep = torch.ones(40, dtype=torch.bool)
     keep[[0, 1, 17, 18, 19]] = False
     opts = {"num_features": 8, "key_padding_mask": ~keep, "chunk_size": 7}
-    out = kernel_attention(q, k, v, "nystrom", **opts)
+    out = kernel_attention(q, k, v, "nystrom", nystrom_form="projection", **opts)
     Z = kmeans_landmarks(k, 8, keep)
     torch.testing.assert_close(out, nystrom_reference(q, k, v, Z, keep), rtol=1e-7, atol=1e-9)
-    pooled = kernel_attention(q, k, v, "nystrom", landmarks="pool", **opts)
+    pooled = kernel_attention(
+        q, k, v, "nystrom", nystrom_form="projection", landmarks="pool", **opts
+    )
     assert not torch.allclose(pooled, out)
 
 
@@ -209,7 +218,9 @@ def test_kmeans_landmark_without_members_keeps_its_pooled_value():
     q, k, v, keep = two_groups()
     Z = kmeans_landmarks(k, 3, keep)
     assert torch.allclose(Z[..., 2, :], k[..., 16:, :].mean(-2))  # no members: pooled value
-    out = kernel_attention(q, k, v, "nystrom", num_features=3, chunk_size=5)
+    out = kernel_attention(
+        q, k, v, "nystrom", nystrom_form="projection", num_features=3, chunk_size=5
+    )
     torch.testing.assert_close(out, nystrom_reference(q, k, v, Z, keep), rtol=1e-7, atol=1e-9)
 
 
@@ -226,8 +237,9 @@ def test_landmarks_follow_each_batch_elements_mask(method):
     pad[0, 18:] = True
     pad[1, [0, 1, 2, 10]] = True
     m = 1 + E + 6 if method == "hermite" else 5
+    form = {"nystrom_form": "projection"} if method == "nystrom" else {}
     out = kernel_attention(
-        q, k, v, method, num_features=m, key_padding_mask=pad[:, None], chunk_size=4
+        q, k, v, method, num_features=m, key_padding_mask=pad[:, None], chunk_size=4, **form
     )
     for b in range(B):
         x = (q[b : b + 1], k[b : b + 1], v[b : b + 1])
@@ -243,7 +255,7 @@ def test_landmarks_option_is_checked():
     with pytest.raises(ValueError, match="landmarks"):
         kernel_attention(q, k, v, "favor+", landmarks="kmeans")
     with pytest.raises(ValueError, match="landmarks"):
-        kernel_attention(q, k, v, "nystrom", landmarks="random")
+        kernel_attention(q, k, v, "nystrom", nystrom_form="projection", landmarks="random")
 
 
 def test_linear_matches_its_dense_formula():
@@ -283,7 +295,9 @@ def stress():
 @pytest.mark.parametrize("m", [64, 256])
 def test_nystrom_beats_mean_of_v_at_unit_logits(stress, m):
     q, k, v, exact, base = stress[1.0]
-    err = rel(kernel_attention(q, k, v, "nystrom", num_features=m), exact)
+    err = rel(
+        kernel_attention(q, k, v, "nystrom", nystrom_form="projection", num_features=m), exact
+    )
     assert err < 0.9 * base, (err, base)
 
 
@@ -327,7 +341,7 @@ def test_hermite_never_worse_than_uniform_at_logit_std_2(stress, opts):
 )
 def test_nystrom_never_worse_than_uniform_at_logit_std_2(stress, opts):
     q, k, v, exact, base = stress[2.0]
-    err = rel(kernel_attention(q, k, v, "nystrom", **opts), exact)
+    err = rel(kernel_attention(q, k, v, "nystrom", nystrom_form="projection", **opts), exact)
     assert err < base, (opts, err, base)
 
 
@@ -352,7 +366,9 @@ def test_nystrom_kmeans_landmarks_on_clustered_keys(clustered, m):
     Nyström row sums near zero (error 2.7 to 66 at these settings); one Lloyd step puts
     landmarks inside the clusters (0.16-0.19 in the benchmark)."""
     q, k, v, exact, base = clustered
-    err = rel(kernel_attention(q, k, v, "nystrom", num_features=m), exact)
+    err = rel(
+        kernel_attention(q, k, v, "nystrom", nystrom_form="projection", num_features=m), exact
+    )
     assert err < 0.4 * base, (err, base)
 
 
@@ -397,7 +413,14 @@ def test_gradcheck_landmark_rules():
 
     def f(q, k, v):
         return kernel_attention(
-            q, k, v, "nystrom", num_features=12, landmarks="pool", chunk_size=24
+            q,
+            k,
+            v,
+            "nystrom",
+            nystrom_form="projection",
+            num_features=12,
+            landmarks="pool",
+            chunk_size=24,
         )
 
     assert torch.autograd.gradcheck(f, (q, k, v), atol=1e-6, rtol=1e-5, fast_mode=True)
@@ -405,7 +428,9 @@ def test_gradcheck_landmark_rules():
     q, k, v = (t.requires_grad_() for t in (q, k, v))
 
     def g(q, k, v):
-        return kernel_attention(q, k, v, "nystrom", num_features=3, chunk_size=5)
+        return kernel_attention(
+            q, k, v, "nystrom", nystrom_form="projection", num_features=3, chunk_size=5
+        )
 
     assert torch.autograd.gradcheck(g, (q, k, v), atol=1e-6, rtol=1e-5)
 
@@ -523,7 +548,8 @@ def test_float_mask_matches_sdpa_bias_for_landmark_methods(method, m):
     bias[..., :10] = float("-inf")
     bias[..., 10:40] = 1.0
     exact = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-    out = kernel_attention(q, k, v, method, attn_mask=bias, num_features=m, jitter=1e-10)
+    form = {"nystrom_form": "projection"} if method == "nystrom" else {}
+    out = kernel_attention(q, k, v, method, attn_mask=bias, num_features=m, jitter=1e-10, **form)
     # ignoring the bias would be 0.44 off; measured 4e-4 (nystrom) and 5e-4 (hermite)
     assert rel(out, exact) < 0.005
 
@@ -699,7 +725,7 @@ def test_bad_input_messages():
     with pytest.raises(ValueError, match="in_features=8"):
         kernel_attention(q, k, v, feature_map=PositiveFeatures(8, 4, seed=0))
     with pytest.raises(ValueError, match="pinv must be one of"):
-        kernel_attention(q, k, v, "nystrom", pinv="svd")
+        kernel_attention(q, k, v, "nystrom", nystrom_form="projection", pinv="svd")
     with pytest.raises(ValueError, match="divisible"):
         KernelAttention(30, 4)
     with pytest.raises(ValueError, match="need_weights=False"):

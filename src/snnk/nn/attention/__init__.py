@@ -21,17 +21,21 @@ Methods
     ``q' = q·scale^{1/2}``; it grows like ``exp(2‖q'‖²)``, so the estimator is faithful only for
     small logits (roughly ``‖q'‖² ≲ 2``); beyond that it is a different (trainable) operator.
 ``"nystrom"``
-    Nyström approximation of the softmax kernel ``exp(qᵀk·scale)`` (a positive-definite kernel)
-    with ``m`` landmarks ``Z``: adaptive average pooling of the keys followed by one k-means
-    (Lloyd) step, so that clustered keys get landmarks inside their clusters (masked keys
-    excluded; ``landmarks="pool"`` skips the Lloyd step):
+    Landmark estimate of the softmax kernel ``exp(qᵀk·scale)`` with ``m`` landmarks ``Z``
+    (adaptive average pooling of the keys followed by Lloyd (k-means) steps; masked keys
+    excluded; ``landmarks="pool"`` skips the Lloyd steps). Default form ``"snap"``: every key
+    is replaced by its nearest landmark, ``κ̂(q, k_j) = exp(qᵀz_{c(j)}·scale)``, so the
+    weights are positive, the output stays in the convex hull of ``V``, it is exact when
+    every key is a landmark and its error falls with ``m`` (clustered attention). Form
+    ``"projection"`` (``nystrom_form="projection"``, the classic Nyström method):
     ``K̂ = K(Q, Z) (K(Z, Z) + λ D²)⁻¹ K(Z, K)``, the RKHS projection onto the landmarks'
-    span, then row normalisation. It is computed in the Gaussian form
-    ``exp(qᵀz) = G(q, z)·e^{‖q‖²/2}·e^{‖z‖²/2}`` (``G(a, b) = exp(−‖a − b‖²/2)`` on scaled
-    inputs) so the inner matrix is the Gaussian Gram matrix (unit diagonal) plus ``λ I``:
-    a regularised inverse that is computed exactly (Cholesky) or by Newton–Schulz iterations
-    that converge monotonically to it (more iterations never make it worse). Biased (it is
-    a projection), deterministic, not causal (landmarks pool the future).
+    span, then row normalisation, computed in the Gaussian form
+    ``exp(qᵀz) = G(q, z)·e^{‖q‖²/2}·e^{‖z‖²/2}`` with an exact (Cholesky) or Newton–Schulz
+    regularised inverse. Its weights are signed: on the activations of a pretrained
+    encoder (``‖q‖²·scale ≈ 5–100``) the rows amplify by ``‖u_i‖₁ ≈ 10³–10⁴`` and the
+    output leaves the hull of ``V`` by orders of magnitude (errors 9–87 against a
+    mean-of-V baseline of 0.78, docs/attention.md); no jitter cures it. Biased,
+    deterministic, not causal (landmarks pool the future).
 ``"hermite"``
     Second-order Hermite expansion of softmax attention around each row's mean logit, with
     the quadratic term compressed by Nyström. With ``t_ij = q'·(k_j' − k̄')`` (``x' =
@@ -62,6 +66,21 @@ Methods
     Linear attention of Katharopoulos et al. (2020), ``φ(x) = elu(x) + 1``; a different
     operator from softmax (not an estimator of it). Causal.
 
+``"hybrid"``
+    Exact softmax over a sliding window of ``window`` keys plus a learned positive kernel
+    for all other keys, one shared normaliser (LoLCATs eq. 7, Based's window + linear
+    layers merged): :func:`hybrid_attention`, :mod:`.hybrid`. Causal and bidirectional;
+    ``window >= L`` is exact attention. The kernel is a :class:`LearnedFeatureMap`.
+``"hedgehog"``
+    The learned kernel alone (Hedgehog, Zhang et al., ICLR 2024): linear attention with
+    trainable ``exp`` feature maps per head (``window = 0`` of the hybrid).
+
+Learned feature maps (:mod:`.learned`): per head ``log φ(x) = x Wᵀ + b − γ‖x‖²/2`` with
+separate trainable ``W``, ``b`` for queries and keys, initialised at antithetic FAVOR+
+features (an unbiased estimate of ``exp(qᵀk·scale)``); :func:`fit_feature_map`
+(:mod:`.transfer`) fits them to a layer's own softmax attention from captured ``q, k, v``
+(attention transfer, no labels). Regime warnings: :mod:`.regime`.
+
 Causal mode (``"favor+"``, ``"linear"``) runs chunk by chunk over the sequence, carrying the
 prefix sums ``S = Σ φ(k_j) v_jᵀ`` and ``z = Σ φ(k_j)`` (with a running per-feature maximum for
 ``"favor+"``, rescaled like an online softmax); :class:`DecodingState` carries the same three
@@ -80,27 +99,37 @@ class of hooks per method), :mod:`.engine` (the chunked autograd functions), :mo
 
 from snnk.features import PositiveFeatures
 from snnk.nn.attention.decoding import DecodingState
-from snnk.nn.attention.functional import kernel_attention
+from snnk.nn.attention.functional import hybrid_attention, kernel_attention
+from snnk.nn.attention.learned import LearnedFeatureMap
 from snnk.nn.attention.methods import (
     CAUSAL_METHODS,
     LANDMARKS,
+    LEARNED_METHODS,
     METHODS,
     PINV_METHODS,
     AttentionMethod,
     make_method,
 )
 from snnk.nn.attention.module import KernelAttention
+from snnk.nn.attention.regime import AttentionRegimeWarning
+from snnk.nn.attention.transfer import TransferReport, fit_feature_map
 from snnk.solvers.inverse import newton_schulz_inverse, spd_inverse
 
 __all__ = [
     "CAUSAL_METHODS",
     "LANDMARKS",
+    "LEARNED_METHODS",
     "METHODS",
     "PINV_METHODS",
     "AttentionMethod",
+    "AttentionRegimeWarning",
     "DecodingState",
     "KernelAttention",
+    "LearnedFeatureMap",
     "PositiveFeatures",
+    "TransferReport",
+    "fit_feature_map",
+    "hybrid_attention",
     "kernel_attention",
     "make_method",
     "newton_schulz_inverse",

@@ -32,8 +32,16 @@ def _lw_slice(lw, a, b):
 
 
 def _grads(outputs, inputs, grads):
-    """``torch.autograd.grad`` that tolerates inputs the outputs do not depend on."""
-    res = torch.autograd.grad(outputs, inputs, grads, allow_unused=True)
+    """``torch.autograd.grad`` that tolerates inputs the outputs do not depend on (and
+    outputs that depend on no input, such as one-hot key features)."""
+    if not isinstance(outputs, list | tuple):
+        outputs, grads = [outputs], [grads]
+    pairs = [(o, g) for o, g in zip(outputs, grads, strict=True) if o.requires_grad]
+    if not pairs:
+        return [torch.zeros_like(x) for x in inputs]
+    res = torch.autograd.grad(
+        [o for o, _ in pairs], inputs, [g for _, g in pairs], allow_unused=True
+    )
     return [torch.zeros_like(x) if g is None else g for g, x in zip(res, inputs, strict=True)]
 
 

@@ -67,7 +67,9 @@ class FeatureAttention(torch.autograd.Function):
         Z = pool = None
         if spec.num_landmarks:
             keep = None if lw is None else torch.isfinite(lw).to(k.dtype)
-            pool = Landmarks(spec.landmarks, S, min(spec.num_landmarks, S), keep, chunk, k)
+            pool = Landmarks(
+                spec.landmarks, S, min(spec.num_landmarks, S), keep, chunk, k, spec.lloyd_steps
+            )
             Z = pool.compute(k)
         aff = _cast_affine(spec, Z, q.dtype)
         acc = None

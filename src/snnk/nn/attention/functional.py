@@ -16,14 +16,24 @@ from snnk._utils import (
 )
 from snnk.features import PositiveFeatures
 from snnk.nn.attention.engine import CausalFeatureAttention, FeatureAttention, run_engine
+from snnk.nn.attention.hybrid import (
+    FAR_KERNELS,
+    SnapMap,
+    check_window,
+    default_block,
+    hybrid_forward,
+)
+from snnk.nn.attention.learned import LearnedFeatureMap
 from snnk.nn.attention.methods import (
     CAUSAL_METHODS,
     DEFAULT_LANDMARKS,
     LANDMARKS,
     METHODS,
+    NYSTROM_FORMS,
     PINV_METHODS,
     make_method,
 )
+from snnk.nn.attention.regime import regime_message, warn_regime
 
 #: elements of one ``(batch, chunk, m)`` feature block (512 KiB in float32: it fits the L2
 #: cache, and forward+backward keep peak memory at or below SDPA's from L = 4,096 on)
@@ -192,6 +202,8 @@ def kernel_attention(
     tol: float = 1e-10,
     chunk_size: int | None = None,
     landmarks: str | None = None,
+    regime_warning: bool = True,
+    nystrom_form: str = "snap",
 ) -> torch.Tensor:
     r"""Linear-complexity attention with the call shape of ``scaled_dot_product_attention``.
 
@@ -239,6 +251,15 @@ def kernel_attention(
         more pass over the keys). Errors at L = 1,024 with 256 landmarks: random keys 0.541
         (pool) / 0.549 (kmeans); clustered keys at logit std 2: 2.7 (pool, row sums near 0)
         / 0.156 (kmeans); see docs/benchmarks.md.
+    nystrom_form : {"snap", "projection"}, default "snap"
+        ``"nystrom"`` only. ``"snap"``: every key replaced by its nearest landmark (positive
+        weights, output in the convex hull of ``V``, exact at ``m = S``);
+        ``"projection"``: the classic Nyström projection ``K(Q,Z)(K(Z,Z) + λI)⁻¹K(Z,K)``
+        (signed weights; diverges on peaked pretrained attention, see ``docs/attention.md``).
+    regime_warning : bool, default True
+        Emit an :class:`~snnk.nn.attention.regime.AttentionRegimeWarning` naming the
+        measured statistic when the method is outside its regime (see
+        :mod:`snnk.nn.attention.regime`).
 
     Returns
     -------
@@ -262,6 +283,9 @@ def kernel_attention(
     E = q.shape[-1]
     scale = 1.0 / math.sqrt(E) if scale is None else check_positive(scale, "scale")
     num_features = check_positive_int(num_features, "num_features")
+    if regime_warning:
+        warn_regime(regime_message(method, q, k, scale))
+    check_in(nystrom_form, "nystrom_form", NYSTROM_FORMS)
     check_in(pinv, "pinv", PINV_METHODS)
     jitter = check_positive(jitter, "jitter")
     max_iter = check_positive_int(max_iter, "max_iter")
@@ -306,6 +330,7 @@ def kernel_attention(
             max_iter=max_iter,
             tol=tol,
             landmarks=rule if method in DEFAULT_LANDMARKS else None,
+            nystrom_form=nystrom_form,
         )
         if _cancellation_free(spec, magnitude, E, work):
             spec.max_log = None  # the bound holds without the clamp pass
@@ -362,3 +387,118 @@ def _favor_map(feature_map, E: int, num_features: int, seed, device) -> Positive
             _DEFAULT_MAPS.pop(next(iter(_DEFAULT_MAPS)))
         _DEFAULT_MAPS[key] = fmap
     return fmap
+
+
+def hybrid_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    feature_map: LearnedFeatureMap | None = None,
+    attn_mask: torch.Tensor | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    *,
+    window: int = 64,
+    num_features: int = 64,
+    scale: float | None = None,
+    seed: int | torch.Generator | None = 0,
+    chunk_size: int | None = None,
+    far_kernel: str = "learned",
+) -> torch.Tensor:
+    r"""Exact softmax in a sliding window plus kernel attention for the other keys, one
+    shared normaliser (see :mod:`snnk.nn.attention.hybrid`).
+
+    Parameters
+    ----------
+    q, k, v : Tensors of shape ``(..., H, L, E)``, ``(..., H, S, E)``, ``(..., H, S, Ev)``
+        ``H`` must equal ``feature_map.num_heads`` (3-d inputs are one batch of heads).
+    feature_map : LearnedFeatureMap, optional
+        The kernel of the far keys; default: a fresh FAVOR+-initialised map with
+        ``num_features`` features drawn from ``seed`` (not trained).
+    attn_mask, key_padding_mask : optional
+        As in :func:`kernel_attention` (per-key masks and float biases ``(..., 1, S)`` /
+        bool ``(..., S)``); masked keys leave the window and the kernel sums alike.
+    is_causal : bool, default False
+        Query ``i`` sees keys ``j <= i`` (needs ``L == S``).
+    window : int, default 64
+        ``w``: keys with ``|i − j| < w`` (causal: ``0 <= i − j < w``) attend exactly.
+        ``w >= L`` is exact softmax attention, ``w = 0`` pure kernel attention. ``w > 0``
+        needs ``L == S`` (positions are shared).
+    scale : float, optional
+        Logit scale of the window part, default ``1/√E`` (the map carries its own).
+    chunk_size : int, optional
+        Rows per block (raised to ``window``; default ``max(window, 64)``).
+    far_kernel : {"learned", "nystrom"}, default "learned"
+        Kernel of the far keys: ``feature_map`` (trainable), or ``"nystrom"``: every far
+        key snapped to the nearest of ``num_features`` k-means landmarks of the keys
+        (``κ = exp(qᵀz_{c(k)}·scale)``, no parameters, bidirectional only).
+
+    Returns
+    -------
+    Tensor of shape ``(..., H, L, Ev)`` in ``q``'s dtype.
+    """
+    magnitude = _check_qkv(q, k, v)
+    del magnitude
+    window = check_window(window)
+    if q.ndim < 3:
+        raise ValueError(
+            f"hybrid_attention needs inputs shaped (..., H, L, E) with a head dimension, got "
+            f"query {tuple(q.shape)}; use q.unsqueeze(0) for one head"
+        )
+    L, S, E = q.shape[-2], k.shape[-2], q.shape[-1]
+    if (window > 0 or is_causal) and L != S:
+        raise ValueError(
+            f"window={window} and is_causal={is_causal} need as many queries as keys (shared "
+            f"positions), got L={L} and S={S}; use window=0 for cross-attention"
+        )
+    if is_causal and attn_mask is not None:
+        raise ValueError("pass either attn_mask or is_causal=True, not both (as in SDPA)")
+    scale = 1.0 / math.sqrt(E) if scale is None else check_positive(scale, "scale")
+    check_in(far_kernel, "far_kernel", FAR_KERNELS)
+    if far_kernel == "nystrom":
+        if is_causal:
+            raise ValueError(
+                "far_kernel='nystrom' cannot be causal (its landmarks see every key); use "
+                "far_kernel='learned' with is_causal=True"
+            )
+        num_features = check_positive_int(num_features, "num_features")
+    elif feature_map is None:
+        num_features = check_positive_int(num_features, "num_features")
+        feature_map = LearnedFeatureMap(
+            q.shape[-3],
+            E,
+            num_features + num_features % 2,
+            scale=scale,
+            seed=seed,
+            device=q.device,
+        )
+    elif not isinstance(feature_map, LearnedFeatureMap):
+        raise TypeError(
+            f"feature_map must be a snnk.nn.attention.LearnedFeatureMap, got "
+            f"{type(feature_map).__name__}"
+        )
+    if far_kernel == "learned" and (
+        feature_map.num_heads != q.shape[-3] or feature_map.head_dim != E
+    ):
+        raise ValueError(
+            f"feature_map has num_heads={feature_map.num_heads}, head_dim="
+            f"{feature_map.head_dim} but query has H={q.shape[-3]} heads of dim E={E} "
+            f"(shape (..., H, L, E) = {tuple(q.shape)})"
+        )
+    block = default_block(window, L)
+    if chunk_size is not None:
+        chunk_size = check_positive_int(chunk_size, "chunk_size")
+        block = max(1, min(max(window, chunk_size), max(L, 1)))
+    work = compute_dtype(q.dtype)
+    no_autocast = (
+        contextlib.nullcontext()
+        if q.device.type == "meta"
+        else torch.autocast(q.device.type, enabled=False)
+    )
+    with no_autocast:
+        qw, kw, vw = q.to(work), k.to(work), v.to(work)
+        lw = _key_log_weights(attn_mask, key_padding_mask, kw, work)
+        if far_kernel == "nystrom":
+            feature_map = SnapMap(kw, lw, num_features, scale, block)
+        out = hybrid_forward(qw, kw, vw, lw, feature_map, window, bool(is_causal), scale, block)
+    return out.to(q.dtype)

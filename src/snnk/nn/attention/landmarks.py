@@ -35,7 +35,16 @@ class Landmarks:
     matrices; :meth:`route` applies ``Pᵀ`` to a landmark gradient.
     """
 
-    def __init__(self, kind: str, S: int, m: int, keep: torch.Tensor | None, chunk: int, k):
+    def __init__(
+        self,
+        kind: str,
+        S: int,
+        m: int,
+        keep: torch.Tensor | None,
+        chunk: int,
+        k,
+        steps: int = 1,
+    ):
         self.kind, self.keep, self.m, self.chunk = kind, keep, m, chunk
         dev, dt = k.device, k.dtype
         if kind == "select":
@@ -64,7 +73,9 @@ class Landmarks:
         counts = self._segment_sum(lambda a, b: w[..., a:b, :], S, 1, k)[..., 0]
         self.counts = counts.clamp_min(1.0)
         if kind == "kmeans":
-            self._lloyd(k)
+            Z = None
+            for _ in range(steps):
+                Z = self._lloyd(k, Z)
 
     def _weight(self, a: int, b: int, like: torch.Tensor) -> torch.Tensor:
         keep = torch.ones_like(like[..., 0]) if self.keep is None else self.keep[..., a:b]
@@ -100,8 +111,10 @@ class Landmarks:
         sums = self._segment_sum(masked, k.shape[-2], k.shape[-1], k)
         return sums / self.counts.unsqueeze(-1)
 
-    def _lloyd(self, k: torch.Tensor) -> None:
-        Z0 = self._pooled(k)
+    def _lloyd(self, k: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+        """One Lloyd step from ``start`` (default the pooled rows); returns the new landmarks.
+        Gradients follow the last step's member means (an empty landmark routes as pooled)."""
+        Z0 = self._pooled(k) if start is None else start
         Zsq = _sq(Z0).unsqueeze(-2)
         labels, sums, sizes = [], 0, 0
         for a, b in _chunks(k.shape[-2], self.chunk):
@@ -119,6 +132,7 @@ class Landmarks:
         self.Z = torch.where(
             (sizes > 0).unsqueeze(-1), sums / sizes.clamp_min(1.0).unsqueeze(-1), Z0
         )
+        return self.Z
 
     def _select_matrix(self, a: int, b: int) -> torch.Tensor:
         rank = self.rank[..., a:b]

@@ -1,4 +1,53 @@
-r"""The module, :class:`KernelAttention`: a drop-in for ``nn.MultiheadAttention``."""
+r"""The module, :class:`KernelAttention`: a drop-in for ``nn.MultiheadAttention``.
+
+Constructor contract (stable; relied on by model conversion)
+------------------------------------------------------------
+``KernelAttention(embed_dim=H·E, num_heads=H, method, *, num_features=m, window=w, seed=s,
+scale=None, ...)`` builds ``H`` heads of dimension ``E``. The existing call
+``KernelAttention(embed_dim, num_heads, method="favor+", batch_first=True, ...)`` is unchanged.
+
+Methods and their trainable parameters:
+
+* ``"favor+"``, ``"nystrom"``, ``"hermite"``, ``"softmax-free"``, ``"linear"``: no attention
+  parameters (``"favor+"`` holds its random draw as the buffer
+  ``feature_map.projection.weight``).
+* ``"hybrid"`` (``window`` default 64): exact softmax over keys with ``|i − j| < window``
+  (causal: ``0 <= i − j < window``) plus a learned positive kernel for all other keys, one
+  shared normaliser (:mod:`.hybrid`). ``window >= L`` is exact attention.
+  With ``far_kernel="nystrom"`` the far keys use the parameter-free snapped landmark
+  kernel of ``"nystrom"`` instead (``num_features`` k-means landmarks; bidirectional only;
+  no ``feature_map``): the most faithful choice without training.
+* ``"hedgehog"``: the learned kernel alone (``window`` must be 0 or None).
+
+For both learned methods ``module.feature_map`` is a
+:class:`~snnk.nn.attention.learned.LearnedFeatureMap` whose four ``nn.Parameter`` s
+(``weight_q``, ``weight_k`` of shape ``(H, m, E)``, ``bias_q``, ``bias_k`` of shape
+``(H, m)``; ``m = num_features``, even) are the only attention parameters;
+:meth:`KernelAttention.feature_parameters` lists them (empty for the other methods). They
+start at FAVOR+ features (an unbiased estimate of ``exp(qᵀk·scale)``), so an untrained
+hybrid is already a sensible estimate; :func:`snnk.nn.attention.fit_feature_map` trains them
+on captured ``q, k, v``.
+
+Calls:
+
+* ``forward(x, key=None, value=None, key_padding_mask=None, attn_mask=None,
+  is_causal=None)``: ``(B, L, H·E)`` inputs through the module's own ``q/k/v/out``
+  projections, as ``nn.MultiheadAttention``; returns ``(out, None)``.
+* ``attend(q, k, v, key_padding_mask=None, attn_mask=None, is_causal=None)``: the attention
+  alone on already projected per-head tensors ``q (B, H, L, E)``, ``k (B, H, S, E)``,
+  ``v (B, H, S, Ev)`` (after any rotary embedding; no scaling applied beforehand: the logit
+  scale is ``scale``, default ``1/√E``); returns ``(B, H, L, Ev)``. This is the entry point
+  for converting a pretrained model, whose own projections stay in place.
+
+Masks: ``key_padding_mask`` is bool ``(B, S)``, True = padding (``nn.MultiheadAttention``'s
+convention); ``attn_mask`` must be the same for every query: bool ``(B, 1, S)`` / ``(B, H, 1,
+S)`` with True = attend (SDPA's convention), or a float additive bias of those shapes (a
+Hugging Face extended mask ``(B, 1, 1, S)`` with ``0``/``-inf``/large-negative entries works
+as is). Bidirectional by default; ``is_causal=True`` (constructor default or per call) makes
+query ``i`` see keys ``j <= i`` (methods ``"favor+"``, ``"linear"``, ``"hybrid"``,
+``"hedgehog"``). A method outside its regime emits one
+:class:`~snnk.nn.attention.regime.AttentionRegimeWarning` per module.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +63,11 @@ from snnk._utils import check_in, check_positive_int
 from snnk._utils.random import make_generator, numpy_seed_from
 from snnk.features import PositiveFeatures
 from snnk.nn.attention.decoding import DecodingState
-from snnk.nn.attention.functional import kernel_attention
-from snnk.nn.attention.methods import CAUSAL_METHODS, METHODS
+from snnk.nn.attention.functional import hybrid_attention, kernel_attention
+from snnk.nn.attention.hybrid import check_window
+from snnk.nn.attention.learned import LearnedFeatureMap
+from snnk.nn.attention.methods import CAUSAL_METHODS, LEARNED_METHODS, METHODS
+from snnk.nn.attention.regime import regime_message, warn_regime
 
 
 class KernelAttention(nn.Module):
@@ -29,11 +81,17 @@ class KernelAttention(nn.Module):
     ----------
     embed_dim, num_heads : int
         ``embed_dim`` must be divisible by ``num_heads``; the head dimension is the quotient.
-    method : {"favor+", "nystrom", "hermite", "softmax-free", "linear"}, default "favor+"
+    method : str, default "favor+"
+        One of ``"favor+"``, ``"nystrom"``, ``"hermite"``, ``"softmax-free"``, ``"linear"``,
+        ``"hybrid"``, ``"hedgehog"``; see the module docstring for the learned methods
+        ``"hybrid"`` and ``"hedgehog"``.
     batch_first : bool, default True
         Inputs ``(B, L, embed_dim)``; False means ``(L, B, embed_dim)``.
     num_features : int, default 256
-        Random features or landmarks (see :func:`kernel_attention`).
+        Random features or landmarks (see :func:`kernel_attention`); the learned methods'
+        feature count ``m`` (rounded up to even).
+    window : int, optional
+        ``"hybrid"`` only (default 64): keys at distance ``< window`` attend exactly.
     bias : bool, default True
     kdim, vdim : int, optional
         Key/value input widths (default ``embed_dim``).
@@ -48,11 +106,14 @@ class KernelAttention(nn.Module):
     seed : int, torch.Generator or None, default None
         Seeds the feature draws *and* the initial weights (the global RNG is never used).
     **attention_kwargs
-        ``jitter``, ``pinv``, ``max_iter``, ``tol``, ``chunk_size``, ``landmarks`` of
-        :func:`kernel_attention`.
+        ``jitter``, ``pinv``, ``max_iter``, ``tol``, ``chunk_size``, ``landmarks``, ``scale``
+        of :func:`kernel_attention` (the learned methods use ``chunk_size`` and ``scale``).
 
+    Notes
+    -----
     Buffers: ``feature_map.projection.weight`` (``"favor+"``), saved in ``state_dict``, and
-    ``num_redraws``; loading a state dict reproduces outputs bit for bit.
+    ``num_redraws``; the learned methods' ``feature_map.*`` parameters are in ``state_dict``
+    too; loading a state dict reproduces outputs bit for bit.
     """
 
     def __init__(
@@ -63,6 +124,7 @@ class KernelAttention(nn.Module):
         batch_first: bool = True,
         *,
         num_features: int = 256,
+        window: int | None = None,
         bias: bool = True,
         kdim: int | None = None,
         vdim: int | None = None,
@@ -82,11 +144,12 @@ class KernelAttention(nn.Module):
                 f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}; the head "
                 f"dimension is embed_dim // num_heads"
             )
-        self.method = check_in(method, "method", METHODS)
-        if is_causal and method not in CAUSAL_METHODS:
+        self.method = check_in(method, "method", METHODS + LEARNED_METHODS)
+        self.window = self._check_window_option(method, window)
+        if is_causal and method not in CAUSAL_METHODS + LEARNED_METHODS:
             raise ValueError(
                 f"method={method!r} cannot be causal (its landmarks see the future); use one of "
-                f"{list(CAUSAL_METHODS)}"
+                f"{list(CAUSAL_METHODS + LEARNED_METHODS)}"
             )
         unknown = set(attention_kwargs) - {
             "jitter",
@@ -95,6 +158,9 @@ class KernelAttention(nn.Module):
             "tol",
             "chunk_size",
             "landmarks",
+            "scale",
+            "nystrom_form",
+            "far_kernel",
         }
         if unknown:
             raise TypeError(f"unexpected keyword argument(s) {sorted(unknown)}")
@@ -126,6 +192,17 @@ class KernelAttention(nn.Module):
                 dtype=dtype,
                 device=device,
             )
+        elif method in LEARNED_METHODS and attention_kwargs.get("far_kernel") != "nystrom":
+            self.feature_map = LearnedFeatureMap(
+                num_heads,
+                self.head_dim,
+                num_features + num_features % 2,
+                scale=attention_kwargs.get("scale"),
+                seed=numpy_seed_from(self.generator),
+                dtype=dtype,
+                device=device,
+            )
+        self._regime_warned = False
         self.register_buffer("num_redraws", torch.zeros((), dtype=torch.long, device=device))
         self._calls = 0
         self._init_weights()
@@ -141,7 +218,10 @@ class KernelAttention(nn.Module):
         """
         if self.seed is not None:
             self.generator = make_generator(self.seed)[0]
-        if self.feature_map is not None:
+        if isinstance(self.feature_map, LearnedFeatureMap):
+            self.feature_map.seed = numpy_seed_from(self.generator)
+            self.feature_map.reset_parameters()
+        elif self.feature_map is not None:
             self.feature_map.resample(numpy_seed_from(self.generator))
         with torch.no_grad():
             self.num_redraws.zero_()
@@ -172,13 +252,38 @@ class KernelAttention(nn.Module):
     def resample(self, seed: int | torch.Generator | None = None) -> None:
         """Draw new ``"favor+"`` features (in place, same shapes). Without ``seed`` the next
         seed comes from the module's own generator, so a sequence of redraws is reproducible.
+        The learned methods' trained maps are left alone (use ``reset_parameters``).
         """
-        if self.feature_map is None:
+        if self.feature_map is None or isinstance(self.feature_map, LearnedFeatureMap):
             return
         if seed is None:
             seed = numpy_seed_from(self.generator)
         self.feature_map.resample(seed)
         self.num_redraws += 1
+
+    @staticmethod
+    def _check_window_option(method: str, window) -> int | None:
+        if method == "hybrid":
+            return 64 if window is None else check_window(window)
+        if method == "hedgehog":
+            if window not in (None, 0):
+                raise ValueError(
+                    f"method='hedgehog' is the learned kernel without a window; got "
+                    f"window={window!r}: use method='hybrid' for an exact window"
+                )
+            return 0
+        if window is not None:
+            raise ValueError(
+                f"window={window!r} applies to method='hybrid' only, not to method={method!r}"
+            )
+        return None
+
+    def feature_parameters(self) -> list[nn.Parameter]:
+        """The trainable attention parameters (the learned feature maps; empty list for
+        methods without them). Projections are not included."""
+        if isinstance(self.feature_map, LearnedFeatureMap):
+            return list(self.feature_map.parameters())
+        return []
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, L, _ = x.shape
@@ -277,11 +382,78 @@ class KernelAttention(nn.Module):
             self._calls += 1
             if self._calls % self.redraw_interval == 0:
                 self.resample()
-        causal = self.is_causal if is_causal is None else bool(is_causal)
         q = self._heads(self.q_proj(q_in))
         k = self._heads(self.k_proj(k_in))
         v = self._heads(self.v_proj(v_in))
-        o = kernel_attention(
+        o = self._attend(q, k, v, key_padding_mask, attn_mask, is_causal)
+        o = o.transpose(1, 2).reshape(q_in.shape[0], q_in.shape[1], self.embed_dim)
+        o = F.dropout(o, self.dropout, self.training)
+        out = self.out_proj(o)
+        return (out if self.batch_first else out.transpose(0, 1)), None
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool | None = None,
+    ) -> torch.Tensor:
+        """Attention on projected heads: ``q (B, H, L, E)``, ``k (B, H, S, E)``,
+        ``v (B, H, S, Ev)`` -> ``(B, H, L, Ev)`` (no projections; see the module docstring).
+
+        ``key_padding_mask`` is bool ``(B, S)`` (True = padding); ``attn_mask`` a per-key
+        mask or bias ``(B, 1, S)``, ``(B, 1, 1, S)`` or ``(B, H, 1, S)``.
+        """
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if not isinstance(t, torch.Tensor) or t.ndim != 4 or t.shape[1] != self.num_heads:
+                raise ValueError(
+                    f"attend needs {name} shaped (B, H, L, E) with H={self.num_heads} heads, "
+                    f"got {getattr(t, 'shape', type(t).__name__)}"
+                )
+        if q.shape[-1] != self.head_dim:
+            raise ValueError(
+                f"attend needs head dimension E={self.head_dim}, got q {tuple(q.shape)}"
+            )
+        B, S = k.shape[0], k.shape[2]
+        if key_padding_mask is not None:
+            if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.shape != (B, S):
+                raise ValueError(
+                    f"key_padding_mask must have shape (B, S) = {(B, S)}, got "
+                    f"{getattr(key_padding_mask, 'shape', type(key_padding_mask).__name__)}"
+                )
+            key_padding_mask = key_padding_mask[:, None, :]
+        if isinstance(attn_mask, torch.Tensor) and attn_mask.ndim == 3:
+            attn_mask = attn_mask[:, None]
+        return self._attend(q, k, v, key_padding_mask, attn_mask, is_causal)
+
+    def _attend(self, q, k, v, key_padding_mask, attn_mask, is_causal):
+        causal = self.is_causal if is_causal is None else bool(is_causal)
+        scale = self.attention_kwargs.get("scale")
+        if not self._regime_warned:
+            msg = regime_message(
+                self.method, q, k, scale if scale is not None else self.head_dim**-0.5
+            )
+            if msg is not None:
+                self._regime_warned = True
+                warn_regime(msg, stacklevel=4)
+        if self.method in LEARNED_METHODS:
+            return hybrid_attention(
+                q,
+                k,
+                v,
+                self.feature_map,
+                attn_mask=attn_mask,
+                key_padding_mask=key_padding_mask,
+                is_causal=causal,
+                window=self.window,
+                scale=scale,
+                chunk_size=self.attention_kwargs.get("chunk_size"),
+                num_features=self.num_features,
+                far_kernel=self.attention_kwargs.get("far_kernel", "learned"),
+            )
+        return kernel_attention(
             q,
             k,
             v,
@@ -291,15 +463,17 @@ class KernelAttention(nn.Module):
             is_causal=causal,
             num_features=self.num_features,
             feature_map=self.feature_map,
+            regime_warning=False,
             **self.attention_kwargs,
         )
-        o = o.transpose(1, 2).reshape(q_in.shape[0], q_in.shape[1], self.embed_dim)
-        o = F.dropout(o, self.dropout, self.training)
-        out = self.out_proj(o)
-        return (out if self.batch_first else out.transpose(0, 1)), None
 
     def decoding_state(self) -> DecodingState:
         """A fresh :class:`DecodingState` for :meth:`step` (causal methods only)."""
+        if self.method in LEARNED_METHODS:
+            raise ValueError(
+                f"method={self.method!r} has no incremental decoding state yet; run the full "
+                f"causal pass (forward with is_causal=True)"
+            )
         return DecodingState(self.method, feature_map=self.feature_map)
 
     def step(self, x: torch.Tensor, state: DecodingState) -> torch.Tensor:
@@ -316,6 +490,7 @@ class KernelAttention(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, method={self.method!r}, "
-            f"num_features={self.num_features}, batch_first={self.batch_first}, "
+            f"num_features={self.num_features}, window={self.window}, "
+            f"batch_first={self.batch_first}, "
             f"is_causal={self.is_causal}, redraw_interval={self.redraw_interval}, seed={self.seed}"
         )

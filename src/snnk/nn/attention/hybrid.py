@@ -1,0 +1,212 @@
+r"""Sliding-window softmax plus kernel attention with one shared normaliser (LoLCATs / Based).
+
+For query ``i`` the keys split into a window ``W_i`` (``|i − j| < w``; causal:
+``0 <= i − j < w``) and the far set ``F_i`` (every other allowed key). With ``s_ij = q_iᵀk_j·
+scale`` and a positive kernel ``κ(q, k) = φ_q(q)ᵀφ_k(k)`` that estimates ``exp(s)`` in
+absolute scale (:class:`~snnk.nn.attention.learned.LearnedFeatureMap`, FAVOR+ at
+initialisation)
+
+``Ô_i = (Σ_{W_i} e^{s_ij} v_j + Σ_{F_i} κ(q_i, k_j) v_j)
+/ (Σ_{W_i} e^{s_ij} + Σ_{F_i} κ(q_i, k_j))``
+
+(LoLCATs eq. 7 with ``ρ_i = 1`` in the absolute-scale convention of
+``shared/reference/pretrained-attention.md`` §5). ``w >= L`` is exact softmax attention;
+``w = 0`` is pure (learned) linear attention. Both parts are merged in the log domain like
+FlashAttention blocks: the window's row maximum and the kernel's row shift are combined by
+their maximum, so nothing overflows and no epsilon is added.
+
+Computation, per ``(batch, head)``, in blocks of ``c >= w`` rows: the key sums
+``S_t = Σ_{j∈t} φ_k(k_j) v_jᵀ`` and ``z_t`` of every key block ``t`` (key features shifted by
+their detached per-feature maximum over all keys), their exclusive prefix and suffix sums
+(forward sums of positive terms: no "total − window" cancellation), then for query block
+``t`` the dense ``c x 3c`` window logits and kernel values over key blocks ``t−1..t+1``
+(causal: ``t−1, t``) plus the far states. Time ``O(L·(c·(E + m) + m·E))``, memory
+``O(c² + (L/c)·m·E)`` per head: each block runs under activation checkpointing when a
+gradient is needed, so backward recomputes the blocks instead of storing them.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from snnk.nn.attention.chunk import NEG, _chunks
+from snnk.nn.attention.landmarks import Landmarks
+from snnk.nn.attention.methods import NystromSnap
+
+#: kernels of the far keys: a trainable LearnedFeatureMap, or the snapped landmark kernel
+FAR_KERNELS = ("learned", "nystrom")
+
+#: default rows per block when ``window`` is smaller
+DEFAULT_BLOCK = 64
+
+
+class SnapMap:
+    """The far-key kernel ``κ(q, k) = exp(qᵀz_{c(k)}·scale)`` of ``"nystrom"``'s snap form
+    (:class:`~snnk.nn.attention.methods.NystromSnap`) with k-means landmarks ``Z`` of the
+    (unmasked) keys, in the log-feature interface of a feature map. Not causal: the
+    landmarks see every key."""
+
+    def __init__(self, k, lw, num_landmarks: int, scale: float, chunk: int):
+        S = k.shape[-2]
+        keep = None if lw is None else torch.isfinite(lw).to(k.dtype)
+        self.spec = NystromSnap(scale, num_landmarks)
+        m = min(num_landmarks, S)
+        self.Z = Landmarks("kmeans", S, m, keep, chunk, k, self.spec.lloyd_steps).compute(k)
+
+    def log_features(self, x, which):
+        if which == "query":
+            return self.spec.query_map(x, self.Z)
+        return self.spec.key_map(x, self.Z)
+
+
+def _key_log(fmap, k, lw):
+    lk = fmap.log_features(k, "key")
+    return lk if lw is None else lk + lw.unsqueeze(-1)
+
+
+def _key_shift(fmap, k, lw, c: int) -> torch.Tensor:
+    """Detached per-feature maximum of the key log-features, ``(..., 1, m)``."""
+    with torch.no_grad():
+        cmax = None
+        for a, b in _chunks(k.shape[-2], c):
+            mx = _key_log(fmap, k[..., a:b, :], None if lw is None else lw[..., a:b]).amax(
+                -2, keepdim=True
+            )
+            cmax = mx if cmax is None else torch.maximum(cmax, mx)
+        return cmax.clamp_min(NEG)
+
+
+def _maybe_checkpoint(fn, *args):
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
+def hybrid_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lw: torch.Tensor | None,
+    fmap,
+    window: int,
+    causal: bool,
+    scale: float,
+    block: int,
+) -> torch.Tensor:
+    """The hybrid on validated inputs (``(..., H, L, E)``; ``lw`` the per-key log-weights
+    ``(..., H, S)`` or None); differentiable w.r.t. ``q, k, v`` and the map's parameters."""
+    L, S = q.shape[-2], k.shape[-2]
+    w = window
+    c = block
+    cmax = _key_shift(fmap, k, lw, c)
+
+    def block_sums(kb, vb, lwb):
+        fk = torch.exp(_key_log(fmap, kb, lwb) - cmax)
+        return fk.mT @ vb, fk.sum(-2)
+
+    sums = [
+        _maybe_checkpoint(
+            block_sums, k[..., a:b, :], v[..., a:b, :], None if lw is None else lw[..., a:b]
+        )
+        for a, b in _chunks(S, c)
+    ]
+    Sb = torch.stack([s for s, _ in sums], -3)  # (..., nb, m, Ev)
+    zb = torch.stack([z for _, z in sums], -2)  # (..., nb, m)
+    nb = Sb.shape[-3]
+    local = w > 0 or causal
+    if local:
+        # exclusive prefix (blocks < t) and suffix (blocks > t) sums, sums of positive terms
+        P = torch.cat([torch.zeros_like(Sb[..., :1, :, :]), Sb.cumsum(-3)[..., :-1, :, :]], -3)
+        Pz = torch.cat([torch.zeros_like(zb[..., :1, :]), zb.cumsum(-2)[..., :-1, :]], -2)
+        Q = Sb.flip(-3).cumsum(-3).flip(-3)
+        Q = torch.cat([Q[..., 1:, :, :], torch.zeros_like(Sb[..., :1, :, :])], -3)
+        Qz = zb.flip(-2).cumsum(-2).flip(-2)
+        Qz = torch.cat([Qz[..., 1:, :], torch.zeros_like(zb[..., :1, :])], -2)
+    else:
+        total, total_z = Sb.sum(-3), zb.sum(-2)
+
+    def query_block(qc, kl, vl, lwl, Sf, zf, i0: int, j0: int):
+        lq = fmap.log_features(qc, "query") + cmax
+        M = lq.detach().amax(-1, keepdim=True)
+        fq = torch.exp(lq - M)
+        num = fq @ Sf
+        den = fq @ zf.unsqueeze(-1)
+        if kl is None:
+            return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
+        pi = torch.arange(i0, i0 + qc.shape[-2], device=qc.device)
+        pj = torch.arange(j0, j0 + kl.shape[-2], device=qc.device)
+        d = pi.unsqueeze(-1) - pj.unsqueeze(-2)
+        if causal:
+            win, far = (d >= 0) & (d < w), d >= w
+        else:
+            win = d.abs() < w
+            far = ~win
+        # key columns with a far entry: when the block fits in the window (c <= w) the
+        # query block's own keys are all in the window, so only the outer blocks count
+        cols = slice(None)
+        n = qc.shape[-2]
+        if n <= w:  # offsets of the keys before and after the query block (shapes only)
+            cols = torch.cat(
+                [torch.arange(0, i0 - j0), torch.arange(i0 - j0 + n, kl.shape[-2])]
+            ).to(qc.device)
+        kf, vf = kl[..., cols, :], vl[..., cols, :]
+        lwf = None if lwl is None else lwl[..., cols]
+        if kf.shape[-2]:
+            fk = torch.exp(_key_log(fmap, kf, lwf) - cmax)
+            Kl = (fq @ fk.mT) * far[..., cols]
+            num = num + Kl @ vf
+            den = den + Kl.sum(-1, keepdim=True)
+        if w == 0:
+            return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
+        s = (qc @ kl.mT) * scale
+        if lwl is not None:
+            s = s + lwl.unsqueeze(-2)
+        s = s.masked_fill(~win, float("-inf"))
+        T = torch.maximum(s.detach().amax(-1, keepdim=True), M)
+        ew = torch.exp(s - T)
+        ek = torch.exp(M - T)
+        num = ew @ vl + ek * num
+        den = ew.sum(-1, keepdim=True) + ek * den
+        return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
+
+    outs = []
+    for t, (a, b) in enumerate(_chunks(L, c)):
+        qc = q[..., a:b, :]
+        if not local:
+            outs.append(_maybe_checkpoint(query_block, qc, None, None, None, total, total_z, a, 0))
+            continue
+        lo = max(0, t - 1) if w > 0 else t
+        hi = t if causal else min(nb - 1, t + 1)
+        j0, j1 = lo * c, min(S, (hi + 1) * c)
+        Sf, zf = P[..., lo, :, :], Pz[..., lo, :]
+        if not causal:
+            Sf, zf = Sf + Q[..., hi, :, :], zf + Qz[..., hi, :]
+        lwl = None if lw is None else lw[..., j0:j1]
+        outs.append(
+            _maybe_checkpoint(
+                query_block, qc, k[..., j0:j1, :], v[..., j0:j1, :], lwl, Sf, zf, a, j0
+            )
+        )
+    return torch.cat(outs, -2)
+
+
+def default_block(window: int, L: int) -> int:
+    """Block rows: at least the window (so the window spans neighbouring blocks only)."""
+    return max(1, min(max(window, DEFAULT_BLOCK), max(L, 1)))
+
+
+def check_window(window, name: str = "window") -> int:
+    """``window`` as a non-negative int (``ValueError``/``TypeError`` naming it)."""
+    if isinstance(window, bool) or not isinstance(window, numbers.Integral):
+        raise TypeError(
+            f"{name} must be a non-negative int (keys at distance < window attend exactly), "
+            f"got {type(window).__name__} {window!r}"
+        )
+    if window < 0:
+        raise ValueError(
+            f"{name} must be >= 0 (0: no exact window, pure kernel attention), got {window}"
+        )
+    return int(window)
