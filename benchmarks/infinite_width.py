@@ -310,7 +310,7 @@ def section_dkm(sets, depths, plot: Path | None) -> str:
                     depth=depth, nu=nu, num_inducing=len(ytr), max_iter=100
                 ).fit(Xtr, ytr)
                 tf = time.perf_counter() - t0
-                m, s = model.predict(Xte, return_std=True)
+                m, s = model.predict(Xte, return_std=True, include_noise=True)
                 rmse = float(np.sqrt(np.mean((m - yte) ** 2)))
                 curves[name][label].append(rmse)
                 rows.append(

@@ -386,7 +386,7 @@ def _variants():
     labels = np.digitize(y, [-0.5, 0.5])
     return {
         "gp nystrom float32": (
-            RandomFeatureGP(num_features=12, features="nystrom", dtype="float32", max_iter=2),
+            RandomFeatureGP(num_features=12, features="nystrom", dtype="float32", max_iter=20),
             X,
             y,
         ),

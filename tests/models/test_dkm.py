@@ -50,8 +50,13 @@ def test_nu_infinite_is_the_nngp_gp():
     m = DeepKernelMachineRegressor(
         depth=3, nu=math.inf, num_inducing=1000, optimize_hyperparameters=False, **fixed
     ).fit(X, y)
-    mean, std = m.predict(Xt, return_std=True)
+    mean, std = m.predict(Xt, return_std=True, include_noise=True)
     ref_mean, ref_std = _nngp_gp(m, X, y, Xt, 1.7, 0.2, 0.05)
+    # the default is the latent f's: the noise variance less, nothing else
+    _, latent = m.predict(Xt, return_std=True)
+    np.testing.assert_allclose(latent**2 + m.noise_ * m.y_scale_**2, std**2, rtol=1e-10)
+    with pytest.raises(TypeError, match="include_noise"):
+        m.predict(Xt, return_std=True, include_noise="yes")
     # the only difference is the 1e-6 relative jitter on K_ii
     np.testing.assert_allclose(mean, ref_mean, rtol=0, atol=1e-4 * np.abs(ref_mean).max())
     np.testing.assert_allclose(std, ref_std, rtol=1e-4)

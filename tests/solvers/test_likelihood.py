@@ -11,6 +11,7 @@ from snnk.solvers import (
     log_marginal_likelihood_with_grad,
     minimize_bounded,
 )
+from snnk.solvers.likelihood import profile_amplitude_noise
 
 F64 = torch.float64
 
@@ -87,3 +88,56 @@ def test_minimize_bounded_reports_the_iteration_limit():
 
     _, n_iter, stopped = minimize_bounded(rosen, np.array([-1.5, 2.0]), (-5.0, 5.0), max_iter=3)
     assert n_iter == 3 and stopped is not None
+
+
+def _brute_force_max(G, b, yy, n, prior=None, bounds=(-11.5, 11.5)):
+    """The maximum of log p(y) over (log a, log s): a 21 x 21 grid of the Cholesky-based
+    likelihood (the definition), then Nelder-Mead from the best grid point, in the box."""
+    from scipy.optimize import minimize
+
+    def neg(th):
+        th = np.clip(th, *bounds)
+        a, s = (torch.tensor(math.exp(v), dtype=F64) for v in th)
+        return -float(log_marginal_likelihood_from_stats(G, b, yy, n, a, s, prior))
+
+    grid = [(la, ln) for la in np.linspace(-6, 6, 21) for ln in np.linspace(-8, 4, 21)]
+    start = min(grid, key=neg)
+    res = minimize(neg, start, method="Nelder-Mead", options={"xatol": 1e-9, "fatol": 1e-12})
+    return -res.fun, np.clip(res.x, *bounds)
+
+
+@pytest.mark.parametrize("prior", [None, (3.0, 2.0)], ids=["gaussian", "student-t"])
+def test_profile_amplitude_noise_is_the_joint_maximum(prior):
+    """The O(D) spectral profile equals a brute-force maximisation of the dense-checked
+    likelihood, from a bad start (log a = log s = 5), and its value is the likelihood at the
+    returned arguments."""
+    g = torch.Generator().manual_seed(3)
+    Z = torch.randn(80, 12, generator=g, dtype=F64)
+    w = torch.randn(12, generator=g, dtype=F64)
+    y = 0.7 * Z @ w + 0.3 * torch.randn(80, generator=g, dtype=F64)
+    G, b, yy = Z.T @ Z, Z.T @ y, y @ y
+    value, la, ln = profile_amplitude_noise(G, b, yy, 80, (5.0, 5.0), (-11.5, 11.5), prior)
+    ref, _ = _brute_force_max(G, b, yy, 80, prior)
+    assert value == pytest.approx(ref, rel=1e-7, abs=1e-7)
+    at = log_marginal_likelihood_from_stats(
+        G,
+        b,
+        yy,
+        80,
+        torch.tensor(math.exp(la), dtype=F64),
+        torch.tensor(math.exp(ln), dtype=F64),
+        prior,
+    )
+    assert float(at) == pytest.approx(value, rel=1e-10)
+
+
+def test_profile_amplitude_noise_pure_noise_hits_the_lower_amplitude_bound():
+    """y independent of Z: the amplitude goes to its lower bound and s to Var y; no NaN."""
+    g = torch.Generator().manual_seed(4)
+    Z = torch.randn(400, 6, generator=g, dtype=F64)
+    y = 2.0 * torch.randn(400, generator=g, dtype=F64)
+    y = y - Z @ torch.linalg.lstsq(Z, y[:, None]).solution[:, 0]  # orthogonal to Z
+    value, la, ln = profile_amplitude_noise(Z.T @ Z, Z.T @ y, y @ y, 400, (0.0, 0.0), (-11.5, 11.5))
+    assert math.isfinite(value)
+    assert la == pytest.approx(-11.5, abs=1e-6)
+    assert math.exp(ln) == pytest.approx(float(y @ y) / 400, rel=1e-3)

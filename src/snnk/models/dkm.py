@@ -304,12 +304,20 @@ class DeepKernelMachineRegressor(PersistMixin, RegressorMixin, BaseEstimator):
             var = K.t - ((K.ti @ self.posterior_correction_.double()) * K.ti).sum(-1)
         return mean.numpy(), var.clamp_min(0.0).numpy()
 
-    def predict(self, X, return_std: bool = False):
+    def predict(self, X, return_std: bool = False, *, include_noise: bool = False):
         """Posterior mean at ``X``; with ``return_std`` also the predictive standard deviation
-        of ``y`` (Student-t scale with ``scale_prior``)."""
+        (Student-t scale with ``scale_prior``).
+
+        The convention is :class:`RandomFeatureGP`'s (and scikit-learn's): by default the
+        standard deviation of the latent function ``f``; ``include_noise=True`` adds the
+        fitted noise variance ``noise_``, giving that of a new observation ``y``.
+        """
+        if not isinstance(include_noise, bool | np.bool_):
+            raise TypeError(f"include_noise must be True or False, got {include_noise!r}")
         mean, var = self._latent(X)
         out = mean * self.y_scale_ + self.y_mean_
-        std = np.sqrt(np.outer(var + self.noise_, self.variance_factor_)) * self.y_scale_
+        noise = self.noise_ if include_noise else 0.0
+        std = np.sqrt(np.outer(var + noise, self.variance_factor_)) * self.y_scale_
         if self._single_output():
             out, std = out[:, 0], std[:, 0]
         return (out, std) if return_std else out
@@ -320,7 +328,7 @@ class DeepKernelMachineRegressor(PersistMixin, RegressorMixin, BaseEstimator):
     def log_predictive_density(self, X, y) -> np.ndarray:
         """``log p(y_i | x_i, data)`` per row (Gaussian, or Student-t with ``scale_prior``),
         in the units of ``y``; the NLPD is minus its mean."""
-        mean, std = self.predict(X, return_std=True)
+        mean, std = self.predict(X, return_std=True, include_noise=True)
         y = np.asarray(y, dtype=np.float64).reshape(mean.shape)
         yt, mt, vt = (torch.from_numpy(np.asarray(a, dtype=np.float64)) for a in (y, mean, std**2))
         if self.df_ is None:
