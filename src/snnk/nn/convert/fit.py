@@ -16,7 +16,6 @@ maps stays bit-identical.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -196,19 +195,16 @@ def fit_attention(
                 )
             for p in core.feature_parameters():
                 p.requires_grad_(True)
-            with warnings.catch_warnings():
-                # torch's notice when the trainer logs a loss that still requires grad
-                warnings.filterwarnings("ignore", "Converting a tensor with requires_grad")
-                fit = fit_feature_map(
-                    core,
-                    q,
-                    k,
-                    v,
-                    key_padding_mask=kpm,
-                    validation_fraction=val_fraction,
-                    verbose=False,
-                    **options,
-                )
+            fit = fit_feature_map(
+                core,
+                q,
+                k,
+                v,
+                key_padding_mask=kpm,
+                validation_fraction=val_fraction,
+                verbose=False,
+                **options,
+            )
             for p in core.feature_parameters():
                 p.requires_grad_(False)
             done = LayerFit(
