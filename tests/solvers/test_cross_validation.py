@@ -72,3 +72,38 @@ def test_gcv_is_normal_equations_gcv_and_grids_agree():
     # the default LOO grid is the GCV grid: the chosen alpha lies on it
     alpha = loo_ridge(ne, lambda: iter([(F, Y, None)]))[2]
     assert torch.isclose(grid, torch.tensor(alpha, dtype=torch.float64), rtol=1e-12).any()
+
+
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_gcv_with_few_alphas_factors_each_and_equals_the_eigen_route(fit_intercept):
+    """<= FEW_ALPHAS candidates: one Cholesky each; the same scores and solution as the
+    eigendecomposition route (which a longer grid takes)."""
+    from snnk.solvers.cross_validation import FEW_ALPHAS, ridge_gcv
+
+    F, Y, w = _problem(n=60, D=8)
+    ne = NormalEquations(8, 2).update(F, Y, w)
+    A, B, yy = ne.centred(fit_intercept)
+    few = torch.tensor([0.03, 0.4, 5.0], dtype=torch.float64)
+    assert few.numel() <= FEW_ALPHAS
+    U, a, scores = ridge_gcv(A, B, yy, ne.wsum, extra_dof=int(fit_intercept), alphas=few)
+    many = torch.cat([few, few * 1e6])  # the same three first, then worse ones
+    U2, a2, scores2 = ridge_gcv(A, B, yy, ne.wsum, extra_dof=int(fit_intercept), alphas=many)
+    torch.testing.assert_close(scores, scores2[:3], rtol=1e-10, atol=0)
+    assert a == a2
+    torch.testing.assert_close(U, U2, rtol=1e-9, atol=1e-12)
+    # and the solution is the ridge solution at the chosen alpha
+    torch.testing.assert_close(U, ne.solve(a, fit_intercept)[0], rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="positive"):
+        ridge_gcv(A, B, yy, ne.wsum, alphas=torch.tensor([0.0, 1.0]))
+
+
+def test_default_grid_of_ridge_gcv_is_the_estimators_grid():
+    """The grid from A's trace equals default_alpha_grid of its eigenvalues."""
+    from snnk.solvers.cross_validation import ridge_gcv
+
+    F, Y, w = _problem(n=50, D=7)
+    ne = NormalEquations(7, 2).update(F, Y, w)
+    _, a, scores = ridge_gcv(*ne.centred(True), ne.wsum, extra_dof=1)
+    grid = default_alpha_grid(torch.linalg.eigvalsh(ne.centred(True)[0]))
+    assert scores.numel() == grid.numel() == 29
+    assert min(abs(a / float(g) - 1) for g in grid) < 1e-10

@@ -188,3 +188,49 @@ def test_multinomial_logistic_without_intercept_and_with_weights_is_stationary()
             assert float((R.sum(0) @ center).abs().max()) < 1e-8
         else:
             assert float(res.intercept.abs().max()) == 0.0
+
+
+def test_multinomial_logistic_float32_features_and_warm_start_reach_the_same_minimiser():
+    """Hessian-vector products in float32 and a start from the ridge solution change the
+    path, not the (unique) minimiser: loss and gradient are float64."""
+    g = torch.Generator().manual_seed(11)
+    n, D, K = 500, 24, 4
+    F = torch.randn(n, D, generator=g, dtype=F64)
+    y = torch.argmax(F[:, :K] + 0.7 * torch.randn(n, K, generator=g, dtype=F64), 1)
+    Y = torch.nn.functional.one_hot(y, K).to(F64)
+    alpha = 0.5
+    ne = _accumulate(F, Y)
+    ref = multinomial_logistic(
+        lambda: iter([(F, slice(0, n))]), Y, ne.FtF, ne.Fsum, alpha, tol=1e-12
+    )
+    F32 = F.float()
+    blocks = [(F32[s : s + 128], slice(s, min(n, s + 128))) for s in range(0, n, 128)]
+    ridge_U, ridge_c = ne.solve(alpha)
+    for init in (None, (ridge_U, ridge_c)):
+        res = multinomial_logistic(
+            lambda: iter(blocks), Y, ne.FtF, ne.Fsum, alpha, tol=1e-12, init=init, FtY=ne.FtY
+        )
+        assert res.converged and res.n_hess > 0
+        torch.testing.assert_close(res.coef, ref.coef, rtol=0, atol=1e-7)
+        torch.testing.assert_close(res.intercept, ref.intercept, rtol=0, atol=1e-7)
+        assert abs(res.loss - ref.loss) <= 1e-9 * abs(ref.loss)
+
+
+def test_multinomial_logistic_warm_start_beats_or_keeps_the_zero_start():
+    """The start is the best multiple t >= 0 of the given direction; a useless direction
+    (here the negated solution) falls back to zero."""
+    g = torch.Generator().manual_seed(5)
+    n, D, K = 300, 10, 3
+    F = torch.randn(n, D, generator=g, dtype=F64)
+    y = torch.argmax(F[:, :K], 1)
+    Y = torch.nn.functional.one_hot(y, K).to(F64)
+    ne = _accumulate(F, Y)
+    feats = lambda: iter([(F, slice(0, n))])  # noqa: E731
+    ref = multinomial_logistic(feats, Y, ne.FtF, ne.Fsum, 1.0, tol=1e-12)
+    for sign in (1.0, -1.0):
+        init = (sign * ref.coef, sign * ref.intercept)
+        res = multinomial_logistic(feats, Y, ne.FtF, ne.Fsum, 1.0, tol=1e-12, init=init)
+        assert res.converged
+        torch.testing.assert_close(res.coef, ref.coef, rtol=0, atol=1e-8)
+        if sign > 0:  # started at the minimiser: nothing left to do
+            assert res.n_iter <= 1

@@ -40,6 +40,7 @@ from torch import nn
 from snnk._utils import check_in
 from snnk._utils.blocks import PROJECTION_BLOCK_ELEMENTS, STRUCTURED_BLOCK_ELEMENTS
 from snnk._utils.random import numpy_seed_from
+from snnk._utils.threads import single_thread_if
 from snnk._utils.validation import check_float_dtype
 from snnk.features._hadamard import hadamard_matrix, hadamard_transform, split_power_of_two
 from snnk.kernels import Spectrum
@@ -51,14 +52,21 @@ _SMALL = 64
 
 
 def orthogonal_directions(m: int, d: int, generator: torch.Generator) -> torch.Tensor:
-    """``m`` unit rows in ``R^d``, in blocks of ``d`` mutually orthogonal rows (float64)."""
+    """``m`` unit rows in ``R^d``, in blocks of ``d`` mutually orthogonal rows (float64).
+
+    The QR factorisations of ``d <= 1024`` run on one thread: Householder QR synchronises
+    its threads once per panel, and on a busy machine a descheduled thread stalls every
+    barrier (a 784 x 784 QR on a 2-core VM: 17 ms idle, 0.27-0.74 s with the other core
+    busy; on one thread 60-100 ms busy). The values do not depend on it.
+    """
     blocks = []
-    for _ in range(math.ceil(m / d)):
-        g = torch.randn(d, d, generator=generator, dtype=torch.float64)
-        q, r = torch.linalg.qr(g)
-        # Sign fix makes Q Haar distributed (QR alone is biased towards diag(R) > 0).
-        q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
-        blocks.append(q.T)
+    with single_thread_if(d <= 1024):
+        for _ in range(math.ceil(m / d)):
+            g = torch.randn(d, d, generator=generator, dtype=torch.float64)
+            q, r = torch.linalg.qr(g)
+            # Sign fix makes Q Haar distributed (QR alone is biased towards diag(R) > 0).
+            q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
+            blocks.append(q.T)
     return torch.cat(blocks, 0)[:m]
 
 

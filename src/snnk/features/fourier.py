@@ -49,6 +49,17 @@ class FourierFeatures(RandomFeatures):
         distinct frequencies, which spans a richer function space for regression at the
         same ``D`` (``D`` may be odd).
 
+        **Why this module and the estimators differ.** This module is a kernel estimator
+        (``φ(x)ᵀφ(y) ≈ k(x, y)``, e.g. inside attention or a GP's covariance), and paired
+        phases estimate the kernel best: ``‖ΦΦᵀ − K‖/‖K‖`` 0.040 against 0.058 (D = 2,000,
+        orthogonal, d = 20). The ridge and classification estimators
+        (:class:`~snnk.models.RandomFeatureRidge`, their transformers,
+        :func:`~snnk.features.make_feature_map`) fit a linear model on the features, where
+        the span counts, and default to ``"random"``: test RMSE 0.4399 against 0.4478 on
+        the kernel-machines reference problem (mean of 30 fits; ``docs/kernel_machines.md``).
+        Pass ``phases`` explicitly to get either anywhere. Saved modules keep the phases
+        they were drawn with (a random-phase map has an ``offset`` buffer).
+
     Shapes
     ------
     ``(..., d) -> (..., D)``.

@@ -11,7 +11,9 @@ Every estimator of :mod:`snnk.models` (the Gaussian process included) can use th
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from numbers import Integral, Real
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 try:
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.utils import check_array
     from sklearn.utils._param_validation import Hidden, Interval, StrOptions
     from sklearn.utils.validation import _check_sample_weight
@@ -30,6 +33,7 @@ except ImportError as exc:  # pragma: no cover - the sklearn extra installs it
 
 from snnk._utils.random import seed_from_random_state
 from snnk._utils.tabular import iter_table
+from snnk.solvers import conjugate_gradient
 
 #: the floating dtypes an estimator computes in, by the names its ``dtype=`` takes
 FLOAT_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
@@ -64,6 +68,7 @@ __all__ = [
     "iter_source",
     "pooled_moments",
     "progress",
+    "scale_lengthscale",
     "seed_from_random_state",
     "text_refused",
     "validate_data",
@@ -76,6 +81,76 @@ def compute_dtype_name(dtype: str | None, input_dtype: np.dtype | torch.dtype) -
     if dtype is not None:
         return dtype
     return "float32" if input_dtype in (np.float32, torch.float32) else "float64"
+
+
+def _entry_variance(X: np.ndarray, sw=None) -> float:
+    """The variance of all entries of ``X`` (rows weighted like repetitions by ``sw``)."""
+    if sw is None:
+        return float(np.var(X))
+    w = np.asarray(sw, dtype=np.float64) / max(float(np.sum(sw)), 1e-300)
+    mean = float(w @ X.mean(1))
+    return float(w @ np.square(X - mean).mean(1))
+
+
+def scale_lengthscale(X: np.ndarray, sw=None, moments: Moments | None = None) -> float:
+    r"""``lengthscale="scale"``: ``ℓ = √(d·Var(X)/2)``, i.e. ``γ = 1/(2ℓ²) = 1/(d·Var(X))``,
+    scikit-learn's ``gamma="scale"`` of ``SVC``; the one rule of every estimator's
+    ``"scale"`` (random features, Nyström).
+
+    ``Var(X)`` is over all entries of ``X`` (``(n, d)``; rows weighted by ``sw``), or from
+    ``moments`` pooled over the whole data. Squares that overflow (``|X| ≳ 1e155``) or
+    underflow are avoided by measuring in units of ``max|X|``; constant data gives 1.
+    """
+    d = X.shape[1]
+    if moments is not None:
+        var = moments.entry_variance()
+    elif not X.size:
+        var = 0.0
+    else:
+        with np.errstate(over="ignore", under="ignore"):
+            var = _entry_variance(X, sw)
+        if not (math.isfinite(var) and var > 0):
+            top = float(np.max(np.abs(X)))
+            if 0.0 < top < math.inf and (vs := _entry_variance(X / top, sw)) > 0:
+                return top * math.sqrt(d * vs / 2.0)
+            var = 0.0
+    return math.sqrt(d * var / 2.0) if var > 0 else 1.0
+
+
+def verbose_cg(
+    est: Any, matvec, rhs: torch.Tensor, precond, desc: str, *, stacklevel: int, hint: str
+) -> tuple[torch.Tensor, int]:
+    """:func:`snnk.solvers.conjugate_gradient` with ``est.tol`` and ``est.max_iter``, a
+    progress bar when ``est.verbose``, and a ``ConvergenceWarning`` (ending with ``hint``,
+    attributed ``stacklevel`` frames up) when it stops before ``tol``. Returns
+    ``(solution, iterations)``."""
+    bar = None
+    if est.verbose:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=est.max_iter, desc=desc)
+
+    def callback(it: int, rel: torch.Tensor) -> None:
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(residual=f"{float(rel.max()):.1e}")
+
+    try:
+        X, info = conjugate_gradient(
+            matvec, rhs, precond=precond, tol=est.tol, max_iter=est.max_iter, callback=callback
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    rel = float(info.residuals.max())
+    if rel > est.tol:
+        warnings.warn(
+            f"{type(est).__name__}: conjugate gradients stopped after {est.max_iter} "
+            f"iterations at relative residual {rel:.1e} > tol={est.tol:g}; {hint}",
+            ConvergenceWarning,
+            stacklevel=stacklevel,
+        )
+    return X, info.n_iter
 
 
 def progress(it: Iterable, verbose: bool, total: int | None = None, desc: str = "") -> Iterable:

@@ -165,7 +165,11 @@ class FeatureClassifierMixin(ClassifierMixin):
         return U, c
 
     def _fit_logistic(self, ne: NormalEquations, blocks, alpha: float):
-        """Newton's ``(U, c)`` for the logistic loss at ``alpha``; sets ``n_iter_``."""
+        """Newton's ``(U, c)`` for the logistic loss at ``alpha``; sets ``n_iter_``.
+
+        Newton starts at zero: a start from the best multiple of the ridge solution
+        (``multinomial_logistic(init=...)``) took as many Newton steps on Fashion-MNIST
+        (7, with 87 Hessian-vector products against 82 from zero, n = 5,000, D = 2,048)."""
         cache = None
         if ne.n * self.num_features <= CACHE_ELEMENTS:
             cache = list(blocks())

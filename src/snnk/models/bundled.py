@@ -244,6 +244,8 @@ class BundledClassifier(FeatureClassifierMixin, BundledModel):
     ``predict_proba`` is the softmax for ``loss="log"``; for ``loss="squared"`` it is the
     one-hot regression clipped at 0 and renormalised (uniform where all scores are <= 0).
 
+    Parameters not listed below are those of :class:`BundledRegressor`.
+
     Parameters
     ----------
     loss : {"log", "squared"}, default "log"
@@ -251,7 +253,6 @@ class BundledClassifier(FeatureClassifierMixin, BundledModel):
         Newton iterations for ``loss="log"``.
     tol : float, default 1e-10
         Stop when the largest gradient entry falls below ``tol`` times its initial value.
-    (others as :class:`BundledRegressor`)
 
     Attributes
     ----------

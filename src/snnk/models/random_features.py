@@ -11,7 +11,6 @@ array (per-chunk statistics on the cluster, summed by a tree reduction). Peak me
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import numpy as np
@@ -28,21 +27,13 @@ from snnk.models._base import (
     POSITIVE,
     Moments,
     StrOptions,
+    scale_lengthscale,
     seed_from_random_state,
 )
 from snnk.models._classifier import FeatureClassifierMixin
 from snnk.models._feature_model import FeatureModel, FeatureRegressorMixin
 
 __all__ = ["RandomFeatureClassifier", "RandomFeatureRidge", "make_feature_map", "resolve_kernel"]
-
-
-def _entry_variance(X: np.ndarray, sw=None) -> float:
-    """The variance of all entries of ``X`` (rows weighted like repetitions by ``sw``)."""
-    if sw is None:
-        return float(np.var(X))
-    w = np.asarray(sw, dtype=np.float64) / max(float(np.sum(sw)), 1e-300)
-    mean = float(w @ X.mean(1))
-    return float(w @ np.square(X - mean).mean(1))
 
 
 def estimator_feature_map(
@@ -132,21 +123,7 @@ class RandomFeatureModel(FeatureModel):
         ls = self.lengthscale
         if not self._needs_moments():
             return None if isinstance(self.kernel, Kernel) and ls == "scale" else ls
-        if moments is not None:
-            var = moments.entry_variance()
-        elif not X.size:
-            var = 0.0
-        else:
-            with np.errstate(over="ignore", under="ignore"):
-                var = _entry_variance(X, sw)
-            if not (math.isfinite(var) and var > 0):
-                # squares overflow (|X| ≳ 1e155) or underflow (|X| ≲ 1e-155): ℓ in units of
-                # max|X|, which stays representable
-                top = float(np.max(np.abs(X)))
-                if 0.0 < top < math.inf and (vs := _entry_variance(X / top, sw)) > 0:
-                    return top * math.sqrt(X.shape[1] * vs / 2.0)
-                var = 0.0
-        return math.sqrt(X.shape[1] * var / 2.0) if var > 0 else 1.0
+        return scale_lengthscale(X, sw, moments)
 
     def _map(self, in_features: int, lengthscale, seed: int) -> torch.nn.Module:
         return estimator_feature_map(
@@ -256,21 +233,36 @@ class RandomFeatureClassifier(FeatureClassifierMixin, RandomFeatureModel):
     statistics as :class:`RandomFeatureRidge`; works on every input kind, ``partial_fit``
     and Dask. ``loss="log"``: L2-penalised multinomial logistic regression
     ``−Σ_i w_i log softmax(W z_i + c)_{y_i} + (α/2)‖W‖²`` by truncated Newton (CG with exact
-    Hessian-vector products, preconditioned by Böhning's bound built from ``ZᵀWZ``); each
-    Newton step reads the data again, so it needs arrays or a file. With ``alpha`` "gcv" /
+    Hessian-vector products in the features' dtype, preconditioned by ``ZᵀWZ ⊗ C`` with
+    ``C`` the mean softmax curvature; loss and gradient in float64,
+    :func:`snnk.solvers.multinomial_logistic`); each Newton step reads the data again
+    (features up to 2²⁷ numbers are cached), so it needs arrays or a file. With ``alpha`` "gcv" /
     "loo" the strength is chosen on the squared loss of the one-hot targets.
 
     ``predict_proba``: softmax for ``loss="log"``; for ``loss="squared"`` the one-hot scores
     clipped at 0 and renormalised (uniform where all are <= 0).
 
+    Parameters not listed below are those of :class:`RandomFeatureRidge`.
+
     Parameters
     ----------
     loss : {"log", "squared"}, default "log"
+        The default by measurement (Fashion-MNIST, n = 20,000, D = 2,048; digits): both
+        losses classify equally well (0.850 / 0.854 accuracy), the squared loss fits 7-10x
+        faster, but only the logistic loss gives calibrated probabilities (test log-loss
+        0.444 against 0.763 for the clipped squared-loss scores), and its fit costs less
+        than scikit-learn's ``LogisticRegression`` on the same features. Use "squared" for
+        speed, one-pass streams, ``partial_fit`` and Dask (docs/kernel_machines.md).
     max_iter : int, default 100
         Newton iterations (``loss="log"``).
-    tol : float, default 1e-8
-        Newton stops when the largest gradient entry is below ``tol`` times its start.
-    (others as :class:`RandomFeatureRidge`)
+    tol : float, default 1e-4
+        Newton stops when the largest gradient entry is below ``tol`` times that of the zero
+        model (``loss="log"``). 1e-4 is still stricter than scikit-learn's
+        ``LogisticRegression(tol=1e-4)``, whose bound is on the gradient of the *mean* loss
+        (``n`` times looser in these units). On Fashion-MNIST (n = 10,000, D = 2,048) the
+        earlier default 1e-8 took 8 Newton steps, 1e-4 takes 6 in about half the time, with
+        the same test accuracy and log-loss to six digits (the last steps need the most
+        conjugate-gradient iterations). Models saved with the old default keep it.
 
     Attributes
     ----------
@@ -294,7 +286,7 @@ class RandomFeatureClassifier(FeatureClassifierMixin, RandomFeatureModel):
         alpha: float | str = "gcv",
         loss: str = "log",
         max_iter: int = 100,
-        tol: float = 1e-8,
+        tol: float = 1e-4,
         fit_intercept: bool = True,
         dtype: str | None = None,
         block_rows: int = 4096,

@@ -13,17 +13,21 @@ from snnk.solvers.cholesky import (
     jittered_cholesky,
     lower_gram,
     solve_spd,
+    symmetric_eigh,
+    symmetric_from_lower,
 )
-from snnk.solvers.cross_validation import default_alpha_grid, gcv_ridge, loo_ridge
+from snnk.solvers.cross_validation import default_alpha_grid, gcv_ridge, loo_ridge, ridge_gcv
 from snnk.solvers.inverse import SPD_INVERSE_METHODS, newton_schulz_inverse, spd_inverse
 from snnk.solvers.likelihood import (
     LikelihoodGradient,
     log_marginal_likelihood_from_stats,
     log_marginal_likelihood_with_grad,
     minimize_bounded,
+    profile_amplitude_noise,
 )
 from snnk.solvers.logistic import LogisticResult, multinomial_logistic
 from snnk.solvers.normal_equations import NormalEquations
+from snnk.solvers.nystrom_direct import NystromDirectSolution, nystrom_direct_solve
 from snnk.solvers.preconditioners import (
     FalkonPreconditioner,
     NystromDiagonalPreconditioner,
@@ -44,6 +48,7 @@ __all__ = [
     "LogisticResult",
     "NormalEquations",
     "NystromDiagonalPreconditioner",
+    "NystromDirectSolution",
     "NystromFactor",
     "SPDSolver",
     "add_lower_gram",
@@ -59,9 +64,14 @@ __all__ = [
     "minimize_bounded",
     "multinomial_logistic",
     "newton_schulz_inverse",
+    "nystrom_direct_solve",
+    "profile_amplitude_noise",
+    "ridge_gcv",
     "solve_spd",
     "spd_inverse",
     "student_t_log_marginal",
     "student_t_log_pdf",
     "student_t_posterior_scale",
+    "symmetric_eigh",
+    "symmetric_from_lower",
 ]

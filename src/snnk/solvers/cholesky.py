@@ -13,6 +13,8 @@ import warnings
 import numpy as np
 import torch
 
+from snnk._utils.threads import single_thread_if
+
 __all__ = [
     "JitterWarning",
     "SPDSolver",
@@ -21,6 +23,8 @@ __all__ = [
     "jittered_cholesky",
     "lower_gram",
     "solve_spd",
+    "symmetric_eigh",
+    "symmetric_from_lower",
 ]
 
 #: factor by which the jitter grows from one attempt to the next
@@ -127,10 +131,33 @@ def jittered_cholesky(
 
 def cholesky_solve(L: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     """``(L Lᵀ)⁻¹ B`` by two triangular solves (the same values as ``torch.cholesky_solve``,
-    which is 2-8x slower on CPU for a 2,000-4,000 factor and 1-500 right-hand sides)."""
-    return torch.linalg.solve_triangular(
-        L.mT, torch.linalg.solve_triangular(L, B, upper=False), upper=True
-    )
+    which is 2-8x slower on CPU for a 2,000-4,000 factor and 1-500 right-hand sides).
+
+    With at most 32 right-hand sides (a memory-bound sweep over ``L``) the solves run on one
+    thread: with the other core of a 2-core VM busy, two threads took 0.19-0.31 s for a
+    2,048 factor and 10 columns, one thread 0.02-0.03 s."""
+    few = L.device.type == "cpu" and (B.ndim < 2 or B.shape[-1] <= 32)
+    with single_thread_if(few):
+        return torch.linalg.solve_triangular(
+            L.mT, torch.linalg.solve_triangular(L, B, upper=False), upper=True
+        )
+
+
+def symmetric_from_lower(G: torch.Tensor, block: int = _GRAM_BLOCK) -> torch.Tensor:
+    """``tril(G) + tril(G, -1)ᵀ`` (the lower triangle mirrored), the same values, copied in
+    ``block x block`` tiles: a transposed add over a whole 2,048 x 2,048 float64 matrix reads
+    it with a stride of a row per element (0.1-0.3 s on this VM; the tiles stay in cache)."""
+    D = G.shape[0]
+    out = torch.empty_like(G)
+    for i in range(0, D, block):
+        ie = min(D, i + block)
+        d = G[i:ie, i:ie]
+        out[i:ie, i:ie] = torch.tril(d) + torch.tril(d, -1).T
+        if ie < D:
+            low = G[ie:, i:ie]
+            out[ie:, i:ie] = low
+            out[i:ie, ie:] = low.T
+    return out
 
 
 def lower_gram(L: torch.Tensor) -> torch.Tensor:
@@ -167,6 +194,23 @@ def add_lower_gram(acc: torch.Tensor, Fw: torch.Tensor, F: torch.Tensor) -> None
         acc[i:ie, :ie] += (Fw[:, i:ie].T @ F[:, :ie]).double()
 
 
+#: up to this size a CPU eigendecomposition runs on one thread (see :func:`symmetric_eigh`)
+EIGH_ONE_THREAD_MAX = 4096
+
+
+def symmetric_eigh(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.eigh(A)``, on one intra-op thread for a CPU matrix of size up to
+    :data:`EIGH_ONE_THREAD_MAX`.
+
+    The divide-and-conquer eigensolver synchronises its threads many times, and on a shared
+    machine a descheduled thread stalls each barrier: a 2,049 x 2,049 float64 ``eigh`` took
+    13-23 s on two threads with the other core busy against 1.8-1.9 s on one (0.66 s on two
+    idle cores; torch 2.13, MKL, 2-core VM). The values do not depend on the thread count.
+    """
+    with single_thread_if(A.device.type == "cpu" and A.shape[-1] <= EIGH_ONE_THREAD_MAX):
+        return torch.linalg.eigh(A)
+
+
 def _well_conditioned(L: torch.Tensor) -> bool:
     d = torch.diagonal(L).abs()
     return bool(d.min() > 0) and float((d.max() / d.min()) ** 2) < 1.0 / (
@@ -188,8 +232,10 @@ class SPDSolver:
 
     def __init__(self, A: torch.Tensor, alpha: float = 0.0, rcond: float | None = None):
         D = A.shape[0]
-        eye = torch.eye(D, dtype=A.dtype, device=A.device)
-        M = A + alpha * eye if alpha else A
+        M = A
+        if alpha:
+            M = A.clone()
+            M.diagonal().add_(alpha)
         L, info = torch.linalg.cholesky_ex(M)
         self.method = "cholesky"
         if int(info) == 0 and _well_conditioned(L):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from scipy.optimize import minimize
 
-from snnk.solvers.cholesky import jittered_cholesky
+from snnk.solvers.cholesky import jittered_cholesky, symmetric_eigh
 from snnk.solvers.student_t import student_t_log_marginal
 
 __all__ = [
@@ -267,7 +267,7 @@ def profile_amplitude_noise(
     """
     G = gram.detach().double()
     D = G.shape[0]
-    mu, U = torch.linalg.eigh(0.5 * (G + G.T))
+    mu, U = symmetric_eigh(0.5 * (G + G.T))
     mu = mu.clamp_min(0.0)
     c2 = (U.T @ proj.detach().double().reshape(D)).square()
     yy_t = torch.as_tensor(yy, dtype=torch.float64).detach()
