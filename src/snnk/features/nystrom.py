@@ -26,9 +26,10 @@ class NystromFeatures(nn.Module):
     kernel : Kernel or str
     num_centers : int
         ``m``; the output width.
-    centers : {"uniform", "kmeans++", "kmeans", "rls", "bless", "kdpp", "pivoted-cholesky", \
-"rpcholesky"}, default "uniform"
-        A method of :func:`snnk.features.centers.select_centers`: rows drawn uniformly,
+    centers : str, default "uniform"
+        ``"uniform"``, ``"kmeans++"``, ``"kmeans"``, ``"rls"``, ``"bless"``, ``"kdpp"``,
+        ``"pivoted-cholesky"`` or ``"rpcholesky"``, a method of
+        :func:`snnk.features.centers.select_centers`: rows drawn uniformly,
         D²-sampled in the kernel's feature space, k-means cluster means (new points), ridge
         leverage scores (exact or BLESS), a k-DPP, or greedy / randomly pivoted Cholesky.
     rcond : float, optional

@@ -158,6 +158,8 @@ class PositiveFeatures(RandomFeatures):
     seed, dtype, device
         As for :class:`FourierFeatures`.
 
+    Notes
+    -----
     Variance (single i.i.d. feature, ``M = 0``): ``exp(2x'ᵀy')(exp(‖x'+y'‖²) − 1)``.
     """
 

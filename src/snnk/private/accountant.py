@@ -149,6 +149,8 @@ class BudgetAccountant:
     delta : float, default 1.0
         Total δ budget.
 
+    Notes
+    -----
     Use it as a context manager to make it the default of every release built inside the
     block (``with BudgetAccountant(epsilon=1.0): ...``).
     """

@@ -71,6 +71,8 @@ class PolynomialBasis:
     in_features : int, default 1
     index_set : {"total", "tensor"}, default "total"
 
+    Notes
+    -----
     Calling the basis on ``X`` of shape ``(..., d)`` returns ``(..., m)`` in float64.
     """
 

@@ -218,6 +218,8 @@ class FiniteDPP:
     kind : {"likelihood", "correlation"}, default "likelihood"
         What ``eigen`` decomposes.
 
+    Notes
+    -----
     The eigendecomposition is computed once (float64, ``torch.linalg.eigh``); eigenvalues at
     round-off level (``≤ N·eps·λ_max``) count as zero. Tables of elementary symmetric
     polynomials are cached per ``k``; any sequence of :meth:`sample_k` sizes works.
