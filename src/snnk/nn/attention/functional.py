@@ -172,6 +172,14 @@ def _key_log_weights(
     return None if lw is None else torch.broadcast_to(lw, (*batch, S)).detach()
 
 
+def _no_autocast(device: torch.device):
+    """Autocast off on ``device`` (the work runs in the compute dtype); a no-op on meta,
+    which has no autocast backend and needs none for shape propagation."""
+    if device.type == "meta":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, enabled=False)
+
+
 def _broadcastable(a, b) -> bool:
     try:
         return torch.broadcast_shapes(a, b) == tuple(b)
@@ -311,13 +319,7 @@ def kernel_attention(
         chunk_size = check_positive_int(chunk_size, "chunk_size")
     out_dtype = q.dtype
     work = compute_dtype(q.dtype)
-    # autocast has no meta backend; shape propagation on meta needs no autocast guard
-    no_autocast = (
-        contextlib.nullcontext()
-        if q.device.type == "meta"
-        else torch.autocast(q.device.type, enabled=False)
-    )
-    with no_autocast:
+    with _no_autocast(q.device):
         qw, kw, vw = q.to(work), k.to(work), v.to(work)
         lw = _key_log_weights(attn_mask, key_padding_mask, kw, work)
         spec = make_method(
@@ -490,12 +492,7 @@ def hybrid_attention(
         chunk_size = check_positive_int(chunk_size, "chunk_size")
         block = max(1, min(max(window, chunk_size), max(L, 1)))
     work = compute_dtype(q.dtype)
-    no_autocast = (
-        contextlib.nullcontext()
-        if q.device.type == "meta"
-        else torch.autocast(q.device.type, enabled=False)
-    )
-    with no_autocast:
+    with _no_autocast(q.device):
         qw, kw, vw = q.to(work), k.to(work), v.to(work)
         lw = _key_log_weights(attn_mask, key_padding_mask, kw, work)
         if far_kernel == "nystrom":
