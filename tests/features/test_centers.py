@@ -311,3 +311,22 @@ def test_new_methods_reach_the_nystrom_models():
         lengthscale=1.0, num_centers=50, alpha=1.0, center_selection="rpcholesky", random_state=0
     )
     assert np.isfinite(cg.fit(X[:400], y[:400]).predict(Xt[:5])).all()
+
+
+def test_distinct_rows_keep_numpys_lexicographic_first_occurrences():
+    """The fast distinct-row step returns exactly ``np.unique(axis=0)``'s first indices (the
+    historical candidate order), with duplicates, signed zeros and every input dtype."""
+    from snnk.features.centers import _first_of_distinct_rows
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(-2, 3, size=(60, 4)).astype(np.float64)
+    A = np.concatenate([base, base[::3], -0.0 * base[:5], 0.0 * base[:5]])
+    A = A[rng.permutation(len(A))]
+    for dtype in (np.float64, np.float32, np.float16, np.int64, np.int8):
+        B = A.astype(dtype)
+        _, ref = np.unique(B, axis=0, return_index=True)
+        np.testing.assert_array_equal(_first_of_distinct_rows(B), ref)
+    C = rng.normal(size=(300, 7))
+    np.testing.assert_array_equal(
+        _first_of_distinct_rows(C), np.unique(C, axis=0, return_index=True)[1]
+    )
