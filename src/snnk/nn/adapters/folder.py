@@ -123,3 +123,30 @@ def read_folder(
         if not bool(torch.isfinite(value).all()):
             raise ValueError(f"{weights_file}: {key!r} holds NaN or Inf values")
     return saved, tensors
+
+
+def copy_into(own: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], folder) -> None:
+    """Copy the ``tensors`` read from ``folder`` into the model's ``own`` tensors (same
+    names), after checking that the names and every shape match.
+
+    Raises
+    ------
+    ValueError
+        Naming ``folder`` and the first missing, unexpected or mis-shaped tensor; nothing is
+        copied then.
+    """
+    wrong = sorted(set(own) ^ set(tensors))
+    if wrong:
+        raise ValueError(
+            f"{folder}: the saved tensors do not match this model (missing or unexpected: "
+            f"{wrong[:4]})"
+        )
+    bad = [k for k in own if own[k].shape != tensors[k].shape]
+    if bad:
+        raise ValueError(
+            f"{folder}: {bad[0]} has shape {tuple(tensors[bad[0]].shape)}, the model needs "
+            f"{tuple(own[bad[0]].shape)}"
+        )
+    with torch.no_grad():
+        for key, value in tensors.items():
+            own[key].copy_(value)

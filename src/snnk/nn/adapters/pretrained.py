@@ -23,7 +23,7 @@ from torch import nn
 from snnk._utils.files import write_text_atomic
 from snnk.nn.adapters._layout import _unwrap
 from snnk.nn.adapters.config import SLOT_NAME, AdapterConfig, resolve_targets
-from snnk.nn.adapters.folder import check_folder_path, read_folder, write_folder
+from snnk.nn.adapters.folder import check_folder_path, copy_into, read_folder, write_folder
 from snnk.nn.adapters.named import (
     _check_name,
     _head_parameters,
@@ -132,21 +132,7 @@ def _load_one(model: nn.Module, folder: Path, adapter_name: str | None) -> str:
     add_adapter(model, replace(config, target_modules=load_targets), name)
     try:
         own = _adapter_tensors(model, name)
-        wrong = sorted(set(own) ^ set(tensors))
-        if wrong:
-            raise ValueError(
-                f"{folder}: the saved tensors do not match this model's adapter (missing or "
-                f"unexpected: {wrong[:4]})"
-            )
-        bad = [k for k in own if own[k].shape != tensors[k].shape]
-        if bad:
-            raise ValueError(
-                f"{folder}: {bad[0]} has shape {tuple(tensors[bad[0]].shape)}, the model "
-                f"needs {tuple(own[bad[0]].shape)}"
-            )
-        with torch.no_grad():
-            for key, value in tensors.items():
-                own[key].copy_(value)
+        copy_into(own, tensors, folder)
     except BaseException:
         delete_adapter(model, name)
         raise

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from snnk.nn.adapters.folder import check_folder_path, read_folder, write_folder
+from snnk.nn.adapters.folder import check_folder_path, copy_into, read_folder, write_folder
 from snnk.nn.convert.hf import CORE_NAME, find_sites
 from snnk.nn.convert.linearize import (
     CONVERT_METHODS,
@@ -118,18 +118,7 @@ def load_linearized(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module
     )
     try:
         own = _core_tensors(model, saved["include_model"])
-        if sorted(own) != sorted(tensors):
-            diff = sorted(set(own) ^ set(tensors))
-            raise ValueError(f"{folder}: saved tensors do not match this model: {diff[:4]}")
-        for key, value in tensors.items():
-            if value.shape != own[key].shape:
-                raise ValueError(
-                    f"{folder}: {key} has shape {tuple(value.shape)}, the model needs "
-                    f"{tuple(own[key].shape)}"
-                )
-        with torch.no_grad():
-            for key, value in tensors.items():
-                own[key].copy_(value)
+        copy_into(own, tensors, folder)
     except BaseException:
         unlinearize(model)
         raise
