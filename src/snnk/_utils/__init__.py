@@ -5,6 +5,7 @@ from snnk._utils.random import draw_seed, make_generator
 from snnk._utils.validation import (
     all_finite,
     as_float_tensor,
+    check_bool,
     check_finite,
     check_in,
     check_positive,
@@ -16,6 +17,7 @@ from snnk._utils.validation import (
 __all__ = [
     "all_finite",
     "as_float_tensor",
+    "check_bool",
     "check_finite",
     "check_in",
     "check_positive",

@@ -135,6 +135,17 @@ def check_positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def check_bool(value: Any, name: str, hint: str = "") -> bool:
+    """``value`` as a bool (NumPy bools accepted); ``TypeError`` naming ``name`` otherwise,
+    with ``hint`` (what ``True`` does) appended."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(
+            f"{name} must be True or False, got {value!r} ({type(value).__name__})"
+            + (f"; {hint}" if hint else "")
+        )
+    return bool(value)
+
+
 def check_in(value: Any, name: str, allowed: Iterable[Any]) -> Any:
     """Raise ``ValueError`` unless ``value`` is one of ``allowed``."""
     allowed = tuple(allowed)

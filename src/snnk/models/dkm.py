@@ -35,6 +35,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 import snnk.models._dkm_core as core
 from snnk._persist import ArraySpec, PersistMixin, ValueSpec
+from snnk._utils import check_bool
 from snnk.features import select_centers
 from snnk.kernels import NNGP
 from snnk.models._base import POSITIVE, POSITIVE_INT, progress, refuse_path
@@ -312,8 +313,9 @@ class DeepKernelMachineRegressor(PersistMixin, RegressorMixin, BaseEstimator):
         standard deviation of the latent function ``f``; ``include_noise=True`` adds the
         fitted noise variance ``noise_``, giving that of a new observation ``y``.
         """
-        if not isinstance(include_noise, bool | np.bool_):
-            raise TypeError(f"include_noise must be True or False, got {include_noise!r}")
+        include_noise = check_bool(
+            include_noise, "include_noise", "True adds the observation noise to the std"
+        )
         mean, var = self._latent(X)
         out = mean * self.y_scale_ + self.y_mean_
         noise = self.noise_ if include_noise else 0.0

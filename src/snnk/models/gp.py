@@ -22,7 +22,7 @@ try:
 except ImportError as exc:  # pragma: no cover - the sklearn extra installs it
     raise ImportError("snnk.models needs scikit-learn: pip install 'snnk[sklearn]'") from exc
 
-from snnk._utils import check_in, iter_blocks
+from snnk._utils import check_bool, check_in, iter_blocks
 from snnk._utils.blocks import BLOCK_ELEMENTS, DEPRECATED, default_block_rows, resolve_block_rows
 from snnk._utils.random import check_random_state
 from snnk.features import SAMPLERS, FourierFeatures, NystromFeatures
@@ -519,11 +519,9 @@ class RandomFeatureGP(MarginalLikelihoodMixin, PersistMixin, RegressorMixin, Bas
         -------
         mean : ndarray of shape ``(m,)`` in ``X``'s floating dtype, and the std or covariance.
         """
-        if not isinstance(include_noise, bool | np.bool_):
-            raise TypeError(
-                f"include_noise must be True or False, got {include_noise!r} "
-                f"({type(include_noise).__name__}); True adds the observation noise to the std"
-            )
+        include_noise = check_bool(
+            include_noise, "include_noise", "True adds the observation noise to the std"
+        )
         if return_std and return_cov:
             raise RuntimeError(
                 "at most one of return_std or return_cov can be requested; call predict twice"
