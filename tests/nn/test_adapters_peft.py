@@ -23,28 +23,17 @@ from snnk.nn.adapters import (
     trainable_parameters,
     unload_adapters,
 )
+from tests.nn import tiny_models
 
 transformers = pytest.importorskip("transformers")
 
 
 def tiny_bert(seed: int = 0):
-    config = transformers.BertConfig(
-        vocab_size=97,
-        hidden_size=32,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        max_position_embeddings=40,
-        num_labels=2,
-    )
-    torch.manual_seed(seed)
-    return transformers.BertForSequenceClassification(config).eval()
+    return tiny_models.tiny_bert(seed, positions=40, head="classification")
 
 
 def tiny_gpt2(seed: int = 0):
-    config = transformers.GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=40)
-    torch.manual_seed(seed)
-    return transformers.GPT2LMHeadModel(config).eval()
+    return tiny_models.tiny_gpt2(seed, positions=40)
 
 
 def batch(n: int = 3, length: int = 9, seed: int = 1) -> dict:

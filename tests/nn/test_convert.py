@@ -14,28 +14,14 @@ from snnk.nn.convert import (
     save_linearized,
     unlinearize,
 )
+from tests.nn import tiny_models
 
 transformers = pytest.importorskip("transformers")
 METHODS = ["favor+", "nystrom", "hermite", "softmax-free", "linear", "hybrid", "hedgehog"]
 
 
 def tiny_bert(seed: int = 0, spiky: bool = False):
-    config = transformers.BertConfig(
-        vocab_size=97,
-        hidden_size=32,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(seed)
-    model = transformers.BertModel(config).eval()
-    if spiky:  # pretrained-like attention: logit rows with a std of a few units
-        with torch.no_grad():
-            for layer in model.encoder.layer:
-                layer.attention.self.query.weight.mul_(6.0)
-                layer.attention.self.key.weight.mul_(3.0)
-    return model
+    return tiny_models.tiny_bert(seed, spiky=spiky)
 
 
 def tiny_bert_eager(seed: int = 0):
@@ -46,17 +32,7 @@ def tiny_bert_eager(seed: int = 0):
 
 
 def tiny_gpt2(seed: int = 0):
-    config = transformers.GPT2Config(
-        vocab_size=97,
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        n_positions=64,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    torch.manual_seed(seed)
-    return transformers.GPT2LMHeadModel(config).eval()
+    return tiny_models.tiny_gpt2(seed, bos_token_id=1, eos_token_id=2)
 
 
 def batch(n: int = 3, length: int = 24, seed: int = 1, pad: bool = True) -> dict:
