@@ -182,3 +182,47 @@ def check_float_dtype(dtype: Any, name: str = "dtype") -> torch.dtype | None:
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype to compute in for inputs of ``dtype``: half types are computed in float32."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def check_device(device: Any, name: str = "device") -> torch.device:
+    """``device`` (``None``, a string such as ``"cpu"`` / ``"cuda:0"``, or a
+    ``torch.device``) as a ``torch.device`` an estimator can fit on.
+
+    ``None`` means the CPU (scikit-learn's default world). The meta device holds no values and
+    cannot fit anything; a CUDA (or MPS) device must exist on this machine. Each failure is a
+    ``ValueError`` / ``TypeError`` naming ``name`` and the fix.
+    """
+    if device is None:
+        return torch.device("cpu")
+    if not isinstance(device, str | torch.device):
+        raise TypeError(
+            f"{name} must be None, a string such as 'cpu' or 'cuda', or a torch.device, "
+            f"got {device!r} ({type(device).__name__})"
+        )
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(
+            f"{name}={device!r} is not a device torch knows ({err}); use 'cpu' or 'cuda'"
+        ) from None
+    if dev.type == "meta":
+        raise ValueError(
+            f"{name}='meta' holds no values, so nothing can be fitted there; use 'cpu' or 'cuda'"
+        )
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"{name}={device!r} but torch.cuda.is_available() is False on this machine "
+                "(a CPU build of torch, or no GPU); use device='cpu'"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"{name}={device!r} but this machine has {torch.cuda.device_count()} CUDA "
+                "device(s); pick an index below that"
+            )
+    elif dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError(f"{name}={device!r} but MPS is not available; use device='cpu'")
+    elif dev.type != "cpu":
+        raise ValueError(f"{name}={device!r}: estimators fit on 'cpu', 'cuda' or 'mps'")
+    return dev
