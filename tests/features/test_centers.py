@@ -330,3 +330,86 @@ def test_distinct_rows_keep_numpys_lexicographic_first_occurrences():
     np.testing.assert_array_equal(
         _first_of_distinct_rows(C), np.unique(C, axis=0, return_index=True)[1]
     )
+
+
+@pytest.mark.parametrize("method", ["pivoted-cholesky", "rpcholesky"])
+def test_select_center_factor_returns_the_nystrom_features(method):
+    """``Z = K_nC L⁻ᵀ`` on every row (candidates, repeated rows, rows outside a candidate
+    subsample, with and without weights), ``L Lᵀ = K_CC`` lower triangular, and the same
+    centres as ``select_center_indices``."""
+    from snnk.features.centers import select_center_factor
+
+    X, _ = d3_clusters(400, 3)
+    X = torch.cat([X, X[:30]])  # 30 repeated rows
+    k = Gaussian(1.0)
+    sw = np.random.default_rng(0).uniform(0.5, 2.0, size=430)
+    sw[::10] = 0.0
+    cases = [{}, {"sample_weight": sw}, {"distinct": True}]
+    if method == "pivoted-cholesky":
+        cases.append({"distinct": True, "max_candidates": 200})
+    for opts in cases:
+        res = select_center_factor(X, 40, method=method, kernel=k, random_state=2, **opts)
+        idx = select_center_indices(X, 40, method=method, kernel=k, random_state=2, **opts)
+        assert torch.equal(res.indices, idx), opts
+        C = X[res.indices]
+        L, Z = res.cholesky, res.features
+        assert Z.shape == (430, 40) and torch.equal(L, torch.tril(L))
+        torch.testing.assert_close(L @ L.T, k(C), atol=1e-10, rtol=0)
+        torch.testing.assert_close(Z @ L.T, k(X, C), atol=1e-9, rtol=0)
+    # no factor: other methods, every candidate a centre, rank below m
+    from snnk.features.centers import select_center_factor as scf
+
+    assert scf(X, 5, method="uniform", random_state=0).features is None
+    small = scf(X[:3].repeat(3, 1), 3, method=method, kernel=k, distinct=True)
+    assert small.features is None and sorted(small.indices.tolist()) == [0, 1, 2]
+    assert scf(X[:3].repeat(3, 1), 5, method=method, kernel=k, random_state=0).features is None
+    with pytest.raises(ValueError, match="cannot choose"):
+        scf(X[:3], 4, method=method, kernel=k)
+
+
+def test_center_factor_features_give_nystrom_ridge_without_kernel_evaluations():
+    """Ridge on the selection's features ``Z`` (``β = L⁻ᵀu``) is ``NystromRidge`` with the
+    same centres: the fit can reuse the selection's columns instead of recomputing ``K_nC``."""
+    from snnk.features.centers import select_center_factor
+    from snnk.models import NystromRidge
+
+    X, y = d3_clusters(600, 8)
+    Xt, _ = d3_clusters(50, 9)
+    k, alpha = Gaussian(1.0), 0.3
+    model = NystromRidge(
+        lengthscale=1.0,
+        num_centers=40,
+        alpha=alpha,
+        center_selection="pivoted-cholesky",
+        fit_intercept=False,
+    ).fit(X.numpy(), y.numpy())
+    sel = select_center_factor(X, 40, kernel=k, distinct=True)
+    assert np.array_equal(np.sort(sel.indices.numpy()), model.center_indices_)
+    Z, L = sel.features, sel.cholesky
+    u = torch.linalg.solve(Z.T @ Z + alpha * torch.eye(40, dtype=F64), Z.T @ y)
+    beta = torch.linalg.solve_triangular(L.T, u[:, None], upper=True)[:, 0]
+    pred = k(Xt, X[sel.indices]) @ beta
+    np.testing.assert_allclose(pred.numpy(), model.predict(Xt.numpy()), rtol=0, atol=1e-6)
+
+
+def test_pivoted_cholesky_default_candidates_are_a_subsample_above_5000_rows():
+    """Default ``max_candidates="auto"``: ``max(5000, 2m)`` uniformly drawn candidates (the
+    greedy then costs ``O(c m²)``, not ``O(n m²)``); ``None``: every row, deterministic."""
+    from snnk.sampling import pivoted_cholesky
+
+    X = torch.randn(5200, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    k = Gaussian(0.5)
+    g = torch.Generator().manual_seed(7)
+    a = select_center_indices(X, 8, method="pivoted-cholesky", kernel=k, random_state=g)
+    cand = torch.randperm(5200, generator=torch.Generator().manual_seed(7))[:5000].sort().values
+    assert torch.equal(a, cand[pivoted_cholesky(X[cand], k, 8).pivots])
+    every = select_center_indices(
+        X, 8, method="pivoted-cholesky", kernel=k, random_state=0, max_candidates=None
+    )
+    assert torch.equal(every, pivoted_cholesky(X, k, 8).pivots)
+    # 2m above 5000 rows: every row is a candidate
+    small = X[:300]
+    assert torch.equal(
+        select_center_indices(small, 200, method="pivoted-cholesky", kernel=k, random_state=3),
+        pivoted_cholesky(small, k, 200).pivots,
+    )

@@ -160,3 +160,34 @@ def test_randomly_pivoted_cholesky_factor_and_edge_cases():
         randomly_pivoted_cholesky(X[:3], k, 4)
     with pytest.raises(ValueError, match="block_size"):
         randomly_pivoted_cholesky(X, k, 3, block_size=0)
+
+
+def _textbook_greedy(K: torch.Tensor, m: int) -> list[int]:
+    """The unblocked chain on a dense matrix: pivot = argmax of the residual diagonal."""
+    R = K.clone()
+    piv: list[int] = []
+    for _ in range(m):
+        d = R.diagonal().clone()
+        d[piv] = -1.0
+        j = int(d.argmax())
+        piv.append(j)
+        R -= torch.outer(R[:, j], R[j]) / R[j, j]
+    return piv
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 5, 64])
+def test_blocked_greedy_pivots_are_the_textbook_greedy_ones(block_size):
+    """Panels of candidate columns change the order of the sums only: same pivots as the
+    dense chain (weighted too), the same factor, for any panel size (1: every step a new
+    panel; 2, 5: many panel ends on a pivot outside the candidates)."""
+    X = d3_clusters(250, 7)
+    k = Gaussian(0.7)
+    w = torch.rand(250, generator=torch.Generator().manual_seed(1), dtype=F64) + 0.1
+    for weight in (None, w):
+        K = k(X) if weight is None else w.sqrt()[:, None] * k(X) * w.sqrt()[None, :]
+        res = pivoted_cholesky(X, k, 60, weight=weight, block_size=block_size)
+        assert res.pivots.tolist() == _textbook_greedy(K, 60)
+        ref = pivoted_cholesky(X, k, 60, weight=weight, block_size=250)  # one panel
+        torch.testing.assert_close(res.factor, ref.factor, atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="block_size"):
+        pivoted_cholesky(X, k, 3, block_size=0)

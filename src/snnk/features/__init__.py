@@ -7,7 +7,13 @@ seeded ``torch.Generator``; ``φ(x)ᵀφ(y)`` estimates a kernel (or ``f(wᵀx +
 from snnk.features._base import RandomFeatures
 from snnk.features._projection import SAMPLERS, RandomProjection
 from snnk.features.arccosine import ArcCosineFeatures
-from snnk.features.centers import register_center_method, select_center_indices, select_centers
+from snnk.features.centers import (
+    CenterFactor,
+    register_center_method,
+    select_center_factor,
+    select_center_indices,
+    select_centers,
+)
 from snnk.features.factory import make_feature_map
 from snnk.features.fourier import FourierFeatures
 from snnk.features.nngp import NNGPFeatures
@@ -30,6 +36,7 @@ __all__ = [
     "SAMPLERS",
     "URF",
     "ArcCosineFeatures",
+    "CenterFactor",
     "DiscreteMeasure",
     "FourierFeatures",
     "GaussianMeasure",
@@ -45,6 +52,7 @@ __all__ = [
     "positive_log_features",
     "positive_log_offsets",
     "register_center_method",
+    "select_center_factor",
     "select_center_indices",
     "select_centers",
 ]

@@ -11,12 +11,16 @@ r"""Centre selectors built on :mod:`snnk.sampling` (registered in :mod:`snnk.fea
   ``max_candidates`` rows it samples a uniform subsample of candidates. Where the kernel
   matrix has numerical rank ``r < m`` (repeated rows), a k-DPP of size ``r`` is completed
   by uniform draws among the other rows.
-* ``"pivoted-cholesky"``: greedy pivoted Cholesky (deterministic), ``O(n m (m + d))``.
+* ``"pivoted-cholesky"``: greedy pivoted Cholesky, ``O(c m (m + d))`` in panels of matrix
+  products, on ``c = max(5000, 2m)`` uniformly drawn candidate rows by default
+  (``max_candidates``; ``None``: every row, deterministic).
 * ``"rpcholesky"``: randomly pivoted Cholesky (pivots ``∝`` the residual diagonal), in
   blocks of proposals with rejection: ``O(n m (m + d))`` in matrix products.
 
 With ``sample_weight`` the leverage-score probabilities are multiplied by the weights, and the
-k-DPP and pivoted Cholesky use ``W^{1/2} K W^{1/2}``.
+k-DPP and pivoted Cholesky use ``W^{1/2} K W^{1/2}``. The two Cholesky selectors also have
+a ``*_factor`` form returning the factor they computed (the Nyström features of the data,
+:func:`snnk.features.select_center_factor`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from snnk.sampling import (
 F64 = torch.float64
 #: default cap on the candidates of the ``O(n³)`` selectors
 MAX_CANDIDATES = 4000
+#: default candidates of the greedy pivoted Cholesky: ``max(GREEDY_CANDIDATES, 2 m)`` rows
+GREEDY_CANDIDATES = 5000
 
 
 def _all_rows(n: int, gen: torch.Generator) -> torch.Tensor:
@@ -135,19 +141,59 @@ def kdpp_centers(X, m, *, weight, generator, kernel, max_candidates=MAX_CANDIDAT
     return cand[pick]
 
 
-def pivoted_cholesky_centers(X, m, *, weight, generator, kernel, max_candidates=None):
-    """The ``m`` pivots of the greedy pivoted Cholesky of ``W^{1/2} K W^{1/2}`` (among a
-    uniform subsample of ``max_candidates`` rows when given and smaller than ``n``)."""
+def pivoted_cholesky_factor(
+    X, m, *, weight, generator, kernel, max_candidates="auto", block_size=None
+):
+    """``(pivots, F, rows)``: the greedy pivots (rows of ``X``, pick order) and the factor
+    ``F`` ``(r, m)`` of ``W^{1/2} K W^{1/2}`` on the rows ``rows`` of ``X`` (sorted; ``None``:
+    every row). Candidates: every row (``max_candidates=None``) or a uniform subsample of
+    ``max_candidates`` rows when smaller than ``n`` (``"auto"``:
+    ``max(GREEDY_CANDIDATES, 2 m)``; the greedy costs ``O(c m²)`` on ``c`` candidates
+    while the fit costs ``O(n m²)``). ``F`` is ``None`` where ``m`` reaches the candidates."""
+    n = X.shape[0]
+    if isinstance(max_candidates, str) and max_candidates == "auto":
+        max_candidates = max(GREEDY_CANDIDATES, 2 * m)
+    if max_candidates is None or (
+        not isinstance(max_candidates, bool)
+        and isinstance(max_candidates, int)
+        and max_candidates >= n
+    ):
+        res = pivoted_cholesky(X, kernel, m, weight=weight, block_size=block_size)
+        return res.pivots, res.factor, None
+    cand = _candidates(n, max_candidates, generator())
+    if m >= cand.numel():
+        return cand[:m], None, None
+    w = None if weight is None else weight[cand]
+    res = pivoted_cholesky(X[cand.to(X.device)], kernel, m, weight=w, block_size=block_size)
+    return cand[res.pivots], res.factor, cand
+
+
+def pivoted_cholesky_centers(
+    X, m, *, weight, generator, kernel, max_candidates="auto", block_size=None
+):
+    """The ``m`` pivots of the greedy pivoted Cholesky of ``W^{1/2} K W^{1/2}`` among the
+    candidates of :func:`pivoted_cholesky_factor` (``block_size`` candidate columns per
+    panel, see :func:`~snnk.sampling.pivoted_cholesky`)."""
     n = X.shape[0]
     if m >= n:
         return torch.arange(n)
-    if max_candidates is None or max_candidates >= n:
-        return pivoted_cholesky(X, kernel, m, weight=weight).pivots
-    cand = _candidates(n, max_candidates, generator())
-    if m >= cand.numel():
-        return cand[:m]
-    w = None if weight is None else weight[cand]
-    return cand[pivoted_cholesky(X[cand.to(X.device)], kernel, m, weight=w).pivots]
+    return pivoted_cholesky_factor(
+        X,
+        m,
+        weight=weight,
+        generator=generator,
+        kernel=kernel,
+        max_candidates=max_candidates,
+        block_size=block_size,
+    )[0]
+
+
+def rpcholesky_factor(X, m, *, weight, generator, kernel, block_size=None):
+    """``(pivots, F, None)`` of randomly pivoted Cholesky (``F`` on every row of ``X``)."""
+    res = randomly_pivoted_cholesky(
+        X, kernel, m, generator=generator(), weight=weight, block_size=block_size
+    )
+    return res.pivots, res.factor, None
 
 
 def rpcholesky_centers(X, m, *, weight, generator, kernel, block_size=None):

@@ -17,8 +17,9 @@ models (:class:`~snnk.models.NystromRidge`, :class:`~snnk.models.KernelRidgeCG`,
 * ``"bless"``: the same from BLESS-style approximate leverage scores (Rudi et al., 2018),
   ``Õ(d_eff)`` dictionary, every row a candidate;
 * ``"kdpp"``: a k-DPP of ``L = K`` with ``k = m`` (exact; ``max_candidates`` as for ``"rls"``);
-* ``"pivoted-cholesky"``: the greedy pivoted Cholesky pivots (deterministic,
-  ``O(n m (m + d))``), the MAP-like choice of diverse rows;
+* ``"pivoted-cholesky"``: the greedy pivoted Cholesky pivots, the MAP-like choice of
+  diverse rows, ``O(c m (m + d))`` in BLAS-3 panels on ``c = max(5000, 2m)`` uniformly drawn
+  candidates (``max_candidates``; ``None``: every row, deterministic);
 * ``"rpcholesky"``: randomly pivoted Cholesky (Chen, Epperly, Tropp & Webber, 2023; pivots
   ``∝`` the residual diagonal, proposed in blocks and accepted by rejection), near-optimal
   trace error at ``O(n m (m + d))`` in matrix products.
@@ -43,15 +44,20 @@ from snnk.features._centers_sampling import (
     bless_centers,
     kdpp_centers,
     pivoted_cholesky_centers,
+    pivoted_cholesky_factor,
     rls_centers,
     rpcholesky_centers,
+    rpcholesky_factor,
 )
 from snnk.kernels import Kernel, Linear, make_kernel
 
 __all__ = [
     "CENTER_METHODS",
+    "FACTOR_METHODS",
+    "CenterFactor",
     "CenterMethod",
     "register_center_method",
+    "select_center_factor",
     "select_center_indices",
     "select_centers",
 ]
@@ -87,7 +93,8 @@ def register_center_method(name: str, fn: Callable[..., torch.Tensor], *, return
 
 def _uniform(X, m, *, weight, generator, kernel):
     """``m`` of the ``n`` rows, uniformly without replacement: ``randperm(n)[:m]``."""
-    return torch.randperm(X.shape[0], generator=generator())[:m]
+    gen = generator()
+    return torch.randperm(X.shape[0], generator=gen, device=gen.device)[:m]
 
 
 def _kernel_distance(kernel: Kernel, X, diag, j: int) -> torch.Tensor:
@@ -156,6 +163,14 @@ register_center_method("kdpp", kdpp_centers)
 register_center_method("pivoted-cholesky", pivoted_cholesky_centers)
 register_center_method("rpcholesky", rpcholesky_centers)
 
+#: selectors that factorise the kernel matrix as they choose: name -> ``fn(X, m, *, weight,
+#: generator, kernel, **options)`` returning ``(pivots, F, rows)`` (see
+#: :func:`select_center_factor`)
+FACTOR_METHODS: dict[str, Callable[..., tuple]] = {
+    "pivoted-cholesky": pivoted_cholesky_factor,
+    "rpcholesky": rpcholesky_factor,
+}
+
 
 def _candidates(X: torch.Tensor, weight, distinct: bool) -> tuple[np.ndarray | None, Any]:
     """Row indices of the candidates (``None``: every row), and their weights."""
@@ -183,8 +198,8 @@ def _first_of_distinct_rows(A: np.ndarray) -> np.ndarray:
         A = A.astype(np.float64)  # float16 and friends: exact in float64
     t = torch.from_numpy(np.ascontiguousarray(A).reshape(A.shape[0], -1))
     unique, inverse = torch.unique(t, dim=0, sorted=True, return_inverse=True)
-    first = torch.full((unique.shape[0],), A.shape[0], dtype=torch.long)
-    first.scatter_reduce_(0, inverse, torch.arange(A.shape[0]), reduce="amin")
+    first = torch.full((unique.shape[0],), A.shape[0], dtype=torch.long, device=t.device)
+    first.scatter_reduce_(0, inverse, torch.arange(A.shape[0], device=t.device), reduce="amin")
     return first.numpy()
 
 
@@ -313,3 +328,126 @@ def select_centers(
     return spec.fn(
         sub, m, weight=weight, generator=_generator_of(random_state), kernel=kern, **options
     )
+
+
+@dataclass(frozen=True)
+class CenterFactor:
+    r"""Centres with the Nyström features their selection computed.
+
+    Attributes
+    ----------
+    indices : LongTensor ``(M,)``
+        Row numbers of the centres ``C`` in ``X``, in pick order.
+    features : Tensor ``(n, M)`` float64 or None
+        ``Z = K_{XC} L^{-T}``: the Nyström features of every row of ``X``
+        (``Z Zᵀ = K_{XC} K_{CC}^{-1} K_{CX}``, the Nyström approximation of ``K``); ``None``
+        when the selector computed no factor (other methods, every candidate a centre, or a
+        rank-deficient ``K_CC``: repeated rows).
+    cholesky : Tensor ``(M, M)`` float64 or None
+        ``L``, lower triangular with ``L Lᵀ = K_CC`` (centres in pick order); it is ``Z``'s
+        rows at the centres. A model ``f(x) = z(x)ᵀu`` in the features has the kernel
+        expansion ``f(x) = k(x, C) β`` with ``β = L^{-T} u``.
+    """
+
+    indices: torch.Tensor
+    features: torch.Tensor | None
+    cholesky: torch.Tensor | None
+
+
+def _complete_features(kernel, Xt, covered, F, pos, block: int = 8192):
+    """``(Z, L)`` on every row of ``Xt`` from ``F`` on its rows ``covered`` (the others by
+    ``k(x, C) L^{-T}``; ``C`` the rows ``covered[pos]``), or ``None`` when ``L = F[pos]`` is
+    singular."""
+    L = torch.tril(F[pos])
+    dg = L.diagonal()
+    if not bool(torch.isfinite(F).all()) or float(dg.min()) <= 1e-7 * float(dg.max()):
+        return None  # an exhausted residual (repeated rows): no usable factor
+    n = Xt.shape[0]
+    if covered.numel() == n and bool((covered == torch.arange(n)).all()):
+        return F, L
+    Z = torch.empty(n, F.shape[1], dtype=torch.float64)
+    Z[covered] = F
+    rest = torch.ones(n, dtype=torch.bool)
+    rest[covered] = False
+    rest = torch.nonzero(rest)[:, 0]
+    C = Xt[covered[pos].to(Xt.device)]
+    for s in range(0, rest.numel(), block):
+        r = rest[s : s + block]
+        Kb = kernel(Xt[r.to(Xt.device)], C).to(torch.float64).cpu()
+        Z[r] = torch.linalg.solve_triangular(L, Kb.T, upper=False).T
+    return Z, L
+
+
+def select_center_factor(
+    X: torch.Tensor | np.ndarray,
+    m: int,
+    *,
+    method: str = "pivoted-cholesky",
+    sample_weight=None,
+    random_state=None,
+    kernel: Kernel | str | None = None,
+    distinct: bool = False,
+    **options,
+) -> CenterFactor:
+    r"""Centres as :func:`select_center_indices` chooses them, with their Nyström features.
+
+    The Cholesky selectors (:data:`FACTOR_METHODS`: ``"pivoted-cholesky"``, ``"rpcholesky"``)
+    compute, while they choose, the partial Cholesky factor ``F`` of ``W^{1/2} K W^{1/2}``
+    on the candidate rows: ``F = W^{1/2} K_{nC} L^{-T}`` with ``L Lᵀ = K_CC``. Unweighted,
+    that is exactly the matrix of Nyström features ``Z = K_{nC} L^{-T}`` that a Nyström
+    fit (e.g. the direct solver of :class:`~snnk.models.NystromRidge`) builds from
+    ``K_nC`` and a Cholesky factor of ``K_CC``: reusing it spares the fit its kernel
+    evaluations (``n M`` kernel values) and its triangular solves. Rows that were not
+    candidates (repeated rows with ``distinct=True``, rows outside a ``max_candidates``
+    subsample) get ``k(x, C) L^{-T}``.
+
+    Arguments as in :func:`select_center_indices`. For any other method, or where ``L``
+    is singular (``m`` above the numerical rank), ``features`` and ``cholesky`` are
+    ``None`` and ``indices`` are those :func:`select_center_indices` returns.
+
+    Returns
+    -------
+    CenterFactor
+        ``indices`` ``(M,)`` in pick order, ``features`` ``(n, M)``, ``cholesky`` ``(M, M)``;
+        memory ``8 n M`` bytes for the features.
+    """
+    if method not in FACTOR_METHODS:
+        idx = select_center_indices(
+            X,
+            m,
+            method=method,
+            sample_weight=sample_weight,
+            random_state=random_state,
+            kernel=kernel,
+            distinct=distinct,
+            **options,
+        )
+        return CenterFactor(idx, None, None)
+    _, kern = _resolve(method, m, kernel)
+    rows, w = _candidates(X, sample_weight, distinct)
+    Xt = _as_tensor(X)
+    n = Xt.shape[0]
+    if rows is None:
+        if m > n:
+            raise ValueError(f"cannot choose {m} centres among {n} rows")
+        rows, sub = np.arange(n), Xt
+    elif m >= rows.size:
+        return CenterFactor(torch.from_numpy(np.sort(rows)), None, None)
+    else:
+        sub = _as_tensor(X, rows)
+    weight = None if w is None else torch.from_numpy(w[rows])
+    fn = FACTOR_METHODS[method]
+    pick, F, local = fn(
+        sub, m, weight=weight, generator=_generator_of(random_state), kernel=kern, **options
+    )
+    idx = torch.from_numpy(rows[pick.numpy()])
+    if F is None:
+        return CenterFactor(idx, None, None)
+    local = torch.arange(rows.size) if local is None else local
+    if weight is not None:
+        F = F / weight[local].sqrt()[:, None]  # candidates have positive weight
+    pos = torch.searchsorted(local, pick)  # the pivots' rows of F (local is sorted)
+    done = _complete_features(kern, Xt, torch.from_numpy(rows)[local], F, pos)
+    if done is None:
+        return CenterFactor(idx, None, None)
+    return CenterFactor(idx, *done)

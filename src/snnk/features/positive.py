@@ -234,7 +234,8 @@ class PositiveFeatures(RandomFeatures):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``φ(x) = exp(log φ(x))``; may overflow for ``‖x‖²/T`` in the hundreds (use
         :meth:`stabilized`)."""
-        x2 = torch.as_tensor(x)
+        # a tensor stays where it is (torch.as_tensor would move it to torch's default device)
+        x2 = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
         logf = self.log_features(x2)
         return torch.exp(
             logf.float() if logf.dtype in (torch.float16, torch.bfloat16) else logf

@@ -117,7 +117,7 @@ def optimal_weights(U, indices) -> torch.Tensor:
     U = as_matrix(U, "U")
     N, m = U.shape
     lev = _leverage(U)
-    idx = torch.as_tensor(indices, dtype=torch.long)
+    idx = torch.as_tensor(indices, dtype=torch.long, device=U.device)
     sel = lev[idx.to(U.device)]
     if bool((sel <= 0).any()):
         raise ValueError(
@@ -132,7 +132,7 @@ def gram_deviation(U, indices) -> torch.Tensor:
     ``indices`` is ``(n,)`` or ``(B, n)``; ``G = (m/n) Σ_i U_iU_iᵀ / ‖U_i‖²``.
     """
     U = as_matrix(U, "U")
-    idx = torch.as_tensor(indices, dtype=torch.long).to(U.device)
+    idx = torch.as_tensor(indices, dtype=torch.long, device=U.device)
     if idx.ndim == 1:
         idx = idx[None]
     m, n = U.shape[1], idx.shape[1]

@@ -9,7 +9,8 @@ and appends the column
 so that ``F Fᵀ`` is the Nyström approximation of ``W^{1/2} K W^{1/2}`` on the pivots. The
 residual trace ``Σ_i d_i`` is exactly the trace error of that approximation, and the greedy
 step maximises ``det K_S`` one point at a time (the greedy MAP of the DPP with ``L = K``).
-Cost ``O(n m (m + d))`` time, ``O(n m)`` memory, one kernel column per step.
+Cost ``O(n m (m + d))`` time, ``O(n m)`` memory, in panels of BLAS-3 products
+(:func:`pivoted_cholesky`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from snnk.kernels import Kernel, make_kernel
 from snnk.sampling._checks import F64, as_generator, check_count, threads_for
 
-__all__ = ["PivotedCholesky", "pivoted_cholesky", "randomly_pivoted_cholesky"]
+__all__ = ["PANEL", "PivotedCholesky", "pivoted_cholesky", "randomly_pivoted_cholesky"]
 
 
 @dataclass(frozen=True)
@@ -45,44 +46,99 @@ class PivotedCholesky:
     residual_trace: torch.Tensor
 
 
+#: candidate columns per panel of the blocked greedy pivoted Cholesky (see ``_greedy``)
+PANEL = 64
+
+
 def pivoted_cholesky(
-    X, kernel: Kernel | str, m: int, *, weight: torch.Tensor | None = None
+    X,
+    kernel: Kernel | str,
+    m: int,
+    *,
+    weight: torch.Tensor | None = None,
+    block_size: int | None = None,
 ) -> PivotedCholesky:
     r"""Greedy pivoted Cholesky of ``W^{1/2} K W^{1/2}`` on the rows of ``X`` (``m`` pivots).
 
     Ties and exhausted residuals (duplicated rows, rank ``< m``) pick the lowest-numbered
     remaining row, so the result is deterministic and always has ``m`` distinct pivots.
+
+    **Blocked, exact.** The textbook chain computes each new column as
+    ``K e_j − F F_{j,:}ᵀ``: ``m`` matrix-vector products over an ``n × t`` factor, memory
+    bound (``O(n m²)`` numbers read). Here the work goes in panels: at the start of a panel
+    the ``c = block_size`` (default 64) rows of largest residual diagonal are the
+    candidates, and their residual columns ``K_{:,S} − F F_{S,:}ᵀ`` come from one kernel
+    block and one matrix product (BLAS-3). The greedy steps then run while the argmax of
+    the residual diagonal is a candidate, each finishing its column with a product over the
+    panel's own columns only; the first step whose argmax is not a candidate starts a new
+    panel. The pivots are exactly the greedy ones (the argmax is taken over all rows at
+    every step); only the order of the floating-point sums differs (so near-ties at the
+    round-off level, e.g. once the numerical rank is exhausted, may break the other way).
+    On 20,000 diamonds rows
+    (Gaussian kernel, one thread) ``m = 400`` takes 0.35-0.55 s instead of 1.2-1.3 s and
+    ``m = 1,600`` 2.2-2.6 s instead of 15 s (``docs/sampling.md``).
+
+    Parameters
+    ----------
+    X : array-like ``(n, d)``
+    kernel : Kernel or str
+    m : int
+        Number of pivots, ``1 ≤ m ≤ n``.
+    weight : Tensor ``(n,)``, optional
+        Non-negative row weights ``w``: the factorised matrix is ``W^{1/2} K W^{1/2}``.
+    block_size : int, optional
+        Candidate columns per panel (default :data:`PANEL` = 64). Larger panels mean fewer,
+        larger matrix products but more candidate columns never used.
+
+    Returns
+    -------
+    PivotedCholesky
+        ``pivots`` ``(m,)``, ``factor`` ``(n, m)`` and ``residual_trace`` ``(m + 1,)``.
     """
     X, kern, m, w = _check_inputs(X, kernel, m, weight)
+    c = check_count(block_size, "block_size") if block_size is not None else PANEL
     n = X.shape[0]
-    with threads_for(n * (m + X.shape[1])):
-        return _greedy(X, kern, m, w)
+    with threads_for(n * c * (m + X.shape[1])):
+        return _greedy(X, kern, m, w, c)
 
 
-def _greedy(X: torch.Tensor, kern: Kernel, m: int, w: torch.Tensor) -> PivotedCholesky:
+def _greedy(X: torch.Tensor, kern: Kernel, m: int, w: torch.Tensor, c: int) -> PivotedCholesky:
     n = X.shape[0]
     sw = w.sqrt()
     diag = kern.diag(X).to(F64).cpu() * w
     d = diag.clone()
-    # Fᵀ, one contiguous row per column: the step's product reads exactly t x n numbers (the
-    # O(n m²) memory traffic is the cost of the greedy choice)
+    # Fᵀ, one contiguous row per column: the panel products read Ft[:t] once per panel
     Ft = torch.zeros(m, n, dtype=F64)
     chosen = torch.zeros(n, dtype=torch.bool)
+    slot = torch.full((n,), -1, dtype=torch.long)  # row -> its candidate column, or -1
     pivots = torch.empty(m, dtype=torch.long)
     traces = torch.empty(m + 1, dtype=F64)
+    Rt = torch.empty(0, n, dtype=F64)  # residual columns of the candidates (one per row)
+    t0 = 0  # first step of the current panel
     for t in range(m):
         d.clamp_(min=0.0)
         traces[t] = d.sum()  # chosen rows hold 0
-        j = int(torch.where(chosen, -1.0, d).argmax())
+        masked = torch.where(chosen, -1.0, d)
+        j = int(masked.argmax())
         pivots[t] = j
         chosen[j] = True
         dj = float(d[j])
         if dj <= float(diag[j]) * 1e-14 or dj <= 0.0:
             d[j] = 0.0
             continue  # nothing left to explain at j: a zero column
-        col = kern(X, X[j : j + 1]).to(F64).cpu()[:, 0] * sw * sw[j]
-        if t:
-            col = torch.addmv(col, Ft[:t].T, Ft[:t, j], alpha=-1.0)
+        if int(slot[j]) < 0:  # a new panel: the top-c rows (j among them) as candidates
+            slot.fill_(-1)
+            cand = torch.topk(masked, min(c, n - t)).indices
+            cand[0] = j  # the top one is j up to ties; j must be there
+            cand = torch.unique(cand)
+            slot[cand] = torch.arange(cand.numel())
+            Rt = kern(X[cand.to(X.device)], X).to(F64).cpu() * sw[cand, None] * sw[None, :]
+            if t:
+                Rt = torch.addmm(Rt, Ft[:t, cand].T, Ft[:t], alpha=-1.0)
+            t0 = t
+        col = Rt[int(slot[j])]
+        if t > t0:
+            col = torch.addmv(col, Ft[t0:t].T, Ft[t0:t, j], alpha=-1.0)
         Ft[t] = col / dj**0.5
         d -= Ft[t].square()
         d[j] = 0.0
