@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from snnk._persist import HeaderError
-from snnk._utils import as_float_tensor, check_positive, check_positive_int, iter_blocks
+from snnk._utils import as_float_tensor, check_positive, check_positive_int
+from snnk.private._compute import QueryKernel, feature_statistic, linear_statistic
 from snnk.private.accountant import (
     ComposedEvent,
     GaussianEvent,
@@ -44,7 +45,6 @@ from snnk.private.mechanisms import public_seed as _public_seed
 from snnk.private.release import Release, _readonly
 from snnk.private.smooth import KERNELS, KernelFeatureMap
 
-_BLOCK = 4096
 #: weight ``a`` of the count coordinates in a joint Gaussian release ``[T_g, a·n_g]``
 _COUNT_WEIGHT = 1.0
 
@@ -157,7 +157,7 @@ class KernelSumRelease(Release):
         ):
             raise HeaderError("tensors.sketches", "shape disagrees with n_groups / num_features")
         self._cache("_features", fmap)
-        self._cache("_sketches_t", torch.from_numpy(self.sketches.copy()).T.contiguous())
+        self._cache("_query", QueryKernel(fmap, torch.from_numpy(self.sketches.copy())))
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = super().arrays()
@@ -182,12 +182,10 @@ class KernelSumRelease(Release):
         Returns shape ``(q,)`` for an ungrouped release, ``(q, G)`` for a grouped one. The
         average divides by ``max(ñ_g, 1)`` (post-processing of the noisy count).
         """
-        Y = as_float_tensor(Y, "Y", last_dim=self.in_features, allow_empty=True)
-        Y = Y.reshape(-1, self.in_features)
-        out = torch.empty(Y.shape[0], self.n_groups, dtype=torch.float64)
-        with torch.no_grad():
-            for rows in iter_blocks(Y.shape[0], _BLOCK):
-                out[rows] = self._features(Y[rows]) @ self._sketches_t
+        Y = as_float_tensor(
+            Y, "Y", last_dim=self.in_features, allow_empty=True, check_finite_values=False
+        )
+        out = self._query(Y.reshape(-1, self.in_features))
         res = out.numpy()
         if average:
             res = res / np.maximum(self.counts, 1.0)
@@ -225,27 +223,15 @@ class KernelSumRelease(Release):
 
 def _statistics(X, groups, n_groups, fmap) -> tuple[torch.Tensor, torch.Tensor]:
     n = X.shape[0]
-    T = torch.zeros(n_groups, fmap.num_features, dtype=torch.float64)
-    counts = torch.zeros(n_groups, dtype=torch.float64)
     with torch.no_grad():
         if fmap.kernel == "linear" and fmap.projection is None:
-            # Σ_{x∈g} x / max(‖x‖, ℓ) as one (G x n) @ (n x d) product: no n x d temporary
-            w = 1.0 / torch.clamp(torch.linalg.vector_norm(X, dim=1), min=fmap.lengthscale)
-            g = torch.zeros(n, dtype=torch.long) if groups is None else groups
-            W = torch.zeros(n_groups, n, dtype=torch.float64)
-            W[g, torch.arange(n)] = w
-            T += W @ X
+            T = linear_statistic(X, groups, n_groups, fmap.lengthscale)
         else:
-            for rows in iter_blocks(n, _BLOCK):
-                Z = fmap(X[rows])
-                if groups is None:
-                    T[0] += Z.sum(0)
-                else:
-                    T.index_add_(0, groups[rows], Z)
+            T = feature_statistic(X, groups, n_groups, fmap)
     if groups is None:
-        counts[0] = n
+        counts = torch.full((1,), float(n), dtype=torch.float64)
     else:
-        counts += torch.bincount(groups, minlength=n_groups).to(torch.float64)
+        counts = torch.bincount(groups, minlength=n_groups).to(torch.float64)
     return T, counts
 
 
@@ -345,13 +331,13 @@ def private_kernel_sum(
     frac = check_positive(count_fraction, "count_fraction")
     if frac >= 1:
         raise ValueError(f"count_fraction must lie in (0, 1), got {count_fraction!r}")
-    X = as_float_tensor(X, "X", allow_empty=True)
+    # finiteness is checked during the one pass over X that computes the statistic
+    X = as_float_tensor(X, "X", allow_empty=True, check_finite_values=False)
     if X.ndim != 2:
         raise ValueError(f"X must have shape (n, d), got {tuple(X.shape)}")
     n, d = X.shape
     if d == 0:
         raise ValueError("X has no columns; at least one feature is needed")
-    X = X.to(torch.float64)
     grp, G = _check_groups(groups, n, n_groups)
     if public_n is not None:
         if grp is not None:

@@ -174,6 +174,10 @@ class KernelFeatureMap(torch.nn.Module):
             )
             for (_, k), m in zip(comps, pairs, strict=True)
         )
+        for f in self.maps:
+            # inputs are validated by the callers (release.features, the statistic's own
+            # finiteness check on the features): no second pass over every block
+            f.check_values = False
         self.weights = tuple(float(w) for w, _ in comps)
         self.num_features = 2 * sum(pairs)
         self.l2_bound = math.sqrt(sum(self.weights))
