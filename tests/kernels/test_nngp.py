@@ -342,3 +342,31 @@ def test_ntk_monte_carlo_two_layers():
     assert ((mean - K).abs() <= 4 * se + 2.0 / width * K.abs()).all()
     # and close in Frobenius norm (per-draw relative sd ≈ 2.5/√n: SE ≈ 1 % here)
     assert float(torch.linalg.norm(mean - K) / torch.linalg.norm(K)) < 0.03
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "erf", "gelu"])
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_blocks_written_in_place_match_one_block(activation, depth):
+    """The row-block path writes the last layer straight into the output (and the first
+    layer as one GEMM of augmented inputs): the same values as one block, and the diagonal
+    of the NNGP ``k(X)`` still equals ``k.diag(X)`` bit for bit (the NTK's to rounding: its
+    x = x′ entries are not pinned)."""
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(11, 5, generator=g, dtype=F64)
+    Y = torch.randn(6, 5, generator=g, dtype=F64)
+    opts = {"depth": depth, "activation": activation, "weight_variance": 1.7, "bias_variance": 0.2}
+    for Yarg in (None, Y):
+        whole = fully_connected_kernels(X, Yarg, **opts)
+        blocks = fully_connected_kernels(X, Yarg, block_rows=4, **opts)
+        for a, b in zip(whole, blocks, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-13, atol=1e-14)
+    for cls in (NNGP, NTK):
+        k = cls(**opts)
+        K = k(X, block_rows=4)
+        if cls is NNGP:
+            assert torch.equal(K.diagonal(), k.diag(X))
+        torch.testing.assert_close(K.diagonal(), k.diag(X), rtol=1e-14, atol=1e-14)
+        # the affine first layer against its definition σ_w²⟨x, y⟩/d + σ_b²
+        if depth == 0:
+            ref = 1.7 * (X @ Y.T) / 5 + 0.2
+            torch.testing.assert_close(k(X, Y, block_rows=4), ref, rtol=1e-14, atol=1e-14)

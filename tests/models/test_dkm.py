@@ -196,8 +196,12 @@ def test_dkm_learns_and_persists(tmp_path):
     from snnk._persist import load_model
 
     X, y, Xt, ft = _problem(n=100, seed=5)
-    m = DeepKernelMachineRegressor(depth=2, nu=1.0, num_inducing=40, random_state=0).fit(X, y)
-    assert m.score(Xt, ft) > 0.6 and m.grams_.shape == (2, 40, 40)
+    opts = {"depth": 2, "num_inducing": 40, "random_state": 0}
+    m = DeepKernelMachineRegressor(nu=1.0, optimize_hyperparameters="nngp", **opts).fit(X, y)
+    # measured: R² 0.637 (the NNGP-GP, nu=inf, on the same inducing points: 0.574)
+    nngp = DeepKernelMachineRegressor(nu=math.inf, **opts).fit(X, y)
+    assert m.score(Xt, ft) > nngp.score(Xt, ft) + 0.03 and m.grams_.shape == (2, 40, 40)
+    assert m.noise_ == nngp.noise_ and m.weight_variance_ == nngp.weight_variance_
     assert np.isfinite(m.log_predictive_density(Xt, ft)).all()
     path = m.save(tmp_path / "dkm.safetensors")
     back = load_model(path)
@@ -232,6 +236,13 @@ def test_hostile_input():
         DeepKernelMachineRegressor(activation="tanh").fit(X, y)
     with pytest.raises(ValueError, match="nu"):
         DeepKernelMachineRegressor(nu=0.0).fit(X, y)
+    with pytest.raises(ValueError, match="optimize_hyperparameters"):
+        DeepKernelMachineRegressor(optimize_hyperparameters="all").fit(X, y)
+    with pytest.raises(ValueError, match="device"):
+        DeepKernelMachineRegressor(device="meta").fit(X, y)
+    # one training row: the likelihood would drive the noise and the kernel to 0
+    one = DeepKernelMachineRegressor(depth=1, num_inducing=10, max_iter=5).fit(X[:1], y[:1])
+    assert np.isfinite(one.predict(X[:3])).all()
     m.fit(X.astype(np.float32) * 1e3, y)
     assert np.isfinite(m.predict(X[:3] * 1e3)).all()
     assert m.predict(X[:1]).shape == (1,)

@@ -338,10 +338,13 @@ def affine_expectations_(
     *,
     derivative: bool = True,
     negative_slope: float = 0.01,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """``(σ_w² K̃ + σ_b², σ_w² Σ̇)`` for the closed forms, with the affine map folded into the
     elementwise passes and every buffer reused (no autograd graph; ``q12`` is not modified).
-    ``None`` when there is no such fast path (quadrature, a graph, broadcast shapes)."""
+    ``out`` (shape of ``q12``, not overlapping it) receives the first result, so a caller's
+    output block is written once, without a copy. ``None`` when there is no such fast path
+    (quadrature, a graph, broadcast shapes)."""
     sw, sb = float(weight_variance), float(bias_variance)
     if not (_no_graph(q11, q22, q12) and q12.dim() >= 2 and q11.shape != q12.shape):
         return None
@@ -355,10 +358,9 @@ def affine_expectations_(
         t = torch.square(q12)
         # not fused (no FMA): pinned x = x′ entries (q₁₂ = q₁₁ = q₂₂) give exactly θ = 0
         s.sub_(t).clamp_(min=_tiny(s)).sqrt_()
-        gain = torch.atan2(s, q12, out=t).mul_(-c * sw).add_(half * sw)  # σ_w² Σ̇
-        k = s.mul_(c * sw)
-        if sb:
-            k.add_(sb)
+        theta = torch.atan2(s, q12, out=t)
+        gain = torch.add(q12.new_tensor(half * sw), theta, alpha=-c * sw, out=t)  # σ_w² Σ̇
+        k = torch.add(q12.new_tensor(sb), s, alpha=c * sw, out=s if out is None else out)
         return k.addcmul_(gain, q12), (gain if derivative else None)
     if activation == "erf":
         # h = √(D − 4q₁₂²)/2 = √((q₁₁ + ½)(q₂₂ + ½) − q₁₂²)
@@ -366,8 +368,9 @@ def affine_expectations_(
         if h.shape != q12.shape:
             return None
         h.addcmul_(q12, q12, value=-1.0).clamp_(min=0.25).sqrt_()
-        k = torch.atan2(q12, h).mul_(2.0 * sw / math.pi)
-        if sb:
-            k.add_(sb)
-        return k, (h.reciprocal_().mul_(2.0 * sw / math.pi) if derivative else None)
+        k = torch.atan2(q12, h, out=out)
+        k = torch.add(q12.new_tensor(sb), k, alpha=2.0 * sw / math.pi, out=k)
+        if not derivative:
+            return k, None
+        return k, torch.div(q12.new_tensor(2.0 * sw / math.pi), h, out=h)
     return None

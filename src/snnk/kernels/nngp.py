@@ -19,6 +19,7 @@ any other activation.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable
 from typing import Any
@@ -208,12 +209,17 @@ class FullyConnectedKernel(Kernel):
         else:
             nngp = torch.empty(*batch, n, m, dtype=work, device=Xw.device)
             theta = torch.empty_like(nngp) if ntk else None
+            columns = self._columns(Yw)
             for rows in iter_blocks(n, block_rows):
                 off = rows.start if same else None
-                a, b = self._recursion(Xw[..., rows, :], Yw, ntk, offset=off)
-                nngp[..., rows, :] = a
-                if ntk:
-                    theta[..., rows, :] = b
+                views = (nngp[..., rows, :], None if theta is None else theta[..., rows, :])
+                got = self._recursion(
+                    Xw[..., rows, :], Yw, ntk, offset=off, out=views, columns=columns
+                )
+                for view, value in zip(views, got, strict=True):
+                    # the last layer writes into the output block itself when it can
+                    if view is not None and value.data_ptr() != view.data_ptr():
+                        view.copy_(value)
         return nngp.to(out_dtype), (None if theta is None else theta.to(out_dtype))
 
     # -- the recursion, one layer at a time -----------------------------------------------------
@@ -224,26 +230,40 @@ class FullyConnectedKernel(Kernel):
             "negative_slope": self.negative_slope,
         }
 
-    def input_layer(self, X: torch.Tensor, Y: torch.Tensor):
+    def input_layer(self, X: torch.Tensor, Y: torch.Tensor, *, columns=None):
         """``(Σ¹(x,x), Σ¹(y,y), Σ¹(x,y))`` of shapes ``(..., n, 1)``, ``(..., 1, m)``,
-        ``(..., n, m)``: the first affine layer ``σ_w²⟨x, y⟩/d + σ_b²``."""
+        ``(..., n, m)``: the first affine layer ``σ_w²⟨x, y⟩/d + σ_b²``. ``columns`` is
+        :meth:`_columns` of ``Y``, computed once for all row blocks."""
         d = X.shape[-1]
         sw, sb = self.weight_variance / d, self.bias_variance
-        plain = isinstance(sw, numbers.Real) and isinstance(sb, numbers.Real)
-        if plain and X.dim() == 2 and Y.dim() == 2 and _in_place(X, Y):
-            q12 = torch.addmm(X.new_full((1, 1), sb), X, Y.T, alpha=sw)
+        Ya, q22 = self._columns(Y) if columns is None else columns
+        if Ya is not None and X.dim() == 2 and _in_place(X):
+            # one GEMM of the inputs augmented by a constant column: [√σ_w x, σ_b]·[√σ_w y, σ_b]
+            # (no extra pass over the n x m output for the bias)
+            Xa = torch.cat([X * math.sqrt(sw), X.new_full((X.shape[0], 1), math.sqrt(sb))], 1)
+            q12 = Xa @ Ya.T
         else:
             q12 = (X @ Y.transpose(-1, -2)) * sw + sb
         q11 = X.square().sum(-1, keepdim=True) * sw + sb
-        q22 = (Y.square().sum(-1) * sw + sb).unsqueeze(-2)
         return q11, q22, q12
 
-    def layer(self, q11, q22, q12, *, derivative: bool = True):
+    def _columns(self, Y: torch.Tensor):
+        """``(augmented Y or None, Σ¹(y, y))``: what :meth:`input_layer` needs of ``Y``."""
+        sw, sb = self.weight_variance / Y.shape[-1], self.bias_variance
+        q22 = (Y.square().sum(-1) * sw + sb).unsqueeze(-2)
+        plain = isinstance(sw, numbers.Real) and isinstance(sb, numbers.Real)
+        if not (plain and Y.dim() == 2 and _in_place(Y)):
+            return None, q22
+        Ya = torch.cat([Y * math.sqrt(sw), Y.new_full((Y.shape[0], 1), math.sqrt(sb))], 1)
+        return Ya, q22
+
+    def layer(self, q11, q22, q12, *, derivative: bool = True, out=None):
         r"""One hidden layer: ``(Σ′₁₁, Σ′₂₂, Σ′₁₂, σ_w² Σ̇)`` with ``Σ′ = σ_w² E[φφ] + σ_b²``.
 
         ``q11`` and ``q22`` are the variances (broadcastable to ``q12``); the diagonal
         entries go through the exact diagonal formulas. The last entry multiplies the NTK
-        (``Θ′ = Σ′₁₂ + σ_w² Σ̇ ⊙ Θ``); it is ``None`` when ``derivative=False``.
+        (``Θ′ = Σ′₁₂ + σ_w² Σ̇ ⊙ Θ``); it is ``None`` when ``derivative=False``. ``out``
+        (optional, shape of ``q12``) may receive ``Σ′₁₂`` (the closed forms' fast path).
         """
         opts = self._map_options()
         sw, sb = self.weight_variance, self.bias_variance
@@ -259,6 +279,7 @@ class FullyConnectedKernel(Kernel):
                 sb,
                 derivative=derivative,
                 negative_slope=self.negative_slope,
+                out=out,
             )
             if self.method != "quadrature" and _in_place(sw, sb)
             else None
@@ -280,16 +301,22 @@ class FullyConnectedKernel(Kernel):
             (sw * kd if derivative else None),
         )
 
-    def _recursion(self, X, Y, ntk: bool, offset: int | None = None):
-        q11, q22, q12 = self.input_layer(X, Y)
+    def _recursion(self, X, Y, ntk: bool, offset: int | None = None, out=None, columns=None):
+        """``(NNGP, NTK or None)`` of the rows ``X`` against ``Y``; ``out`` (two views of the
+        output, or ``None``) may receive the last layer's values directly."""
+        q11, q22, q12 = self.input_layer(X, Y, columns=columns)
         q12 = _pin(q12, q11, offset)
         theta = q12 if ntk else None
-        for _ in range(self.depth):
-            q11, q22, q12, gain = self.layer(q11, q22, q12, derivative=ntk)
+        for layer in range(self.depth):
+            last = out is not None and layer == self.depth - 1
+            q11, q22, q12, gain = self.layer(
+                q11, q22, q12, derivative=ntk, out=out[0] if last else None
+            )
             q12 = _pin(q12, q11, offset)
             if ntk:
+                target = out[1] if last and out[1] is not None else theta
                 theta = (
-                    torch.addcmul(q12, theta, gain, out=theta)
+                    torch.addcmul(q12, theta, gain, out=target)
                     if _in_place(theta, gain) and theta.shape == q12.shape
                     else q12 + gain * theta
                 )

@@ -43,6 +43,9 @@ __all__ = [
 
 #: relative jitter added to every kernel matrix on the inducing points
 JITTER = 1e-6
+#: smallest jitter (absolute, in units of the standardised data): a kernel that vanishes
+#: (one training row, a zero bias variance) stays factorable
+JITTER_FLOOR = 1e-12
 
 
 @dataclass
@@ -76,7 +79,7 @@ def param_from_gram(G: torch.Tensor) -> torch.Tensor:
 def _jittered(K: torch.Tensor) -> torch.Tensor:
     m = K.shape[-1]
     scale = torch.diagonal(K, dim1=-2, dim2=-1).mean()
-    return K + (JITTER * scale) * torch.eye(m, dtype=K.dtype, device=K.device)
+    return K + (JITTER * scale + JITTER_FLOOR) * torch.eye(m, dtype=K.dtype, device=K.device)
 
 
 def gaussian_kl(G: torch.Tensor, K: torch.Tensor, *, jitter: bool = True) -> torch.Tensor:

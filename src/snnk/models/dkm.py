@@ -16,7 +16,9 @@ initialised at the prior, so every KL starts at 0), propagates them to the data 
 the Gaussian conditional (see :mod:`snnk.models._dkm_core`), and scores the output layer
 with the collapsed (Titsias) bound; with every training row an inducing point
 (``num_inducing ≥ n``) it is the full DKM with the exact Gaussian log-likelihood. The
-hyper-parameters ``σ_w², σ_b²`` and the noise are learned jointly by L-BFGS (float64).
+hyper-parameters ``σ_w², σ_b²`` and the noise are first fitted to the NNGP-GP (``ν = ∞``), the
+Gram matrices start at its prior, and then everything is learned jointly by L-BFGS
+(float64), as the authors initialise and train.
 An inverse-gamma prior on the output variance (``scale_prior=(a, b)``) turns the output
 GP into a Student-t process (Lee et al., ICLR 2022; :mod:`snnk.solvers.student_t`).
 """
@@ -38,10 +40,45 @@ from snnk._persist import ArraySpec, PersistMixin, ValueSpec
 from snnk._utils import check_bool
 from snnk.features import select_centers
 from snnk.kernels import NNGP
-from snnk.models._base import POSITIVE, POSITIVE_INT, progress, refuse_path
+from snnk.models._base import POSITIVE, POSITIVE_INT, as_numpy, progress, refuse_path
+from snnk.models._device import as_output, fit_device, on_cpu, state_device, to_device
 from snnk.solvers.student_t import student_t_log_pdf, student_t_posterior_scale
 
 __all__ = ["DeepKernelMachineClassifier", "DeepKernelMachineRegressor"]
+
+
+def _lbfgs(params: list[torch.Tensor], objective, scale: float, max_iter: int) -> int:
+    """Minimise ``scale * objective()[0]`` over ``params`` by L-BFGS (strong Wolfe); returns
+    the iterations run."""
+    opt = torch.optim.LBFGS(
+        params,
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-6,
+        tolerance_change=1e-10,
+    )
+
+    last = [None]
+
+    def closure():
+        opt.zero_grad()
+        try:
+            value = scale * objective()[0]
+        except torch.linalg.LinAlgError:  # a line-search trial too far: not factorable
+            value = None
+        if value is None or not torch.isfinite(value):
+            # a large finite value (zero slope) makes the line search step back
+            bad = 1e6 + 10.0 * abs(last[0] if last[0] is not None else 0.0)
+            return torch.tensor(bad, dtype=torch.float64, device=params[0].device)
+        value.backward()
+        last[0] = float(value.detach())
+        return value
+
+    opt.step(closure)
+    return int(opt.state[params[0]].get("n_iter", 0))
+
 
 _ACTIVATIONS = {"relu", "leaky_relu", "abs", "erf", "gelu"}
 
@@ -77,14 +114,23 @@ class DeepKernelMachineRegressor(PersistMixin, RegressorMixin, BaseEstimator):
     scale_prior : tuple (a, b) or None, default None
         ``InvGamma(a, b)`` prior on the output variance: a Student-t process output with
         ``2a + n`` predictive degrees of freedom. ``None``: Gaussian.
-    optimize_hyperparameters : bool, default True
-        Learn ``σ_w², σ_b²`` and the noise with the Gram matrices.
+    optimize_hyperparameters : bool or {"joint", "nngp", "fixed"}, default True
+        How ``σ_w², σ_b²`` and the noise are chosen. Every mode but ``"fixed"`` first fits
+        them by the NNGP-GP's (``ν = ∞``) marginal likelihood bound on the same inducing
+        points; the Gram matrices then start at that NNGP-GP's prior (every KL 0).
+        ``"joint"`` (``True``) goes on learning them with the Gram matrices; ``"nngp"`` keeps
+        the NNGP-GP's values; ``"fixed"`` (``False``) keeps the constructor's values
+        throughout.
     max_iter : int, default 100
-        L-BFGS iterations.
+        L-BFGS iterations of each stage (the NNGP-GP fit, then the DKM).
     random_state : int or None
         Seeds the choice of the inducing points.
     verbose : bool, default False
         Progress bar over the optimisation.
+    device : str, torch.device or None, default "cpu"
+        Where the fit computes (``"cuda"`` for a GPU; ``None`` is the CPU); prediction
+        computes on the fit device (a loaded model: the CPU). NumPy in gives NumPy out, a
+        tensor in gives a tensor out on the input's device.
 
     Attributes
     ----------
@@ -109,10 +155,11 @@ class DeepKernelMachineRegressor(PersistMixin, RegressorMixin, BaseEstimator):
         "bias_variance": [Interval(Real, 0, None, closed="left")],
         "noise": [POSITIVE],
         "scale_prior": [tuple, list, None],
-        "optimize_hyperparameters": ["boolean"],
+        "optimize_hyperparameters": ["boolean", StrOptions({"joint", "nngp", "fixed"})],
         "max_iter": [Interval(Integral, 0, None, closed="left")],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "device": [str, torch.device, None],
     }
 
     def __init__(
@@ -126,10 +173,11 @@ class DeepKernelMachineRegressor(PersistMixin, RegressorMixin, BaseEstimator):
         bias_variance: float = 0.1,
         noise: float = 0.1,
         scale_prior: tuple[float, float] | None = None,
-        optimize_hyperparameters: bool = True,
+        optimize_hyperparameters: bool | str = True,
         max_iter: int = 100,
         random_state: int | None = None,
         verbose: bool = False,
+        device: str | torch.device | None = "cpu",
     ):
         self.depth = depth
         self.activation = activation
@@ -144,6 +192,7 @@ class DeepKernelMachineRegressor(PersistMixin, RegressorMixin, BaseEstimator):
         self.max_iter = max_iter
         self.random_state = random_state
         self.verbose = verbose
+        self.device = device
 
     # -- checks ---------------------------------------------------------------------------------
     def _prior(self) -> tuple[float, float] | None:
@@ -176,11 +225,12 @@ class DeepKernelMachineRegressor(PersistMixin, RegressorMixin, BaseEstimator):
         (``(n,)`` or ``(n, k)``); returns ``self``."""
         self._validate_params()
         prior = self._prior()
+        dev = fit_device(self)  # a device that cannot fit fails before any work
         refuse_path(X, type(self).__name__)
         X, y = validate_data(
             self,
-            X,
-            y,
+            as_numpy(X),
+            as_numpy(y),
             dtype=[np.float64, np.float32],
             y_numeric=self._numeric_targets,
             multi_output=self._numeric_targets,
@@ -194,23 +244,40 @@ class DeepKernelMachineRegressor(PersistMixin, RegressorMixin, BaseEstimator):
         self.y_mean_ = Y.mean(0)
         ysd = Y.std(0)
         self.y_scale_ = np.where(ysd > 0, ysd, 1.0)
-        Xs = torch.from_numpy((X - self.X_mean_) / self.X_scale_).double()
-        Ys = torch.from_numpy((Y - self.y_mean_) / self.y_scale_).double()
-        n = Xs.shape[0]
+        Xn = (X - self.X_mean_) / self.X_scale_
+        n = Xn.shape[0]
         if self.num_inducing >= n:
-            Z = Xs.clone()
+            Zn = Xn.astype(np.float64)
         else:
             seed = int(np.random.RandomState(self.random_state).randint(2**31 - 1))
-            Z = select_centers(
-                Xs, self.num_inducing, method=self.inducing, random_state=seed
-            ).double()
-        self.inducing_points_ = Z.numpy()
+            with on_cpu():  # the centre selection draws on the CPU whatever the default device
+                Zn = select_centers(
+                    torch.from_numpy(Xn), self.num_inducing, method=self.inducing, random_state=seed
+                ).double()
+            Zn = Zn.numpy()
+        self.inducing_points_ = np.array(Zn, dtype=np.float64)
+        self._fit_dev = dev
+        Xs, Z = to_device(Xn, dev, torch.float64), to_device(self.inducing_points_, dev)
+        Ys = to_device((Y - self.y_mean_) / self.y_scale_, dev, torch.float64)
         with core.small_matrix_threads(Z.shape[0]):
             self._optimize(Xs, Ys, Z, prior)
         return self
 
+    @property
+    def _device(self) -> torch.device:
+        """Where prediction computes: the fit device (a loaded model: the CPU)."""
+        return self.__dict__.get("_fit_dev") or state_device(getattr(self, "grams_", None))
+
+    def _hyper_mode(self) -> str:
+        """``"joint"``, ``"nngp"`` or ``"fixed"`` (from ``optimize_hyperparameters``)."""
+        opt = self.optimize_hyperparameters
+        if isinstance(opt, str):
+            return opt
+        return "joint" if opt else "fixed"
+
     def _optimize(self, Xs, Ys, Z, prior) -> None:
-        learn = bool(self.optimize_hyperparameters)
+        mode = self._hyper_mode()
+        dev = Xs.device
         logs = torch.tensor(
             [
                 math.log(self.weight_variance),
@@ -218,50 +285,29 @@ class DeepKernelMachineRegressor(PersistMixin, RegressorMixin, BaseEstimator):
                 math.log(self.noise),
             ],
             dtype=torch.float64,
-            requires_grad=learn,
+            device=dev,
         )
         finite = math.isfinite(self.nu)
-        with torch.no_grad():
-            sw, sb, _ = self._unpack(logs)
-            _, priors, _ = core.propagate(_kernel(self, sw, sb), Z, Xs[:1], None)
-        Vs = (
-            [core.param_from_gram(core._jittered(P)).requires_grad_(True) for P in priors]
-            if finite
-            else []
-        )
-        params = ([logs] if learn else []) + Vs
         n = Xs.shape[0]
-
-        def objective():
-            sw, sb, noise = self._unpack(logs)
-            grams = [core.gram_from_param(V) for V in Vs] if finite else None
-            out = core.objective(_kernel(self, sw, sb), Z, Xs, Ys, grams, noise, self.nu, prior)
-            return (*out, noise)
-
+        stages = (["nngp"] if mode != "fixed" else []) + (["dkm"] if finite else [])
         self.n_iter_ = 0
-        if params and self.max_iter > 0:
-            opt = torch.optim.LBFGS(
-                params,
-                lr=1.0,
-                max_iter=self.max_iter,
-                history_size=20,
-                line_search_fn="strong_wolfe",
-                tolerance_grad=1e-6,
-                tolerance_change=1e-10,
-            )
-            bar = progress(range(1), self.verbose, desc="DKM (L-BFGS)")
-
-            def closure():
-                opt.zero_grad()
-                loss = -objective()[0] / n
-                loss.backward()
-                return loss
-
-            for _ in bar:
-                opt.step(closure)
-            self.n_iter_ = int(opt.state[params[0]].get("n_iter", 0))
+        Vs: list[torch.Tensor] = []
+        for stage in progress(stages, self.verbose, desc="DKM (L-BFGS)"):
+            if stage == "dkm":
+                # the Gram matrices start at the NNGP prior of the current hyper-parameters
+                # (every KL 0): the DKM is initialised at the NNGP-GP
+                with torch.no_grad():
+                    sw, sb, _ = self._unpack(logs)
+                    _, priors, _ = core.propagate(_kernel(self, sw, sb), Z, Xs[:1], None)
+                Vs = [core.param_from_gram(core._jittered(P)).requires_grad_(True) for P in priors]
+            learn = mode == "joint" or (mode == "nngp" and stage == "nngp")
+            logs = logs.detach().requires_grad_(learn)
+            params = ([logs] if learn else []) + Vs
+            if params and self.max_iter > 0:
+                loss = self._loss(logs, Vs if stage == "dkm" else None, Z, Xs, Ys, prior)
+                self.n_iter_ += _lbfgs(params, loss, -1.0 / n, self.max_iter)
         with torch.no_grad():
-            total, terms, kls, used, noise = objective()
+            total, terms, kls, used, noise = self._loss(logs, Vs or None, Z, Xs, Ys, prior)()
             W, M = core.posterior(terms, noise)
             sw, sb, noise = self._unpack(logs)
         self.weight_variance_, self.bias_variance_ = float(sw), float(sb)
@@ -270,22 +316,36 @@ class DeepKernelMachineRegressor(PersistMixin, RegressorMixin, BaseEstimator):
         self.kl_ = [float(k) for k in kls]
         m = Z.shape[0]
         self.grams_ = (
-            torch.stack([G.detach() for G in used])
+            torch.stack([G.detach() for G in used]).cpu()
             if used
-            else torch.zeros(0, m, m, dtype=torch.float64)
+            else torch.zeros(0, m, m, dtype=torch.float64, device="cpu")
         )
-        self.posterior_weights_ = W
-        self.posterior_correction_ = M
+        self.posterior_weights_ = W.cpu()
+        self.posterior_correction_ = M.cpu()
         if prior is not None:
             factor, df = student_t_posterior_scale(terms.quad, n, *prior)
-            self.variance_factor_ = factor.numpy().copy()
+            self.variance_factor_ = factor.cpu().numpy().copy()
             self.df_ = float(df)
         else:
             self.variance_factor_ = np.ones(Ys.shape[1])
             self.df_ = None
 
+    def _loss(self, logs, Vs, Z, Xs, Ys, prior):
+        """The objective as a closure: ``(L, terms, kls, grams used, noise)``."""
+
+        def run():
+            sw, sb, noise = self._unpack(logs)
+            grams = [core.gram_from_param(V) for V in Vs] if Vs is not None else None
+            out = core.objective(_kernel(self, sw, sb), Z, Xs, Ys, grams, noise, self.nu, prior)
+            return (*out, noise)
+
+        return run
+
     def _unpack(self, logs):
-        sw, sb, noise = torch.exp(logs[0]), torch.exp(logs[1]), torch.exp(logs[2])
+        # the noise is floored at 1e-8 of the (standardised) target variance: with constant
+        # targets the likelihood would drive it to 0
+        sw, sb = torch.exp(logs[0]), torch.exp(logs[1])
+        noise = torch.exp(logs[2]) + 1e-8
         if self.bias_variance == 0:
             sb = sb * 0.0
         return sw, sb, noise
@@ -294,16 +354,19 @@ class DeepKernelMachineRegressor(PersistMixin, RegressorMixin, BaseEstimator):
     def _latent(self, X):
         check_is_fitted(self)
         refuse_path(X, type(self).__name__)
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
-        Xs = torch.from_numpy((X - self.X_mean_) / self.X_scale_).double()
-        Z = torch.from_numpy(np.asarray(self.inducing_points_, dtype=np.float64))
+        X = validate_data(self, as_numpy(X), reset=False, dtype=[np.float64, np.float32])
+        dev = self._device
+        Xs = to_device((X - self.X_mean_) / self.X_scale_, dev, torch.float64)
+        Z = to_device(np.asarray(self.inducing_points_, dtype=np.float64), dev)
         kernel = _kernel(self, self.weight_variance_, self.bias_variance_)
-        grams = None if not math.isfinite(self.nu) else list(self.grams_.double())
+        grams = None if not math.isfinite(self.nu) else list(to_device(self.grams_, dev).double())
+        W = to_device(self.posterior_weights_, dev, torch.float64)
+        M = to_device(self.posterior_correction_, dev, torch.float64)
         with torch.no_grad():
             K, _, _ = core.propagate(kernel, Z, Xs, grams)
-            mean = K.ti @ self.posterior_weights_.double()
-            var = K.t - ((K.ti @ self.posterior_correction_.double()) * K.ti).sum(-1)
-        return mean.numpy(), var.clamp_min(0.0).numpy()
+            mean = K.ti @ W
+            var = K.t - ((K.ti @ M) * K.ti).sum(-1)
+        return mean.cpu().numpy(), var.clamp_min(0.0).cpu().numpy()
 
     def predict(self, X, return_std: bool = False, *, include_noise: bool = False):
         """Posterior mean at ``X``; with ``return_std`` also the predictive standard deviation
@@ -322,7 +385,9 @@ class DeepKernelMachineRegressor(PersistMixin, RegressorMixin, BaseEstimator):
         std = np.sqrt(np.outer(var + noise, self.variance_factor_)) * self.y_scale_
         if self._single_output():
             out, std = out[:, 0], std[:, 0]
-        return (out, std) if return_std else out
+        if return_std:
+            return as_output(out, X), as_output(std, X)
+        return as_output(out, X)
 
     def _single_output(self) -> bool:
         return bool(getattr(self, "_single", np.size(self.y_mean_) == 1))
@@ -330,15 +395,16 @@ class DeepKernelMachineRegressor(PersistMixin, RegressorMixin, BaseEstimator):
     def log_predictive_density(self, X, y) -> np.ndarray:
         """``log p(y_i | x_i, data)`` per row (Gaussian, or Student-t with ``scale_prior``),
         in the units of ``y``; the NLPD is minus its mean."""
-        mean, std = self.predict(X, return_std=True, include_noise=True)
-        y = np.asarray(y, dtype=np.float64).reshape(mean.shape)
+        like = X
+        mean, std = self.predict(as_numpy(X), return_std=True, include_noise=True)
+        y = np.asarray(as_numpy(y), dtype=np.float64).reshape(mean.shape)
         yt, mt, vt = (torch.from_numpy(np.asarray(a, dtype=np.float64)) for a in (y, mean, std**2))
         if self.df_ is None:
             lp = -0.5 * (torch.log(2 * math.pi * vt) + (yt - mt).square() / vt)
         else:
             lp = student_t_log_pdf(yt, mt, vt, self.df_)
         lp = lp.numpy()
-        return lp if lp.ndim == 1 else lp.sum(-1)
+        return as_output(lp if lp.ndim == 1 else lp.sum(-1), like)
 
     _persist_private: ClassVar[tuple[str, ...]] = ("_single",)
     #: the fitted state a model file must hold, checked before anything is built
@@ -423,13 +489,13 @@ class DeepKernelMachineClassifier(ClassifierMixin, DeepKernelMachineRegressor):
         """Posterior mean of each class code, ``(n, k)``; ``(n,)`` (class 1 minus class 0)
         for two classes (scikit-learn's convention)."""
         scores = self._scores(X)
-        return scores[:, 1] - scores[:, 0] if scores.shape[1] == 2 else scores
+        return as_output(scores[:, 1] - scores[:, 0] if scores.shape[1] == 2 else scores, X)
 
     def predict(self, X):
         scores = self._scores(X)
-        return self.classes_[np.argmax(scores, axis=1)]
+        return as_output(self.classes_[np.argmax(scores, axis=1)], X)
 
     def predict_proba(self, X) -> np.ndarray:
         scores = self._scores(X)
         e = np.exp(scores - scores.max(1, keepdims=True))
-        return e / e.sum(1, keepdims=True)
+        return as_output(e / e.sum(1, keepdims=True), X)
