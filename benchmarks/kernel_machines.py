@@ -261,9 +261,8 @@ def gpytorch_posterior_mean(X, y, Xq, lengthscale, noise, dtype=torch.float32):
 
 
 def part_reference(args) -> dict:
-    from sklearn.kernel_ridge import KernelRidge
 
-    from snnk.models import KernelRidgeCG, NystromRidge, RandomFeatureRidge
+    from snnk.models import NystromRidge, RandomFeatureRidge
 
     X, y, Xq, yq = problem(args)
     D = M = 2000
@@ -348,58 +347,87 @@ def part_reference(args) -> dict:
         )
         md.append(table(ny, f"sklearn Nystroem({M}) + Ridge (f64)", "Nyström, M = 2,000"))
     if "exact" in args.groups:
-        log("\n## reference problem: exact quality (timed once each)")
-        exact["sklearn KernelRidge exact (f64)"] = once(
-            lambda: KernelRidge(alpha=ALPHA, kernel="rbf", gamma=GAMMA), X, y, Xq, yq
-        )
-        log(json.dumps(exact["sklearn KernelRidge exact (f64)"]))
-        name = "GPyTorch exact GP posterior mean, fixed hyper-parameters, CG tol 1e-2 (f32)"
-        cmd = [sys.executable, __file__, "--gpytorch-worker"] + (["--quick"] if args.quick else [])
-        try:
-            if args.gpytorch_timeout <= 0:
-                raise FileNotFoundError  # skipped (--gpytorch-timeout 0)
-            proc = subprocess.run(
-                cmd, capture_output=True, text=True, check=True, timeout=args.gpytorch_timeout
+        exact = exact_group(args, X, y, Xq, yq)
+        md.append(table(exact, "sklearn KernelRidge exact (f64)", "Exact quality"))
+    return {"rf": rf, "rf_rmse": acc, "nystrom": ny, "exact": exact, "markdown": md}
+
+
+# -- part: draws --------------------------------------------------------------------------------
+def exact_group(args, X, y, Xq, yq) -> dict:
+    """Exact kernel ridge: scikit-learn's ``KernelRidge`` (dense Cholesky of the n x n kernel),
+    GPyTorch's exact GP posterior mean and ``KernelRidgeCG``, on ``--exact-threads`` threads
+    for torch and for the BLAS of NumPy/SciPy alike, ``--exact-repeats`` interleaved rounds
+    (the fit times are medians over rounds).
+
+    ``--exact-threads 1`` is the fair same-run test on machines where SciPy's bundled
+    OpenBLAS crashes in the multi-threaded Cholesky at n = 20,000 (seen here: a segmentation
+    fault with 2 threads, also with a 1 GB stack, and a clean run with 1 thread).
+    """
+    from sklearn.kernel_ridge import KernelRidge
+    from threadpoolctl import threadpool_limits
+
+    from snnk.models import KernelRidgeCG
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.exact_threads)
+    exact: dict = {}
+
+    def add(name, res):
+        if name in exact:
+            exact[name]["fits"] += res["fits"]
+            exact[name]["fit"] = float(np.median(exact[name]["fits"]))
+        else:
+            exact[name] = res
+        log(name, json.dumps(res))
+
+    log(f"\n## reference problem: exact quality ({args.exact_threads} thread(s))")
+    with threadpool_limits(args.exact_threads):
+        for _ in range(args.exact_repeats):
+            add(
+                "sklearn KernelRidge exact (f64)",
+                once(lambda: KernelRidge(alpha=ALPHA, kernel="rbf", gamma=GAMMA), X, y, Xq, yq),
             )
-            t, err = json.loads(proc.stdout.strip().splitlines()[-1])
-            exact[name] = {"fit": t, "fits": [t], "predict": 0.0, "rmse": err}
-        except subprocess.TimeoutExpired:  # the fit time is then a lower bound
-            name += f": stopped unfinished after {args.gpytorch_timeout} s"
-            t = float(args.gpytorch_timeout)
-            exact[name] = {"fit": t, "fits": [t], "predict": math.nan, "rmse": math.nan}
-        except FileNotFoundError:
-            name = None
-        if name is not None:
-            log(name, json.dumps(exact[name]))
-        # cache_size=2048 MiB holds the whole 20k x 20k kernel in float32 (1.6 GB), half of
-        # the float64 matrix KernelRidge itself holds (3.2 GB): every CG iteration is then
-        # one matrix product instead of a kernel evaluation
-        for centres, mib in ((2000, 1024), (4000, 1024), (4000, 2048)):
-            name = (
-                f"KernelRidgeCG, Nyström preconditioner M={centres}, tol 1e-3, "
-                f"cache_size={mib} (f32)"
-            )
-            exact[name] = once(
-                lambda c=centres, mib=mib: KernelRidgeCG(
+            # cache_size=2048 MiB holds the whole 20k x 20k kernel in float32 (1.6 GB), half
+            # of the float64 matrix KernelRidge itself holds (3.2 GB): every CG iteration is
+            # then one matrix product instead of a kernel evaluation
+            for centres, mib in ((1000, 2048), (2000, 1024), (4000, 1024), (4000, 2048)):
+                name = (
+                    f"KernelRidgeCG, Nyström preconditioner M={centres}, tol 1e-3, "
+                    f"cache_size={mib} (f32)"
+                )
+                make = lambda c=centres, mib=mib: KernelRidgeCG(  # noqa: E731
                     lengthscale=LENGTHSCALE,
                     num_centers=c,
                     alpha=ALPHA,
                     tol=1e-3,
                     random_state=0,
                     cache_size=mib,
-                ),
-                X,
-                y,
-                Xq,
-                yq,
-                np.float32,
-            )
-            log(name, json.dumps(exact[name]))
-        md.append(table(exact, "sklearn KernelRidge exact (f64)", "Exact quality"))
-    return {"rf": rf, "rf_rmse": acc, "nystrom": ny, "exact": exact, "markdown": md}
+                )
+                add(name, once(make, X, y, Xq, yq, np.float32))
+        if args.gpytorch_timeout > 0:
+            gpytorch_exact_row(args, exact)
+    torch.set_num_threads(threads)
+    return exact
 
 
-# -- part: draws --------------------------------------------------------------------------------
+def gpytorch_exact_row(args, exact: dict) -> None:
+    """GPyTorch's exact GP posterior mean (fixed hyper-parameters, CG) in a worker process,
+    stopped after ``--gpytorch-timeout`` seconds (its time is then a lower bound)."""
+    name = "GPyTorch exact GP posterior mean, fixed hyper-parameters, CG tol 1e-2 (f32)"
+    cmd = [sys.executable, __file__, "--gpytorch-worker"] + (["--quick"] if args.quick else [])
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, check=True, timeout=args.gpytorch_timeout
+        )
+        t, err = json.loads(proc.stdout.strip().splitlines()[-1])
+        exact[name] = {"fit": t, "fits": [t], "predict": 0.0, "rmse": err}
+    except subprocess.TimeoutExpired:
+        name += f": stopped unfinished after {args.gpytorch_timeout} s"
+        t = float(args.gpytorch_timeout)
+        exact[name] = {"fit": t, "fits": [t], "predict": math.nan, "rmse": math.nan}
+    log(name, json.dumps(exact[name]))
+
+
 def part_draws(args) -> dict:
     """RMSE of the D = M = 2,000 models over several draws of the reference data.
 
@@ -1338,6 +1366,10 @@ def main() -> None:
         default=["rf", "nystrom", "exact"],
         help="which groups of the reference part to run",
     )
+    ap.add_argument(
+        "--exact-threads", type=int, default=2, help="threads of the exact group (torch and BLAS)"
+    )
+    ap.add_argument("--exact-repeats", type=int, default=1, help="rounds of the exact group")
     ap.add_argument("--image-rows", type=int, default=20_000, help="Fashion-MNIST train rows")
     ap.add_argument("--image-test-rows", type=int, default=10_000)
     ap.add_argument(

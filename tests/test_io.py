@@ -37,6 +37,14 @@ def test_multi_output_regression_keeps_its_shape(tmp_path):
     assert back.predict(X).shape == (200, 2)
 
 
+def test_torch_device_parameter_is_saved_as_its_name(tmp_path):
+    X, y = _data()
+    est = BundledRegressor(num_features=8, random_state=0, device=torch.device("cpu")).fit(X, y)
+    back = load_model(save_model(est, tmp_path / "m.snnk"))
+    assert back.get_params()["device"] == "cpu"
+    np.testing.assert_array_equal(back.predict(X), est.predict(X))
+
+
 def test_unfitted_and_unsaveable(tmp_path):
     from sklearn.exceptions import NotFittedError
 

@@ -99,6 +99,8 @@ def _json_value(name: str, value: Any) -> Any:
 
     if value is None or isinstance(value, bool | str):
         return value
+    if isinstance(value, torch.device):  # device="cuda:0" and torch.device("cuda:0") alike
+        return str(value)
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real):

@@ -272,7 +272,7 @@ _Y_1D = ValueSpec(("bool",), required=True, when_true=(("n_outputs", 1),))
 
 #: the state of library estimators whose modules do not declare it, by qualified class name
 CLASS_SCHEMAS: dict[str, ClassSchema] = {
-    "snnk.models.nystrom._KernelExpansion": ClassSchema(
+    "snnk.models._nystrom_base.KernelExpansion": ClassSchema(
         values={
             "n_features_in_": _N_FEATURES,
             "kernel_": _KERNEL,

@@ -116,3 +116,25 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="rows"):
         KernelMatrix(k, pts(4), pts(3, seed=1)) @ torch.ones(4, 1, dtype=F64)
     assert "KernelMatrix" in repr(KernelMatrix(k, pts(3)))
+
+
+def test_every_product_stays_on_the_operands_device():
+    """Inside ``with torch.device("meta")`` (torch's default device elsewhere) the products
+    of CPU operands are computed on the CPU and equal those made outside: no tensor of the
+    operator is made on the default device (what a CUDA fit relies on)."""
+    X, Y = pts(50), pts(7, seed=1)
+    B, U, V = pts(7, d=2, seed=2), pts(7, d=2, seed=3), pts(50, d=2, seed=5)
+    w = pts(50, d=1, seed=4)[:, 0].abs()
+
+    def products(cache):
+        K = KernelMatrix(Gaussian(), X, Y, block_rows=16, cache_bytes=cache)
+        S = KernelMatrix(Gaussian(), X, block_rows=16)
+        return [K @ B, K.T @ V, K.gram_matmul(U, w), K.to_dense(), S.diag()]
+
+    for cache in (0, 1e6):
+        ref = products(cache)
+        with torch.device("meta"):
+            got = products(cache)
+        for r, g in zip(ref, got, strict=True):
+            assert g.device.type == "cpu"
+            torch.testing.assert_close(g, r, rtol=0, atol=0)

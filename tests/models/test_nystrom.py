@@ -416,3 +416,42 @@ def test_models_with_old_and_new_defaults_round_trip(tmp_path):
         assert (back.alpha_, back.lengthscale_) == (m.alpha_, m.lengthscale_)
     np.testing.assert_array_equal(back.cv_scores_, new.cv_scores_)
     assert old.intercept_.tolist() == [0.0] and old.alpha_ == 1e-3
+
+
+# -- device= (issue #17) ---------------------------------------------------------------------
+@pytest.mark.parametrize("cls", [NystromRidge, KernelRidgeCG])
+def test_bad_device_values_are_refused_at_fit(cls):
+    X, y = smooth_problem(40)
+    est = cls(num_centers=10, random_state=0)
+    with pytest.raises(ValueError, match="device='meta'"):
+        est.set_params(device="meta").fit(X, y)
+    with pytest.raises(ValueError, match="device='tpu'"):
+        est.set_params(device="tpu").fit(X, y)
+    with pytest.raises(TypeError, match="device must be"):
+        est.set_params(device=3).fit(X, y)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device='cuda:0'"):
+            est.set_params(device="cuda:0").fit(X, y)
+    assert not hasattr(est, "n_features_in_")  # refused before any work
+
+
+@pytest.mark.parametrize("cls", [NystromRidge, KernelRidgeCG])
+def test_tensor_input_and_a_gpu_model_file_on_a_cpu_machine(cls, tmp_path):
+    """Tensors in (X, y, sample_weight; float32 kept) give tensors out equal to the NumPy
+    fit; a file whose ``device`` names a GPU loads and predicts on a machine without one
+    (the device is a parameter, not state)."""
+    X, y = smooth_problem(120, outputs=2)
+    w = np.linspace(0.5, 1.5, len(y))
+    kw = {"num_centers": 30, "lengthscale": 2.0, "alpha": 1e-2, "random_state": 0}
+    ref = cls(**kw).fit(X, y, sample_weight=w)
+    est = cls(**kw, device=torch.device("cpu")).fit(
+        torch.from_numpy(X), torch.from_numpy(y), sample_weight=torch.from_numpy(w)
+    )
+    np.testing.assert_array_equal(est.dual_coef_, ref.dual_coef_)
+    out = est.predict(torch.from_numpy(X[:7]).float())
+    assert isinstance(out, torch.Tensor) and out.shape == (7, 2) and out.device.type == "cpu"
+    np.testing.assert_array_equal(out.numpy(), ref.predict(X[:7].astype(np.float32)))
+    path = save_model(ref.set_params(device="cuda:1"), tmp_path / "gpu.snnk")
+    back = load_model(path)
+    assert back.get_params()["device"] == "cuda:1"
+    np.testing.assert_array_equal(back.predict(X), ref.predict(X))

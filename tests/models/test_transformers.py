@@ -429,3 +429,24 @@ def test_a_registered_centre_method_is_accepted():
     finally:
         CENTER_METHODS.clear()
         CENTER_METHODS.update(CENTER_METHODS_BEFORE)
+
+
+# -- device= and tensor input (issue #17) --------------------------------------------------------
+@pytest.mark.parametrize(
+    "make", [_random, _positive, _nystrom], ids=["random", "positive", "nystrom"]
+)
+def test_device_values_and_tensor_input(make):
+    """``device`` is checked at fit (an error naming it, before any work); tensors in give
+    tensors out (float32 kept) equal to the NumPy answer; the fitted map lives on the fit
+    device."""
+    X = _data()
+    for bad, err in (("meta", ValueError), ("tpu", ValueError), (2, InvalidParameterError)):
+        with pytest.raises(err, match="device"):
+            make(device=bad).fit(X)
+    ref = make().fit(X)
+    est = make(device="cpu").fit(torch.from_numpy(X))
+    assert all(b.device.type == "cpu" for b in est.feature_map_.buffers())
+    for dtype in (np.float64, np.float32):
+        out = est.transform(torch.from_numpy(X.astype(dtype)))
+        assert isinstance(out, torch.Tensor) and out.dtype == _torch_dtype(dtype)
+        np.testing.assert_array_equal(out.numpy(), ref.transform(X.astype(dtype)))

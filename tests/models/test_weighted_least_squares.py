@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch
+from sklearn.base import clone
+from sklearn.utils._param_validation import InvalidParameterError
 
 from snnk.features import FourierFeatures
 from snnk.io import load_model, save_model
@@ -140,3 +142,23 @@ def test_global_rngs_untouched():
     OptimalWeightedLeastSquares(degree=5, random_state=None).fit(GRID, runge(GRID))
     assert np.array_equal(np.random.get_state()[1], np_state)  # noqa: NPY002
     assert torch.equal(torch.get_rng_state(), t_state)
+
+
+def test_device_values_and_tensor_input():
+    """``device`` is checked at fit (a ``ValueError`` / ``TypeError`` naming it); tensors in
+    give tensors out equal to the NumPy answer."""
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, size=(200, 2))
+    y = np.cos(X[:, 0]) + X[:, 1] ** 2
+    est = OptimalWeightedLeastSquares(degree=2, random_state=0)
+    for bad, err in (("meta", ValueError), ("tpu", ValueError), (1.5, TypeError)):
+        with pytest.raises((err, InvalidParameterError), match="device"):
+            clone(est).set_params(device=bad).fit(X, y)
+    ref = clone(est).fit(X, y)
+    got = clone(est).fit(torch.from_numpy(X), torch.from_numpy(y))
+    np.testing.assert_array_equal(got.coef_, ref.coef_)
+    out = got.predict(torch.from_numpy(X))
+    assert isinstance(out, torch.Tensor)
+    np.testing.assert_array_equal(out.numpy(), ref.predict(X))
+    idx, _ = clone(est).design(torch.from_numpy(X))
+    np.testing.assert_array_equal(idx, ref.sample_indices_)

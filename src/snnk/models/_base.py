@@ -231,8 +231,19 @@ def validate_data(estimator: Any, X: Any = "no_validation", y: Any = "no_validat
 
 
 def as_numpy(x: Any) -> Any:
-    """A tensor as a NumPy array (anything else unchanged)."""
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
+    """A tensor as a NumPy array (anything else unchanged; bfloat16 widened to float32); a
+    tensor on the meta device (shapes without values) is a ``TypeError``."""
+    if not isinstance(x, torch.Tensor):
+        return x
+    if x.device.type == "meta":
+        raise TypeError(
+            "got a tensor on the meta device, which holds no values: pass data on 'cpu' or "
+            "'cuda' (e.g. a tensor made outside a `with torch.device('meta')` block)"
+        )
+    x = x.detach().cpu()
+    if x.dtype == torch.bfloat16:  # NumPy has no bfloat16: widen (exactly) to float32
+        x = x.float()
+    return x.numpy()
 
 
 def is_stream(X: Any, y: Any) -> bool:

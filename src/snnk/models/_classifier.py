@@ -6,9 +6,10 @@ route of Falkon and regularised least-squares classification), from the same str
 statistics as the regressors; every input kind, ``partial_fit`` and Dask. ``loss="log"``:
 L2-penalised multinomial logistic regression
 ``−Σ_i w_i log softmax(W z_i + c)_{y_i} + (α/2)‖W‖²`` by truncated Newton
-(:func:`snnk.solvers.multinomial_logistic`); each Newton step reads the data again, so it
-needs arrays or a source that can be read again. With ``alpha`` "gcv" / "loo" the strength is
-chosen on the squared loss of the one-hot targets.
+(:func:`snnk.solvers.softmax_newton`); each gradient and Hessian-vector product reads the
+data again, so it needs arrays, a source that can be read again, or a Dask array (then each
+read is one map-reduce over the chunks, :class:`snnk.models._dask.DaskRowSums`). With
+``alpha`` "gcv" / "loo" the strength is chosen on the squared loss of the one-hot targets.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ except ImportError as exc:  # pragma: no cover - the sklearn extra installs it
     raise ImportError("snnk.models needs scikit-learn: pip install 'snnk[sklearn]'") from exc
 
 from snnk._persist import ArraySpec, ValueSpec
+from snnk._utils.blocks import BLOCK_ELEMENTS
 from snnk.models._base import NON_NEGATIVE, POSITIVE_INT, StrOptions
-from snnk.solvers import NormalEquations, multinomial_logistic
+from snnk.models._device import as_output
+from snnk.solvers import BlockSums, NormalEquations, softmax_newton
 
 #: cache the feature matrix in memory for the logistic loss's passes up to this many numbers
 CACHE_ELEMENTS = 1 << 27
@@ -99,7 +102,8 @@ class FeatureClassifierMixin(ClassifierMixin):
         labels = self.__dict__.pop("_labels")
         classes = np.array(sorted(labels))
         self._check_classes(classes)
-        order = torch.tensor([labels[c] for c in classes])  # columns in sorted class order
+        # columns in sorted class order
+        order = torch.tensor([labels[c] for c in classes], device=ne.FtY.device)
         ne.FtY, ne.YtY, ne.Ysum = ne.FtY[:, order], ne.YtY[order], ne.Ysum[order]
         self.classes_ = classes
 
@@ -147,54 +151,39 @@ class FeatureClassifierMixin(ClassifierMixin):
             )
         super()._check_source(again)
 
-    def _check_dask(self) -> None:
-        if self.loss == "log":
-            raise ValueError(
-                "loss='log' on a Dask array is not supported (one cluster pass per Newton "
-                "step); use loss='squared', which is one tree-reduced pass"
-            )
-        super()._check_dask()
+    def _rereads_rows(self) -> bool:
+        return self.loss == "log"
 
     def _partial_fit_ok(self) -> bool:
         return self.loss == "squared" and self.alpha != "loo"
 
-    def _refine(self, ne: NormalEquations, blocks, U, c, alpha: float):
+    def _refine(self, ne: NormalEquations, blocks, U, c, alpha: float, sums=None):
         self.n_iter_ = 1
         if self.loss == "log":
-            return self._fit_logistic(ne, blocks, alpha)
+            return self._fit_logistic(ne, blocks, alpha, sums)
         return U, c
 
-    def _fit_logistic(self, ne: NormalEquations, blocks, alpha: float):
+    def _fit_logistic(self, ne: NormalEquations, blocks, alpha: float, sums=None):
         """Newton's ``(U, c)`` for the logistic loss at ``alpha``; sets ``n_iter_``.
 
-        Newton starts at zero: a start from the best multiple of the ridge solution
-        (``multinomial_logistic(init=...)``) took as many Newton steps on Fashion-MNIST
-        (7, with 87 Hessian-vector products against 82 from zero, n = 5,000, D = 2,048)."""
-        cache = None
-        if ne.n * self.num_features <= CACHE_ELEMENTS:
-            cache = list(blocks())
-        source = (lambda: iter(cache)) if cache is not None else blocks
-        # multinomial_logistic wants (F, rows) pairs over one target matrix: give it global
-        # row indices into concatenated targets and weights.
-        Ys, ws, starts = [], [], []
-        start = 0
-        for _, Yb, wb in source():
-            Ys.append(Yb)
-            ws.append(torch.ones(Yb.shape[0], dtype=torch.float64) if wb is None else wb)
-            starts.append(start)
-            start += Yb.shape[0]
-
-        def features():
-            for (F, _, _), s in zip(source(), starts, strict=True):
-                yield F, slice(s, s + F.shape[0])
-
-        res = multinomial_logistic(
-            features,
-            torch.cat(Ys),
+        ``sums``: the rows as a :class:`snnk.solvers.RowSums` (a Dask fit's map-reduce);
+        otherwise the ``blocks`` source, its features cached in memory up to
+        ``CACHE_ELEMENTS`` numbers. Newton starts at zero: a start from the best multiple
+        of the ridge solution (``multinomial_logistic(init=...)``) took as many Newton steps
+        on Fashion-MNIST (7, with 87 Hessian-vector products against 82 from zero,
+        n = 5,000, D = 2,048)."""
+        if sums is None:
+            if ne.n * self.num_features <= CACHE_ELEMENTS:
+                cache = list(blocks())
+                blocks = lambda: iter(cache)  # noqa: E731
+            sums = BlockSums(blocks, remember=ne.n * len(self.classes_) <= BLOCK_ELEMENTS)
+        res = softmax_newton(
+            sums,
             ne.FtF,
             ne.Fsum,
             max(alpha, 1e-12),
-            sample_weight=torch.cat(ws),
+            wsum=ne.wsum,
+            ysum=ne.Ysum,
             max_iter=self.max_iter,
             tol=self.tol,
             fit_intercept=self.fit_intercept,
@@ -223,11 +212,13 @@ class FeatureClassifierMixin(ClassifierMixin):
     def decision_function(self, X) -> np.ndarray:
         """Class scores ``(n, n_classes)``; for two classes the difference ``(n,)``."""
         scores = self._decision(X)
-        return scores[:, 1] - scores[:, 0] if len(self.classes_) == 2 else scores
+        return as_output(scores[:, 1] - scores[:, 0] if len(self.classes_) == 2 else scores, X)
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities ``(n, n_classes)`` (float64; rows sum to 1)."""
-        s = self._decision(X).astype(np.float64)
+        return as_output(self._proba(self._decision(X).astype(np.float64)), X)
+
+    def _proba(self, s: np.ndarray) -> np.ndarray:
         if self.loss == "log":
             p = np.exp(s - s.max(1, keepdims=True))
         else:
@@ -238,4 +229,4 @@ class FeatureClassifierMixin(ClassifierMixin):
     def predict(self, X) -> np.ndarray:
         """The class of the largest score per row."""
         scores = self._decision(X)
-        return self.classes_[np.argmax(scores, axis=1)]
+        return as_output(self.classes_[np.argmax(scores, axis=1)], X)

@@ -5,6 +5,11 @@ No dask-ml: each chunk of rows becomes one task that validates it and returns it
 tasks are merged eight at a time. The data moments that standardise inputs (``lengthscale=
 "scale"``, the bundled models' scaling) are computed over the whole array in one more cheap
 pass, so a Dask fit equals the in-memory fit.
+
+The logistic loss reads the rows once per gradient and per Hessian-vector product:
+:class:`DaskRowSums` is the solver's :class:`~snnk.solvers.RowSums` on a cluster, each pass
+one map-reduce of a per-block term over the chunks (the chunks' features persisted on the
+workers while they fit the cache budget, recomputed from the rows otherwise).
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 
+from snnk._utils.blocks import CACHE_ELEMENTS
 from snnk.models._base import Moments
 from snnk.solvers import NormalEquations
 
@@ -79,7 +86,7 @@ def _chunk_normal_equations(est, X, y, w, targets: Callable[[Any], np.ndarray]):
     X = check_array(X, dtype=[np.float64, np.float32])
     Y = targets(y)
     w = None if w is None else np.asarray(w, dtype=np.float64)
-    return est._stats(X, Y, w)
+    return est._stats(X, Y, w).to("cpu")  # a client without the workers' device reads it
 
 
 def _merge_all(*parts: NormalEquations) -> NormalEquations:
@@ -109,3 +116,97 @@ def dask_normal_equations(est, X, y, w, targets: Callable[[Any], np.ndarray]) ->
     if ne.n == 0:
         raise ValueError("the Dask array has no rows")
     return ne
+
+
+def _chunk_rows(est, X, y, w, targets: Callable[[Any], np.ndarray], features: bool):
+    """Task: one chunk as ``(blocks, Y, w)`` tensors on the model's device, ``blocks`` the
+    chunk's feature blocks (``features=True``: computed once, kept while persisted) or its
+    validated rows (features recomputed per pass)."""
+    X = check_array(X, dtype=[np.float64, np.float32])
+    dev = est._compute_device
+    Y = torch.from_numpy(np.ascontiguousarray(targets(y), dtype=np.float64)).to(dev)
+    if w is None:
+        w = torch.ones(X.shape[0], dtype=torch.float64, device=dev)
+    else:
+        w = torch.from_numpy(np.asarray(w, dtype=np.float64).copy()).to(dev)
+    if features:
+        return [(F, rows) for F, rows in est._feature_blocks(X)], Y, w
+    return X, Y, w
+
+
+def _chunk_term(est, chunk, fn, args) -> tuple[torch.Tensor, ...] | None:
+    """Task: ``Σ fn(F, Y, w, {}, *args)`` over the feature blocks of one chunk (returned on
+    the CPU; ``None`` for a chunk without rows)."""
+    blocks, Y, w = chunk
+    dev = est._compute_device
+    args = tuple(a.to(dev) if torch.is_tensor(a) else a for a in args)
+    if isinstance(blocks, np.ndarray):
+        blocks = est._feature_blocks(blocks)
+    total = None
+    for F, rows in blocks:
+        part = fn(F, Y[rows], w[rows], {}, *args)
+        total = list(part) if total is None else [a + b for a, b in zip(total, part, strict=True)]
+    return None if total is None else tuple(t.to("cpu") for t in total)
+
+
+def _add_terms(*parts):
+    parts = [p for p in parts if p is not None]
+    return tuple(sum(col[1:], col[0]) for col in zip(*parts, strict=True)) if parts else None
+
+
+def _cat_terms(*parts):
+    parts = [p for p in parts if p is not None]
+    return tuple(torch.cat(col) for col in zip(*parts, strict=True)) if parts else None
+
+
+class DaskRowSums:
+    """:class:`~snnk.solvers.RowSums` of a Dask fit: the solver's per-block terms summed over
+    the chunks on the cluster (fan-in :data:`FAN_IN` tree), each call one pass.
+
+    ``est`` holds the fitted feature map; ``X``, ``y``, ``w`` are :func:`dask_inputs`' aligned
+    arrays and ``targets`` maps a ``y`` chunk to float64 one-hot rows. The chunks' features
+    are persisted on the workers when all of them fit ``CACHE_ELEMENTS`` numbers (the
+    in-memory fit's rule); otherwise every pass recomputes them from the rows. A lost worker
+    loses only persisted chunks, which Dask recomputes from the rows: the result does not
+    change. Sums come back to the client on the CPU and move to the model's device.
+    """
+
+    def __init__(self, est, X, y, w, targets: Callable[[Any], np.ndarray]):
+        import dask
+
+        self.device = est._compute_device
+        cache = X.shape[0] * est.num_features <= CACHE_ELEMENTS
+        (self.model,) = dask.persist(dask.delayed(est, pure=True))
+        xs, ys = X.to_delayed().ravel(), y.to_delayed().ravel()
+        ws = [None] * len(xs) if w is None else list(w.to_delayed().ravel())
+        task = dask.delayed(_chunk_rows, pure=True)
+        chunks = [task(self.model, *c, targets, cache) for c in zip(xs, ys, ws, strict=True)]
+        if not chunks:
+            raise ValueError("the Dask array has no chunks")
+        self.chunks = list(dask.persist(*chunks)) if cache else chunks
+
+    def _reduce(self, fn, args, combine):
+        import dask
+
+        term = dask.delayed(_chunk_term, pure=True)
+        parts = [term(self.model, c, fn, args) for c in self.chunks]
+        merge = dask.delayed(combine, pure=True)
+        while len(parts) > 1:
+            parts = [merge(*parts[i : i + FAN_IN]) for i in range(0, len(parts), FAN_IN)]
+        (out,) = dask.compute(parts[0])
+        if out is None:
+            raise ValueError("the Dask array has no rows")
+        return tuple(t.to(self.device) for t in out)
+
+    def map_sum(self, fn, *args) -> tuple[torch.Tensor, ...]:
+        """``Σ_blocks fn(F, Y, w, {}, *args)`` over every chunk (one pass on the cluster)."""
+        return self._reduce(fn, _to_cpu(args), _add_terms)
+
+    def map_cat(self, fn, *args) -> tuple[torch.Tensor, ...]:
+        """``fn(F, Y, w, {}, *args)`` of every block, concatenated in row order."""
+        return self._reduce(fn, _to_cpu(args), _cat_terms)
+
+
+def _to_cpu(args: tuple) -> tuple:
+    """Tensors as CPU copies (what a task ships to a worker; moved to its device there)."""
+    return tuple(a.cpu() if torch.is_tensor(a) else a for a in args)

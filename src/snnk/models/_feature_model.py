@@ -54,7 +54,16 @@ from snnk.models._base import (
     progress,
     validate_data,
 )
-from snnk.models._dask import dask_inputs, dask_moments, dask_normal_equations
+from snnk.models._dask import DaskRowSums, dask_inputs, dask_moments, dask_normal_equations
+from snnk.models._device import (
+    as_output,
+    block_elements,
+    fit_device,
+    move_module,
+    on_cpu,
+    state_device,
+    to_device,
+)
 from snnk.solvers import NormalEquations
 from snnk.solvers.cross_validation import default_alpha_grid, gcv_ridge, loo_ridge
 
@@ -95,6 +104,7 @@ class FeatureModel(PersistMixin, BaseEstimator):
         "batch_size": [POSITIVE_INT, DEPRECATED_OPTION],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "device": [str, torch.device, None],
     }
 
     # -- hooks -----------------------------------------------------------------------------------
@@ -108,14 +118,27 @@ class FeatureModel(PersistMixin, BaseEstimator):
         raise NotImplementedError
 
     def _features_block(self, X: np.ndarray) -> torch.Tensor:
-        """Features of the rows ``X`` (a block), in ``compute_dtype_``."""
+        """Features of the rows ``X`` (a block), in ``compute_dtype_``, on
+        :attr:`_compute_device`."""
         raise NotImplementedError
+
+    def _feature_module(self) -> torch.nn.Module | None:
+        """The fitted module that computes the features (its device is where the model
+        computes: the fit device, or the CPU after :func:`snnk.io.load_model`); ``None``
+        for a map without tensors (then the model computes on the CPU)."""
+        return None
+
+    @property
+    def _compute_device(self) -> torch.device:
+        return state_device(self._feature_module())
 
     def _after_solution(self) -> None:
         """Called when ``coef_`` / ``intercept_`` change (e.g. to copy them into a module)."""
 
-    def _refine(self, ne: NormalEquations, blocks: Blocks | None, U, c, alpha: float):
-        """The final ``(U, c)`` from the ridge solution (the logistic loss refines it)."""
+    def _refine(self, ne: NormalEquations, blocks: Blocks | None, U, c, alpha: float, sums=None):
+        """The final ``(U, c)`` from the ridge solution (the logistic loss refines it, reading
+        the rows through ``blocks`` or, on a cluster, the :class:`~snnk.solvers.RowSums`
+        ``sums``)."""
         return U, c
 
     # -- parameters ------------------------------------------------------------------------------
@@ -140,7 +163,8 @@ class FeatureModel(PersistMixin, BaseEstimator):
     @property
     def _step(self) -> int:
         rows = self.block_rows if self.batch_size == DEPRECATED else self.batch_size
-        return min(rows, default_block_rows(self.num_features))
+        budget = block_elements(self._compute_device, itemsize=8)
+        return min(rows, default_block_rows(self.num_features, budget))
 
     def _torch_dtype(self) -> torch.dtype:
         return FLOAT_DTYPES[getattr(self, "compute_dtype_", None) or self.dtype or "float64"]
@@ -165,9 +189,10 @@ class FeatureModel(PersistMixin, BaseEstimator):
     def _stats(self, X, Y, sw, show: bool = False) -> NormalEquations:
         """Normal equations of validated rows ``X``, float64 targets ``Y`` ``(n, o)`` and
         weights ``sw`` (``None``: ones), accumulated over row blocks."""
-        ne = NormalEquations(self.num_features, Y.shape[1])
-        Yt = torch.tensor(Y, dtype=torch.float64)
-        swt = None if sw is None else torch.tensor(sw, dtype=torch.float64)
+        dev = self._compute_device
+        ne = NormalEquations(self.num_features, Y.shape[1], device=dev)
+        Yt = to_device(Y, dev, torch.float64)
+        swt = None if sw is None else to_device(sw, dev, torch.float64)
         blocks = self._feature_blocks(X)
         if show:
             blocks = progress(blocks, self.verbose, -(-X.shape[0] // self._step), "blocks")
@@ -176,8 +201,9 @@ class FeatureModel(PersistMixin, BaseEstimator):
         return ne
 
     def _array_blocks(self, X, Y, sw) -> Iterator:
-        Yt = torch.from_numpy(Y)
-        w = None if sw is None else torch.tensor(sw, dtype=torch.float64)
+        dev = self._compute_device
+        Yt = to_device(Y, dev, torch.float64)
+        w = None if sw is None else to_device(sw, dev, torch.float64)
         for F, rows in self._feature_blocks(X):
             yield F, Yt[rows], None if w is None else w[rows]
 
@@ -186,7 +212,7 @@ class FeatureModel(PersistMixin, BaseEstimator):
         """``(U, c, alpha)`` for the ridge loss with the configured ``alpha``."""
         if self.alpha == "gcv":
             U, c, alpha, scores = gcv_ridge(ne, self.fit_intercept)
-            self.cv_scores_ = scores.numpy()
+            self.cv_scores_ = scores.cpu().numpy()
             return U, c, alpha
         if self.alpha == "loo":
             if blocks is None:
@@ -195,21 +221,21 @@ class FeatureModel(PersistMixin, BaseEstimator):
                     "or use alpha='gcv' (one pass) for streams, partial_fit and Dask"
                 )
             U, c, alpha, scores = loo_ridge(ne, blocks, self.fit_intercept)
-            self.cv_scores_ = scores.numpy()
+            self.cv_scores_ = scores.cpu().numpy()
             return U, c, alpha
         U, c = ne.solve(float(self.alpha), fit_intercept=self.fit_intercept)
         return U, c, float(self.alpha)
 
     def _set_solution(self, U: torch.Tensor, c: torch.Tensor, alpha: float) -> None:
         dt = self._torch_dtype()
-        self.coef_ = U.T.to(dt).numpy().copy()  # (n_outputs, D)
-        self.intercept_ = c.to(dt).numpy().copy()
+        self.coef_ = U.T.to(dt).cpu().numpy().copy()  # (n_outputs, D)
+        self.intercept_ = c.to(dt).cpu().numpy().copy()
         self.alpha_ = float(alpha)
         self._after_solution()
 
-    def _finish(self, ne: NormalEquations, blocks: Blocks | None):
+    def _finish(self, ne: NormalEquations, blocks: Blocks | None, sums=None):
         U, c, alpha = self._solve(ne, blocks)
-        U, c = self._refine(ne, blocks, U, c, alpha)
+        U, c = self._refine(ne, blocks, U, c, alpha, sums)
         self._set_solution(U, c, alpha)
         self.n_samples_seen_ = int(ne.n)
         self._ne = ne
@@ -222,7 +248,10 @@ class FeatureModel(PersistMixin, BaseEstimator):
 
     def _start(self, X: np.ndarray, sw=None, moments: Moments | None = None) -> None:
         self.compute_dtype_ = compute_dtype_name(self.dtype, X.dtype)
-        self._init_features(X, sw, moments)
+        with on_cpu():  # random matrices come from CPU generators: the same on every device
+            self._init_features(X, sw, moments)
+        if (module := self._feature_module()) is not None:
+            move_module(module, fit_device(self))
         self.n_features_in_ = X.shape[1]
 
     # -- fitting ---------------------------------------------------------------------------------
@@ -238,6 +267,7 @@ class FeatureModel(PersistMixin, BaseEstimator):
         """
         self._reset()
         self._check_params()
+        fit_device(self)  # a device that cannot fit fails here, before any work
         if is_dask(X):
             return self._fit_dask(X, y, sample_weight)
         if is_stream(X, y):
@@ -272,7 +302,7 @@ class FeatureModel(PersistMixin, BaseEstimator):
             Xc, yc, wc = check_chunk(getattr(self, "n_features_in_", None), i, Xc, yc, wc)
             if ne is None:
                 self._start(Xc, wc, moments)
-                ne = NormalEquations(self.num_features, 0)
+                ne = NormalEquations(self.num_features, 0, device=self._compute_device)
             Yc = self._chunk_targets(i, yc, ne)
             ne.merge(self._stats(Xc, Yc, wc))
         if ne is None or ne.n == 0:
@@ -284,8 +314,9 @@ class FeatureModel(PersistMixin, BaseEstimator):
         """``(F, Y, w)`` blocks of a source read once more (LOO, logistic loss)."""
         for i, (Xc, yc, wc) in enumerate(again()):
             Xc, yc, wc = check_chunk(self.n_features_in_, i, Xc, yc, wc)
-            Y = torch.from_numpy(self._reread_targets(yc))
-            w = None if wc is None else torch.tensor(wc, dtype=torch.float64)
+            dev = self._compute_device
+            Y = to_device(self._reread_targets(yc), dev, torch.float64)
+            w = None if wc is None else to_device(wc, dev, torch.float64)
             for F, rows in self._feature_blocks(Xc):
                 yield F, Y[rows], None if w is None else w[rows]
 
@@ -306,7 +337,14 @@ class FeatureModel(PersistMixin, BaseEstimator):
         moments = dask_moments(Xd, wd) if self._needs_moments() else None
         self._start(np.asarray(Xd.blocks[0].compute()), None, moments)
         ne = dask_normal_equations(self, Xd, yd, wd, targets)
-        return self._finish(ne, None)
+        ne = ne.to(self._compute_device)
+        sums = DaskRowSums(self, Xd, yd, wd, targets) if self._rereads_rows() else None
+        return self._finish(ne, None, sums)
+
+    def _rereads_rows(self) -> bool:
+        """Whether the solve reads the rows again after the normal equations (the
+        logistic loss)."""
+        return False
 
     def _partial_fit_ok(self) -> bool:
         return self.alpha != "loo"
@@ -322,6 +360,7 @@ class FeatureModel(PersistMixin, BaseEstimator):
             )
         if first:
             self._check_params()
+            fit_device(self)
         try:
             X, y = validate_data(
                 self,
@@ -369,21 +408,22 @@ class FeatureModel(PersistMixin, BaseEstimator):
                 self._decision, dtype=X.dtype, chunks=(X.chunks[0], (self.coef_.shape[0],))
             )
         X = validate_data(self, as_numpy(X), reset=False, dtype=[np.float64, np.float32])
-        dt = self._torch_dtype()
-        W = torch.from_numpy(self.coef_.T).to(dt)
-        b = torch.from_numpy(self.intercept_).to(dt)
+        dt, dev = self._torch_dtype(), self._compute_device
+        W = to_device(self.coef_.T, dev, dt)
+        b = to_device(self.intercept_, dev, dt)
         out = np.empty((X.shape[0], W.shape[1]), dtype=X.dtype)
         for F, rows in self._feature_blocks(X):
-            out[rows] = torch.addmm(b, F, W).numpy()
+            out[rows] = torch.addmm(b, F, W).cpu().numpy()
         return out
 
     def random_features(self, X) -> np.ndarray:
         """The features ``z(X)``, shape ``(n, num_features)`` in ``X``'s dtype (materialised:
-        for moderate ``n`` only; ``predict`` never forms them)."""
+        for moderate ``n`` only; ``predict`` never forms them). A tensor in gives a tensor on
+        its device."""
         check_is_fitted(self)
-        X = validate_data(self, as_numpy(X), reset=False, dtype=[np.float64, np.float32])
-        parts = [F.numpy() for F, _ in self._feature_blocks(X)]
-        return np.concatenate(parts, 0).astype(X.dtype, copy=False)
+        Xn = validate_data(self, as_numpy(X), reset=False, dtype=[np.float64, np.float32])
+        parts = [F.cpu().numpy() for F, _ in self._feature_blocks(Xn)]
+        return as_output(np.concatenate(parts, 0).astype(Xn.dtype, copy=False), X)
 
     # -- targets (the regressor and classifier mixins implement these) --------------------------
     _y_checks: ClassVar[dict[str, Any]] = {}
@@ -463,6 +503,7 @@ class FeatureRegressorMixin(RegressorMixin):
     def predict(self, X) -> np.ndarray:
         """Predictions ``W z(x) + c`` computed per row block (never the full feature matrix),
         in ``X``'s dtype (float32 input gives float32 output); shape ``(n,)`` for a 1-D
-        training ``y``, else ``(n, o)``. A Dask array gives a lazy Dask array."""
+        training ``y``, else ``(n, o)``. A Dask array gives a lazy Dask array; a torch tensor
+        a tensor on its device (computed on the model's device)."""
         out = self._decision(X)
-        return out[:, 0] if self._y_1d else out
+        return as_output(out[:, 0] if self._y_1d else out, X)

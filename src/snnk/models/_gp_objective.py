@@ -13,8 +13,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.validation import check_is_fitted
 
 from snnk._utils import iter_blocks
+from snnk.kernels import with_lengthscale
+from snnk.models._device import to_device
 from snnk.solvers import (
     NormalEquations,
     NystromFactor,
@@ -37,14 +40,54 @@ class MarginalLikelihoodMixin:
     """``_objective`` / ``_optimize`` of the random-feature GP (see its docstring for the math).
 
     Expects the estimator's ``features``, ``dtype``, ``optimizer``, ``max_iter``,
-    ``learning_rate``, ``verbose``, ``_step`` and the fit-time ``_unit``, ``_opt_map``,
-    ``_centers_opt``, ``_X_opt_t``, ``_y_opt_t``.
+    ``learning_rate``, ``verbose``, ``_step``, ``_device``, ``_unit_kernel_at_one()`` and the
+    fit-time ``_unit``, ``_opt_map``, ``_centers_opt``, ``_X_opt_t``, ``_y_opt_t`` (on
+    ``_device``).
     """
 
     def _prior(self) -> tuple[float, float] | None:
         """``scale_prior`` as ``(shape, rate)`` floats, or None (a Gaussian process)."""
         prior = getattr(self, "scale_prior", None)
         return None if prior is None else (float(prior[0]), float(prior[1]))
+
+    # -- the likelihood as a function ------------------------------------------------------------
+    def log_marginal_likelihood(
+        self, theta=None, eval_gradient: bool = False
+    ) -> float | tuple[float, np.ndarray]:
+        """Log marginal likelihood of log-hyper-parameters ``θ = log(ℓ, a, s)``.
+
+        ``theta=None`` returns ``log_marginal_likelihood_`` (all training rows, fitted
+        values). Otherwise the objective of the optimisation is evaluated: the likelihood of
+        the (normalised) targets on the optimisation rows (all rows when ``n <=
+        max_optimize_rows``) with the optimisation's feature map, and with
+        ``eval_gradient=True`` also its gradient with respect to ``θ`` (shape ``(3,)``), as
+        in scikit-learn's ``GaussianProcessRegressor``.
+        """
+        check_is_fitted(self)
+        if theta is None:
+            if eval_gradient:
+                raise ValueError("eval_gradient=True needs theta (log of ℓ, a, s)")
+            return self.log_marginal_likelihood_
+        theta = np.asarray(theta, dtype=np.float64).reshape(-1)
+        if theta.shape != (3,) or not np.isfinite(theta).all():
+            raise ValueError(
+                f"theta must hold 3 finite numbers, log(lengthscale), log(amplitude), "
+                f"log(noise); got {theta!r}"
+            )
+        self._restore_objective()
+        value, grad = self._objective(theta, want_grad=eval_gradient)
+        return (value, grad) if eval_gradient else value
+
+    def _restore_objective(self) -> None:
+        """Rebuild the optimisation's tensors (after :func:`snnk.io.load_model`)."""
+        dt, dev = DTYPES[self.dtype], self._device
+        self._X_opt_t = to_device(np.asarray(self._X_opt), dev, dt)
+        self._y_opt_t = to_device(np.asarray(self._y_opt, dtype=np.float64), dev)
+        self._unit = self._unit_kernel_at_one()
+        if self.features == "fourier":
+            self._opt_map = self.feature_map_
+        else:
+            self._centers_opt = to_device(self._centers_opt, dev, dt)
 
     # -- likelihood and its gradient on the optimisation rows ------------------------------------
     def _objective_map(
@@ -87,13 +130,13 @@ class MarginalLikelihoodMixin:
             ne = None
             for rows in iter_blocks(X.shape[0], self._step):
                 Zb = zfun(X[rows])
-                ne = NormalEquations(Zb.shape[1], 1) if ne is None else ne
+                ne = NormalEquations(Zb.shape[1], 1, device=Zb.device) if ne is None else ne
                 ne.update(Zb, y[rows, None])
         return ne
 
     def _objective(self, theta: np.ndarray, want_grad: bool = True) -> tuple[float, np.ndarray]:
         """``(log p(y), ∂ log p(y)/∂θ)`` on the optimisation rows, ``θ = log(ℓ, a, s)``."""
-        th = torch.tensor(np.asarray(theta, dtype=np.float64))
+        th = to_device(np.asarray(theta, dtype=np.float64), self._X_opt_t.device)
         log_ls = th[0].clone().requires_grad_(want_grad)
         X, y = self._X_opt_t, self._y_opt_t
         step = self._step
@@ -118,7 +161,7 @@ class MarginalLikelihoodMixin:
             # Pass 2: ∂/∂Z = Z S + y g_bᵀ of each block, pushed back to log ℓ by autograd.
             zfun = self._objective_map(log_ls)
             dt = DTYPES[self.dtype]
-            g_ls = torch.zeros((), dtype=torch.float64)
+            g_ls = torch.zeros((), dtype=torch.float64, device=X.device)
             for rows in iter_blocks(X.shape[0], step):
                 Zb = zfun(X[rows])
                 gZ = Zb.detach().double() @ S + y[rows, None] * gb[None, :]
@@ -206,6 +249,27 @@ class MarginalLikelihoodMixin:
             )
         return theta, n_iter
 
+    def _refit_amplitude_noise(self, ne) -> None:
+        r"""Re-maximise the amplitude and the noise at the fitted lengthscale on the
+        statistics ``G``, ``b``, ``yᵀy`` of every row (``ne``), when the search saw only
+        ``max_optimize_rows`` of them.
+
+        The final pass forms those statistics anyway, and at fixed ``ℓ`` the maximum over
+        ``(a, s)`` costs one ``D × D`` eigendecomposition (:func:`profile_amplitude_noise`)
+        and no pass over the data, so the noise level (which sets the predictive variance,
+        hence the NLPD and the interval coverage) comes from all ``n`` rows instead of a
+        subset. Without optimisation (``optimize=False``) the given values stay.
+        """
+        if not self.optimize or ne.n <= len(self._X_opt):
+            return
+        lo, hi = math.log(BOUNDS[0]), math.log(BOUNDS[1])
+        start = (math.log(self.amplitude_), math.log(self.noise_))
+        _, la, ln = profile_amplitude_noise(
+            ne.FtF, ne.FtY[:, 0], ne.YtY[0], ne.n, start, (lo, hi), self._prior()
+        )
+        self.amplitude_, self.noise_ = math.exp(la), math.exp(ln)
+        self.kernel_ = self.amplitude_ * with_lengthscale(self._unit, self.lengthscale_)
+
     def _optimize_profile(self, theta0: np.ndarray, bar) -> tuple[np.ndarray, int]:
         r"""Maximise the profile likelihood ``p(ℓ) = max_{a,s} log p(y | ℓ, a, s)`` over ``log ℓ``.
 
@@ -230,7 +294,7 @@ class MarginalLikelihoodMixin:
                 return seen[x][0]
             if len(seen) >= self.max_iter:
                 raise _Budget
-            ne = self._opt_stats(torch.tensor(x, dtype=torch.float64))
+            ne = self._opt_stats(torch.tensor(x, dtype=torch.float64, device=self._X_opt_t.device))
             value, la, ln = profile_amplitude_noise(
                 ne.FtF, ne.FtY[:, 0], ne.YtY[0], ne.n, tuple(warm), (lo, hi), self._prior()
             )

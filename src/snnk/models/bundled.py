@@ -26,6 +26,7 @@ from snnk.models._base import (
     seed_from_random_state,
 )
 from snnk.models._classifier import FeatureClassifierMixin
+from snnk.models._device import on_cpu, to_device
 from snnk.models._feature_model import FeatureModel, FeatureRegressorMixin
 from snnk.nn import BundledNetwork
 
@@ -72,6 +73,7 @@ class BundledModel(FeatureModel):
         verbose: bool = False,
         orthogonal: bool | str = DEPRECATED,
         batch_size: int | str = DEPRECATED,
+        device: str | torch.device | None = "cpu",
     ):
         self.standardize = standardize
         self.num_features = num_features
@@ -86,6 +88,7 @@ class BundledModel(FeatureModel):
         self.verbose = verbose
         self.orthogonal = orthogonal
         self.batch_size = batch_size
+        self.device = device
 
     # -- parameters ------------------------------------------------------------------------------
     def _check_params(self) -> None:
@@ -146,20 +149,28 @@ class BundledModel(FeatureModel):
         self.network_ = self._network(d, 1, seed_from_random_state(self.random_state))
 
     def _build_modules(self) -> None:
-        """Recreate the tower skeleton for :func:`snnk.io.load_model` (buffers follow)."""
-        self.network_ = self._network(self.n_features_in_, self.coef_.shape[0], 0)
+        """Recreate the tower skeleton for :func:`snnk.io.load_model` (buffers follow), on
+        the CPU whatever the fit device."""
+        with on_cpu():
+            self.network_ = self._network(self.n_features_in_, self.coef_.shape[0], 0)
+
+    def _feature_module(self) -> torch.nn.Module | None:
+        return getattr(self, "network_", None)
 
     def _features_block(self, X: np.ndarray) -> torch.Tensor:
-        xb = torch.from_numpy(((X - self.mean_) / self.scale_).astype(np.float64))
-        return self.network_.input_features(xb.to(self._torch_dtype()))
+        xb = ((X - self.mean_) / self.scale_).astype(np.float64)
+        return self.network_.input_features(
+            to_device(xb, self._compute_device, self._torch_dtype())
+        )
 
     def _after_solution(self) -> None:
         """Copy ``coef_`` / ``intercept_`` into ``network_`` (sizing its output layer)."""
         net, dt = self.network_, self._torch_dtype()
+        dd = {"dtype": dt, "device": self._compute_device}
         o, D = self.coef_.shape
         if net.out_features != o:
-            net.weight = torch.nn.Parameter(torch.zeros(o, D, dtype=dt), requires_grad=False)
-            net.bias = torch.nn.Parameter(torch.zeros(o, dtype=dt), requires_grad=False)
+            net.weight = torch.nn.Parameter(torch.zeros(o, D, **dd), requires_grad=False)
+            net.bias = torch.nn.Parameter(torch.zeros(o, **dd), requires_grad=False)
             net.out_features = o
         with torch.no_grad():
             net.weight.copy_(torch.from_numpy(self.coef_))
@@ -217,6 +228,10 @@ class BundledRegressor(FeatureRegressorMixin, BundledModel):
         Deprecated alias of ``sampler`` (True: "orthogonal", False: "iid"; FutureWarning).
     batch_size : int
         Deprecated alias of ``block_rows`` (FutureWarning).
+    device : str or torch.device, default "cpu"
+        Where the fit runs (``"cuda"``: tower, accumulation, solves on the GPU); ``network_``
+        stays there and predictions are computed there (a saved model loads on the CPU).
+        NumPy in gives NumPy out; a tensor in gives a tensor on its own device.
 
     Attributes
     ----------
@@ -286,6 +301,7 @@ class BundledClassifier(FeatureClassifierMixin, BundledModel):
         verbose: bool = False,
         orthogonal: bool | str = DEPRECATED,
         batch_size: int | str = DEPRECATED,
+        device: str | torch.device | None = "cpu",
     ):
         super().__init__(
             num_features=num_features,
@@ -301,6 +317,7 @@ class BundledClassifier(FeatureClassifierMixin, BundledModel):
             verbose=verbose,
             orthogonal=orthogonal,
             batch_size=batch_size,
+            device=device,
         )
         self.loss = loss
         self.max_iter = max_iter

@@ -29,8 +29,17 @@ from snnk.features import SAMPLERS, FourierFeatures, NystromFeatures
 from snnk.features.centers import CENTER_METHODS, select_center_indices
 from snnk.io import PersistMixin
 from snnk.kernels import Kernel, ShiftInvariantKernel, resolve_kernel, split_scale, with_lengthscale
-from snnk.models._base import is_dask, refuse_path, validate_data
+from snnk.models._base import as_numpy, is_dask, refuse_path, validate_data
 from snnk.models._dask import dask_inputs, dask_normal_equations
+from snnk.models._device import (
+    as_output,
+    block_elements,
+    fit_device,
+    move_module,
+    on_cpu,
+    state_device,
+    to_device,
+)
 from snnk.models._gp_objective import DTYPES, MarginalLikelihoodMixin
 from snnk.solvers import (
     NormalEquations,
@@ -171,6 +180,10 @@ class RandomFeatureGP(MarginalLikelihoodMixin, PersistMixin, RegressorMixin, Bas
         Seeds the feature draw, the Nyström centres and the optimisation subsample.
     verbose : bool, default False
         Show a tqdm progress bar over the optimisation.
+    device : str or torch.device, default "cpu"
+        Where the fit runs (``"cuda"``: likelihood passes and the posterior on the GPU);
+        ``feature_map_`` stays there and ``predict`` computes there (a saved model loads on
+        the CPU). NumPy in gives NumPy out; a tensor in, tensors on its device (docs/gp.md).
 
     Attributes
     ----------
@@ -232,6 +245,7 @@ class RandomFeatureGP(MarginalLikelihoodMixin, PersistMixin, RegressorMixin, Bas
         random_state=None,
         verbose: bool = False,
         batch_size: int | str | None = DEPRECATED,
+        device: str | torch.device | None = "cpu",
     ):
         self.kernel = kernel
         self.lengthscale = lengthscale
@@ -253,6 +267,7 @@ class RandomFeatureGP(MarginalLikelihoodMixin, PersistMixin, RegressorMixin, Bas
         self.random_state = random_state
         self.verbose = verbose
         self.batch_size = batch_size
+        self.device = device
 
     # -- parameters ------------------------------------------------------------------------------
     def _check_params(self) -> tuple[ShiftInvariantKernel, float, float, float]:
@@ -304,28 +319,43 @@ class RandomFeatureGP(MarginalLikelihoodMixin, PersistMixin, RegressorMixin, Bas
     @property
     def _step(self) -> int:
         rows = resolve_block_rows(self.block_rows, self.batch_size, warn=False)
-        return max(1, min(rows, default_block_rows(self.num_features, BLOCK_ELEMENTS)))
+        budget = block_elements(self._device, BLOCK_ELEMENTS)
+        return max(1, min(rows, default_block_rows(self.num_features, budget)))
+
+    @property
+    def _device(self) -> torch.device:
+        """Where the model computes: the fit device during a fit, then the fitted map's
+        (the CPU after :func:`snnk.io.load_model`)."""
+        return self.__dict__.get("_fit_dev") or state_device(getattr(self, "feature_map_", None))
+
+    def _unit_kernel_at_one(self) -> ShiftInvariantKernel:
+        return _unit_kernel(self.kernel, 1.0)[0]
 
     # -- feature maps ----------------------------------------------------------------------------
     def _fourier_map(self, unit: ShiftInvariantKernel, d: int, seed: int) -> FourierFeatures:
-        return FourierFeatures(
-            unit, d, self.num_features, sampler=self.sampler, seed=seed, dtype=DTYPES[self.dtype]
-        ).requires_grad_(False)
+        """The map drawn on the CPU (a CPU generator: the same draw on every device)."""
+        kw = {"sampler": self.sampler, "seed": seed, "dtype": DTYPES[self.dtype]}
+        with on_cpu():
+            fmap = FourierFeatures(unit, d, self.num_features, **kw)
+        return fmap.requires_grad_(False)
 
     def _build_modules(self) -> None:
-        """Recreate ``feature_map_``'s skeleton for :func:`snnk.io.load_model`."""
-        unit, d, dt = _unit_kernel(self.kernel, 1.0)[0], self.n_features_in_, DTYPES[self.dtype]
+        """Recreate ``feature_map_``'s skeleton for :func:`snnk.io.load_model` (on the CPU:
+        ``device`` is a parameter, not state)."""
+        unit, d, dt = self._unit_kernel_at_one(), self.n_features_in_, DTYPES[self.dtype]
         if self.features == "fourier":
             self.feature_map_ = self._fourier_map(unit, d, 0)
         else:
-            self.feature_map_ = NystromFeatures(unit, self.num_features_, seed=0).allocate(d, dt)
+            with on_cpu():
+                fmap = NystromFeatures(unit, self.num_features_, seed=0)
+                self.feature_map_ = fmap.allocate(d, dt)
 
     def _blocks(self, X: np.ndarray) -> Iterator[tuple[torch.Tensor, slice]]:
         """``(z(X[rows]), rows)`` over row blocks with the fitted map (no autograd)."""
-        dt = DTYPES[self.dtype]
+        dt, dev = DTYPES[self.dtype], self._device
         with torch.no_grad():
             for rows in iter_blocks(X.shape[0], self._step):
-                xb = torch.tensor(X[rows], dtype=dt) / self.lengthscale_
+                xb = to_device(X[rows], dev, dt) / self.lengthscale_
                 yield self.feature_map_(xb).to(dt), rows
 
     # -- fit -------------------------------------------------------------------------------------
@@ -340,6 +370,13 @@ class RandomFeatureGP(MarginalLikelihoodMixin, PersistMixin, RegressorMixin, Bas
         order of floating-point sums."""
         unit, ls0, amp0, noise0 = self._check_params()
         refuse_path(X, type(self).__name__)
+        self._fit_dev = fit_device(self)  # a device that cannot fit fails before any work
+        try:
+            return self._fit(X, y, unit, ls0, amp0, noise0)
+        finally:
+            del self._fit_dev
+
+    def _fit(self, X, y, unit, ls0, amp0, noise0) -> RandomFeatureGP:
         if is_dask(X):
             return self._fit_dask(X, y, unit, ls0, amp0, noise0)
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=True)
@@ -371,7 +408,7 @@ class RandomFeatureGP(MarginalLikelihoodMixin, PersistMixin, RegressorMixin, Bas
 
         self._fit_rows(Xd.shape, take, None, (unit, ls0, amp0, noise0))
         targets = partial(_normalised_column, self.y_mean_, self.y_scale_)
-        self._posterior(dask_normal_equations(self, Xd, yd, None, targets))
+        self._posterior(dask_normal_equations(self, Xd, yd, None, targets).to(self._device))
         return self
 
     def _set_y_scale(self, mean: float, sd: float) -> None:
@@ -389,14 +426,14 @@ class RandomFeatureGP(MarginalLikelihoodMixin, PersistMixin, RegressorMixin, Bas
         n_opt = n if self.max_optimize_rows is None else min(n, self.max_optimize_rows)
         D = self.num_features if self.features == "fourier" else min(self.num_features, n)
         self.num_features_ = D
-        dt = DTYPES[self.dtype]
+        dt, dev = DTYPES[self.dtype], self._device
         self._unit = unit
         X_opt, self._y_opt = take(np.sort(perm[:n_opt]))
         self._X_opt = X_opt.astype(np.float64)
-        self._X_opt_t = torch.from_numpy(self._X_opt).to(dt)
-        self._y_opt_t = torch.from_numpy(self._y_opt)
+        self._X_opt_t = to_device(self._X_opt, dev, dt)
+        self._y_opt_t = to_device(self._y_opt, dev, torch.float64)
         if self.features == "fourier":
-            self._opt_map = self._fourier_map(unit, d, seed)
+            self._opt_map = move_module(self._fourier_map(unit, d, seed), dev)
         else:
             if self.center_selection == "uniform":
                 centers = take(perm[:D])[0].astype(np.float64)
@@ -406,7 +443,7 @@ class RandomFeatureGP(MarginalLikelihoodMixin, PersistMixin, RegressorMixin, Bas
                     X, D, method=self.center_selection, random_state=seed, kernel=kernel
                 )
                 centers = X[idx.numpy()].astype(np.float64)
-            self._centers_opt = torch.from_numpy(centers[: min(D, n_opt)]).to(dt)
+            self._centers_opt = to_device(centers[: min(D, n_opt)], dev, dt)
         theta = np.log([ls0, amp0, noise0])
         self.n_iter_ = 0
         if self.optimize:
@@ -418,75 +455,39 @@ class RandomFeatureGP(MarginalLikelihoodMixin, PersistMixin, RegressorMixin, Bas
         if self.features == "fourier":
             self.feature_map_ = self._opt_map
         else:
-            fmap = NystromFeatures(unit, D, seed=seed)
-            self.feature_map_ = fmap.fit(torch.from_numpy(centers).to(dt) / ls)
+            with on_cpu():
+                fmap = NystromFeatures(unit, D, seed=seed)
+            self.feature_map_ = fmap.fit(to_device(centers, dev, dt) / ls)
 
     def _stats(self, X, Y, w=None) -> NormalEquations:
         """``ZᵀZ``, ``ZᵀY`` of validated rows ``X`` and normalised targets ``Y`` ``(n, 1)``
         with the fitted map (one chunk of a Dask fit, or all rows)."""
-        ne = NormalEquations(self.num_features_, 1)
-        Yt = torch.as_tensor(np.asarray(Y, dtype=np.float64))
+        ne = NormalEquations(self.num_features_, 1, device=self._device)
+        Yt = to_device(np.asarray(Y, dtype=np.float64), self._device)
         for Z, rows in self._blocks(X):
             ne.update(Z, Yt[rows])
         return ne
 
     def _posterior(self, ne: NormalEquations) -> None:
         """Factor ``A = ZᵀZ + (s/a) I`` from the statistics of all rows; set the fitted state."""
+        self._refit_amplitude_noise(ne)
         G, b = ne.FtF, ne.FtY[:, 0]
-        amp, noise = (torch.tensor(v, dtype=torch.float64) for v in (self.amplitude_, self.noise_))
+        dd = {"dtype": torch.float64, "device": G.device}
+        amp, noise = (torch.tensor(v, **dd) for v in (self.amplitude_, self.noise_))
         prior = self._prior()
         self.log_marginal_likelihood_ = float(
             log_marginal_likelihood_from_stats(G, b, ne.YtY[0], ne.n, amp, noise, prior)
         )
-        eye = torch.eye(G.shape[0], dtype=torch.float64)
+        eye = torch.eye(G.shape[0], **dd)
         L = jittered_cholesky(G + (self.noise_ / self.amplitude_) * eye, name="ZᵀZ + λI")
-        self.coef_ = cholesky_solve(L, b[:, None])[:, 0].numpy()
-        self.cholesky_ = L.numpy()
+        self.coef_ = cholesky_solve(L, b[:, None])[:, 0].cpu().numpy()
+        self.cholesky_ = L.cpu().numpy()
         self.variance_factor_, self.df_ = 1.0, None
         if prior is not None:  # Q = yᵀC⁻¹y = (yᵀy − ‖L⁻¹b‖²)/s (Woodbury)
             alpha = torch.linalg.solve_triangular(L, b[:, None], upper=False)
             quad = (ne.YtY[0] - alpha.square().sum()) / self.noise_
             factor, df = student_t_posterior_scale(quad, ne.n, *prior)
             self.variance_factor_, self.df_ = float(factor), float(df)
-
-    # -- the likelihood as a function ------------------------------------------------------------
-    def log_marginal_likelihood(
-        self, theta=None, eval_gradient: bool = False
-    ) -> float | tuple[float, np.ndarray]:
-        """Log marginal likelihood of log-hyper-parameters ``θ = log(ℓ, a, s)``.
-
-        ``theta=None`` returns ``log_marginal_likelihood_`` (all training rows, fitted
-        values). Otherwise the objective of the optimisation is evaluated: the likelihood of
-        the (normalised) targets on the optimisation rows (all rows when ``n <=
-        max_optimize_rows``) with the optimisation's feature map, and with
-        ``eval_gradient=True`` also its gradient with respect to ``θ`` (shape ``(3,)``), as
-        in scikit-learn's ``GaussianProcessRegressor``.
-        """
-        check_is_fitted(self)
-        if theta is None:
-            if eval_gradient:
-                raise ValueError("eval_gradient=True needs theta (log of ℓ, a, s)")
-            return self.log_marginal_likelihood_
-        theta = np.asarray(theta, dtype=np.float64).reshape(-1)
-        if theta.shape != (3,) or not np.isfinite(theta).all():
-            raise ValueError(
-                f"theta must hold 3 finite numbers, log(lengthscale), log(amplitude), "
-                f"log(noise); got {theta!r}"
-            )
-        self._restore_objective()
-        value, grad = self._objective(theta, want_grad=eval_gradient)
-        return (value, grad) if eval_gradient else value
-
-    def _restore_objective(self) -> None:
-        """Rebuild the optimisation's tensors (after :func:`snnk.io.load_model`)."""
-        dt = DTYPES[self.dtype]
-        self._X_opt_t = torch.from_numpy(np.asarray(self._X_opt)).to(dt)
-        self._y_opt_t = torch.from_numpy(np.asarray(self._y_opt, dtype=np.float64))
-        self._unit, _, _ = _unit_kernel(self.kernel, 1.0)
-        if self.features == "fourier":
-            self._opt_map = self.feature_map_
-        else:
-            self._centers_opt = torch.as_tensor(self._centers_opt).to(dt)
 
     # -- prediction ------------------------------------------------------------------------------
     def predict(
@@ -527,10 +528,9 @@ class RandomFeatureGP(MarginalLikelihoodMixin, PersistMixin, RegressorMixin, Bas
                 "at most one of return_std or return_cov can be requested; call predict twice"
             )
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
-        m = X.shape[0]
-        w = torch.from_numpy(self.coef_)
-        L = torch.from_numpy(self.cholesky_)
+        like, X = X, validate_data(self, as_numpy(X), reset=False, dtype=[np.float64, np.float32])
+        m, dev = X.shape[0], self._device
+        w, L = to_device(self.coef_, dev), to_device(self.cholesky_, dev)
         nystrom = self.features == "nystrom"
         noise = self.noise_ if include_noise else 0.0
         mean = np.empty(m, dtype=np.float64)
@@ -538,45 +538,49 @@ class RandomFeatureGP(MarginalLikelihoodMixin, PersistMixin, RegressorMixin, Bas
         V = np.empty((self.num_features_, m)) if return_cov else None
         for Z, rows in self._blocks(X):
             Z = Z.double()
-            mean[rows] = (Z @ w).numpy()
+            mean[rows] = (Z @ w).cpu().numpy()
             if return_std or return_cov:
                 Vb = torch.linalg.solve_triangular(L, Z.T, upper=False)  # L⁻¹ z*, (D, b)
                 if return_cov:
-                    V[:, rows] = Vb.numpy()
+                    V[:, rows] = Vb.cpu().numpy()
                 else:
                     v = self.noise_ * Vb.square().sum(0)
                     if nystrom:  # DTC: prior variance the centres cannot represent
                         v += self.amplitude_ * (1.0 - Z.square().sum(1)).clamp_min(0.0)
                     v = v.clamp_min(0.0) + noise
-                    var[rows] = (v * self._variance_factor()).numpy()
+                    var[rows] = (v * self._variance_factor()).cpu().numpy()
         out_dtype = X.dtype
         mean = (mean * self.y_scale_ + self.y_mean_).astype(out_dtype, copy=False)
         if return_std:
-            return mean, (np.sqrt(var) * self.y_scale_).astype(out_dtype, copy=False)
+            std = (np.sqrt(var) * self.y_scale_).astype(out_dtype, copy=False)
+            return as_output(mean, like), as_output(std, like)
         if return_cov:
             cov = self.noise_ * (V.T @ V)
             if nystrom:
-                Xs = torch.from_numpy(X).double() / self.lengthscale_
-                Zs = np.concatenate([Z.double().numpy() for Z, _ in self._blocks(X)], 0)
-                cov += self.amplitude_ * (_unit_kernel(self.kernel, 1.0)[0](Xs).numpy() - Zs @ Zs.T)
+                Xs = to_device(X, dev, torch.float64) / self.lengthscale_
+                Zs = np.concatenate([Z.double().cpu().numpy() for Z, _ in self._blocks(X)], 0)
+                Kss = self._unit_kernel_at_one()(Xs).cpu().numpy()
+                cov += self.amplitude_ * (Kss - Zs @ Zs.T)
             cov[np.diag_indices(m)] += noise
             cov *= self._variance_factor() * self.y_scale_**2
-            return mean, cov.astype(out_dtype, copy=False)
-        return mean
+            return as_output(mean, like), as_output(cov.astype(out_dtype, copy=False), like)
+        return as_output(mean, like)
 
     def log_predictive_density(self, X, y) -> np.ndarray:
         """``log p(y_i | x_i, data)`` of each row, shape ``(m,)``, in the units of ``y``:
         Gaussian with the observation variance (``include_noise=True``), or Student-t with
         ``df_`` degrees of freedom with ``scale_prior``. The NLPD is minus its mean."""
-        mean, std = self.predict(X, return_std=True, include_noise=True)
-        y = column_or_1d(check_array(y, ensure_2d=False, dtype=np.float64, input_name="y"))
+        mean, std = self.predict(as_numpy(X), return_std=True, include_noise=True)
+        y = column_or_1d(
+            check_array(as_numpy(y), ensure_2d=False, dtype=np.float64, input_name="y")
+        )
         if y.shape != mean.shape:
             raise ValueError(f"y must have {mean.shape[0]} values (one per row of X), got {y.size}")
         mt, yt = torch.from_numpy(mean.astype(np.float64)), torch.from_numpy(y)
         vt = torch.from_numpy(std.astype(np.float64) ** 2)
         if getattr(self, "df_", None) is None:
-            return (-0.5 * (torch.log(2 * math.pi * vt) + (yt - mt).square() / vt)).numpy()
-        return student_t_log_pdf(yt, mt, vt, self.df_).numpy()
+            return as_output(-0.5 * (torch.log(2 * math.pi * vt) + (yt - mt).square() / vt), X)
+        return as_output(student_t_log_pdf(yt, mt, vt, self.df_), X)
 
     def _variance_factor(self) -> float:
         """``variance_factor_`` (1 for a Gaussian process and files saved before it existed)."""
@@ -584,11 +588,11 @@ class RandomFeatureGP(MarginalLikelihoodMixin, PersistMixin, RegressorMixin, Bas
 
     def sample_y(self, X, n_samples: int = 1, random_state=0) -> np.ndarray:
         """Draw latent functions ``f`` from the posterior at ``X``, shape ``(m, n_samples)``."""
-        mean, cov = self.predict(X, return_cov=True)
+        mean, cov = self.predict(as_numpy(X), return_cov=True)
         evals, evecs = np.linalg.eigh(np.asarray(cov, dtype=np.float64))
         root = evecs * np.sqrt(np.clip(evals, 0.0, None))
         noise = check_random_state(random_state).standard_normal((mean.shape[0], n_samples))
-        return mean.astype(np.float64)[:, None] + root @ noise
+        return as_output(mean.astype(np.float64)[:, None] + root @ noise, X)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

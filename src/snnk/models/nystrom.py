@@ -23,191 +23,24 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-try:
-    from sklearn.base import BaseEstimator, RegressorMixin
-    from sklearn.utils.validation import _check_sample_weight, check_is_fitted
-except ImportError as exc:  # pragma: no cover - the sklearn extra installs it
-    raise ImportError("snnk.models needs scikit-learn: pip install 'snnk[sklearn]'") from exc
-
 from snnk._persist import ArraySpec, ValueSpec
-from snnk._utils import check_positive, check_positive_int
-from snnk._utils.blocks import (
-    DEPRECATED,
-    KERNEL_BLOCK_ELEMENTS,
-    default_block_rows,
-    resolve_block_rows,
-)
-from snnk.features.centers import CENTER_METHODS, select_center_indices
-from snnk.io import PersistMixin
-from snnk.kernels import Kernel, KernelMatrix, resolve_kernel
-from snnk.models._base import FLOAT_DTYPES as _DTYPES
-from snnk.models._base import refuse_path, scale_lengthscale, validate_data, verbose_cg
+from snnk._utils import check_positive
+from snnk._utils.blocks import DEPRECATED
+from snnk.kernels import Kernel, KernelMatrix
+from snnk.models._base import is_dask
+from snnk.models._device import to_device
+from snnk.models._nystrom_base import KernelExpansion
 from snnk.solvers import FalkonPreconditioner, NystromDiagonalPreconditioner, NystromFactor
 from snnk.solvers.cross_validation import default_alpha_grid
 from snnk.solvers.nystrom_direct import nystrom_direct_solve
 
 #: ``solver="auto"`` uses the direct solver up to this many centres (an M x M float64 Gram)
 _DIRECT_MAX_CENTERS = 8192
-#: what to change when CG stops early
-_CG_HINT = "raise max_iter (or alpha, or num_centers for a better preconditioner)"
 #: points of the ``alpha="gcv"`` grid (the length of ``cv_scores_``)
 _GRID_SIZE = default_alpha_grid(torch.ones(1)).numel()
-#: centre selectors that choose training rows (``center_indices_`` needs rows)
-_ROW_SELECTORS = tuple(name for name, spec in CENTER_METHODS.items() if not spec.returns_rows)
 
 
-def _tensor(a: np.ndarray) -> torch.Tensor:
-    """``a`` as a tensor sharing its memory (a copy when ``a`` is read-only or strided)."""
-    if not (a.flags.writeable and a.flags.c_contiguous):
-        a = np.array(a, order="C")
-    return torch.from_numpy(a)
-
-
-# -- estimators -----------------------------------------------------------------------------------
-class _KernelExpansion(RegressorMixin, PersistMixin, BaseEstimator):
-    """Shared machinery of models ``f(x) = Σ_j β_j k(x, c_j)``: checks, kernel, prediction."""
-
-    _persist_private = ("_y_1d",)
-
-    def __init__(
-        self,
-        kernel: str | Kernel = "gaussian",
-        lengthscale: float | None = 1.0,
-        num_centers: int = 1000,
-        alpha: float = 1e-3,
-        center_selection: str = "uniform",
-        max_iter: int = 100,
-        tol: float = 1e-6,
-        dtype: str | None = None,
-        block_rows: int | None = None,
-        random_state=None,
-        verbose: bool = False,
-        batch_size: int | str | None = DEPRECATED,
-    ):
-        self.kernel = kernel
-        self.lengthscale = lengthscale
-        self.num_centers = num_centers
-        self.alpha = alpha
-        self.center_selection = center_selection
-        self.max_iter = max_iter
-        self.tol = tol
-        self.dtype = dtype
-        self.block_rows = block_rows
-        self.random_state = random_state
-        self.verbose = verbose
-        self.batch_size = batch_size
-
-    # -- checks -----------------------------------------------------------------------------------
-    #: string values ``alpha`` may take besides a positive number
-    _alpha_options: tuple[str, ...] = ()
-
-    def _check_params(self) -> None:
-        check_positive_int(self.num_centers, "num_centers")
-        check_positive_int(self.max_iter, "max_iter")
-        if isinstance(self.alpha, str):
-            if self.alpha not in self._alpha_options:
-                options = " or ".join([*map(repr, self._alpha_options), "a positive number"])
-                raise ValueError(f"alpha must be {options}, got {self.alpha!r}")
-        else:
-            check_positive(self.alpha, "alpha")
-        if isinstance(self.lengthscale, str) and self.lengthscale != "scale":
-            raise ValueError(
-                f"lengthscale must be a positive number, 'scale' or None, got {self.lengthscale!r}"
-            )
-        check_positive(self.tol, "tol", allow_zero=True)
-        resolve_block_rows(self.block_rows, self.batch_size, owner=type(self).__name__)
-        if self.center_selection not in _ROW_SELECTORS:
-            raise ValueError(
-                f"center_selection must be one of {list(_ROW_SELECTORS)} (centres chosen among "
-                f"the distinct training rows), got {self.center_selection!r}"
-            )
-        if self.dtype is not None and self.dtype not in _DTYPES:
-            raise ValueError(
-                f"dtype must be None (follow the input), 'float32' or 'float64', got {self.dtype!r}"
-            )
-
-    def _validate_fit(self, X, y, sample_weight):
-        self._check_params()
-        refuse_path(X, type(self).__name__)
-        X, y = validate_data(
-            self, X, y, dtype=[np.float64, np.float32], y_numeric=True, multi_output=True
-        )
-        y = np.asarray(y, dtype=np.float64)
-        self._y_1d = y.ndim == 1
-        Y = y.reshape(-1, 1) if self._y_1d else y
-        sw = None
-        if sample_weight is not None:
-            sw = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
-        dt = (
-            _DTYPES[self.dtype]
-            if self.dtype is not None
-            else (torch.float32 if X.dtype == np.float32 else torch.float64)
-        )
-        ls = self.lengthscale
-        if isinstance(ls, str):  # "scale": ℓ² = d·Var(X)/2, as the random-feature models
-            ls = None if isinstance(self.kernel, Kernel) else scale_lengthscale(X, sw)
-        self.kernel_ = resolve_kernel(self.kernel, ls)
-        self.lengthscale_ = getattr(self.kernel_, "lengthscale", None)
-        return X, Y, sw, dt
-
-    def _center_indices(self, X: np.ndarray, sw: np.ndarray | None) -> np.ndarray:
-        """Sorted row numbers of ``min(num_centers, #distinct)`` distinct rows of positive
-        weight (:func:`snnk.features.select_center_indices` with ``distinct=True``)."""
-        idx = select_center_indices(
-            X,
-            self.num_centers,
-            method=self.center_selection,
-            sample_weight=sw,
-            random_state=self.random_state,
-            kernel=self.kernel_,
-            distinct=True,
-        )
-        return np.sort(idx.numpy()).astype(np.int64)
-
-    def _rows(self, columns: int) -> int:
-        rows = resolve_block_rows(self.block_rows, self.batch_size, warn=False)
-        return rows if rows is not None else default_block_rows(columns, KERNEL_BLOCK_ELEMENTS)
-
-    def _solve_cg(self, matvec, rhs: torch.Tensor, precond, desc: str, stacklevel: int = 3):
-        """:func:`snnk.models._base.verbose_cg` with this model's settings (warnings
-        attributed ``stacklevel`` frames up: the caller of ``fit``); sets ``n_iter_``."""
-        X, self.n_iter_ = verbose_cg(
-            self, matvec, rhs, precond, desc, stacklevel=stacklevel + 1, hint=_CG_HINT
-        )
-        return X
-
-    # -- prediction ---------------------------------------------------------------------------
-    def _expansion(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(points, coefficients)`` of the fitted expansion; each subclass defines it."""
-        raise NotImplementedError
-
-    def predict(self, X) -> np.ndarray:
-        """Predict ``f(x) = Σ_j β_j k(x, c_j)`` in row blocks (never the full kernel matrix).
-
-        Returns an array of the model's compute dtype (float32 stays float32), shape
-        ``(n,)`` or ``(n, n_outputs)`` like the ``y`` it was fitted on.
-        """
-        check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
-        points, coef = self._expansion()
-        C = _tensor(points)
-        Xt = _tensor(X).to(C.dtype)
-        K = KernelMatrix(self.kernel_, Xt, C, block_rows=self._rows(C.shape[0]))
-        out = K @ _tensor(coef).to(C.dtype)
-        intercept = getattr(self, "intercept_", None)
-        if intercept is not None:
-            out += torch.from_numpy(np.asarray(intercept)).to(out.dtype)
-        res = out.numpy()
-        return res[:, 0] if self._y_1d else res
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
-        tags.target_tags.multi_output = True
-        return tags
-
-
-class NystromRidge(_KernelExpansion):
+class NystromRidge(KernelExpansion):
     r"""Nyström kernel ridge regression solved by the Falkon method.
 
     With centres ``c_1..c_M`` drawn uniformly (without replacement) from the distinct
@@ -245,6 +78,17 @@ class NystromRidge(_KernelExpansion):
     then ``O(n M (d + o))`` per CG iteration for ``o`` outputs: every iteration recomputes
     ``K_nM`` in row blocks of ``b`` rows. Memory ``O(M² + b M + n d)``: ``K_MM`` and two
     ``M x M`` factors, one block, the data. Prediction: ``O(n_test M d)`` in blocks.
+
+    **Dask.** ``fit`` takes a Dask array or data frame (``y`` and ``sample_weight`` Dask or
+    NumPy): the direct solver's sums ``K_nMᵀWK_nM``, ``K_nMᵀWy``, ``K_nMᵀw``, ``Σwy``,
+    ``Σwy²`` are computed per chunk on the workers and tree-reduced, then solved (and GCV
+    scored) on the client: one pass, ``O(M²)`` per task whatever the chunk. The centres are
+    chosen from a pool of ``max(20 M, 20,000)`` rows (all rows when there are no more: then
+    the fit is the in-memory fit up to summation order, 1e-9 relative; else a seeded
+    uniform sample of rows, and every ``center_selection`` sees the pool only).
+    ``lengthscale="scale"`` reads the data once more (per-column moments). ``solver="cg"``
+    is refused (a pass per iteration); ``predict`` of a Dask array is lazy (one task per
+    chunk). See ``docs/nystrom.md`` for a cluster example.
 
     **Defaults.** ``lengthscale="scale"``, ``alpha="gcv"`` and ``fit_intercept=True`` are
     those of :class:`RandomFeatureRidge`, so the two siblings fit the same model family the
@@ -314,6 +158,14 @@ class NystromRidge(_KernelExpansion):
         Progress bar over the CG iterations (tqdm).
     batch_size : int or None, default "deprecated"
         Deprecated alias of ``block_rows`` (``FutureWarning``).
+    device : str or torch.device, default "cpu"
+        Where ``fit`` computes: the data, the centre selection, every kernel block, the Gram matrix,
+        the factorisations, CG and GCV
+        live there (``"cuda"``: on the GPU, with kernel blocks sized to a share of its free
+        memory). The centres' random draw comes from a CPU generator, so every device
+        chooses the same centres. Not saved: fitted arrays are NumPy, and prediction runs on
+        a tensor input's device, else on ``device`` when this machine has it, else on the
+        CPU. NumPy in, NumPy out; a tensor in, a tensor out on its device.
 
     Attributes
     ----------
@@ -366,6 +218,7 @@ class NystromRidge(_KernelExpansion):
         random_state=None,
         verbose: bool = False,
         batch_size: int | str | None = DEPRECATED,
+        device: str | torch.device | None = "cpu",
     ):
         super().__init__(
             kernel=kernel,
@@ -380,6 +233,7 @@ class NystromRidge(_KernelExpansion):
             random_state=random_state,
             verbose=verbose,
             batch_size=batch_size,
+            device=device,
         )
         self.solver = solver
         self.fit_intercept = fit_intercept
@@ -398,18 +252,23 @@ class NystromRidge(_KernelExpansion):
         sol = nystrom_direct_solve(
             Knm.blocks(torch.float64), factor, Yt, w, alpha, fit_intercept=self.fit_intercept
         )
-        self.intercept_ = sol.intercept.numpy().copy()
+        self._set_solution(sol)
+        return sol.beta
+
+    def _set_solution(self, sol) -> None:
+        """``intercept_``, ``alpha_`` and, for GCV, ``cv_scores_`` of a direct solution."""
+        self.intercept_ = sol.intercept.cpu().numpy().copy()
         self.alpha_ = sol.alpha
         if sol.scores is not None:
-            self.cv_scores_ = sol.scores.numpy()
-        return sol.beta
+            self.cv_scores_ = sol.scores.cpu().numpy()
 
     def _fit_cg(self, Knm: KernelMatrix, Kmm, factor: NystromFactor, Yt, w, alpha, wsum):
         """``(β, centre)`` by conjugate gradients with Falkon's preconditioner."""
         precond = FalkonPreconditioner(factor, alpha, wsum)
         Yw = Yt * w[:, None] if w is not None else Yt
         if self.fit_intercept:  # K_nMᵀ w in the same pass as the right-hand side
-            wv = w if w is not None else torch.ones(Yt.shape[0], dtype=torch.float64)
+            ones = torch.ones(Yt.shape[0], dtype=torch.float64, device=Yt.device)
+            wv = w if w is not None else ones
             both = Knm.rmatmul(torch.cat([Yw, wv[:, None]], 1))
             rhs, centre = both[:, :-1], self._centre(both[:, -1], Yt, w, wsum)
             rhs -= centre[0] * torch.outer(centre[1], centre[2])
@@ -425,8 +284,41 @@ class NystromRidge(_KernelExpansion):
         return self._solve_cg(matvec, rhs, precond, "NystromRidge CG", stacklevel=4), centre
 
     def fit(self, X, y, sample_weight=None) -> NystromRidge:
-        """Fit on ``X`` (n, d) and ``y`` (n,) or (n, n_outputs); optional ``sample_weight``."""
-        X, Y, sw, dt = self._validate_fit(X, y, sample_weight)
+        """Fit on ``X`` (n, d) and ``y`` (n,) or (n, n_outputs); optional ``sample_weight``.
+
+        ``X`` may be a NumPy array, a torch tensor, or a Dask array or data frame (then ``y``
+        and ``sample_weight`` are Dask or NumPy with the same rows; see **Dask**)."""
+        if is_dask(X):
+            from snnk.models._dask_kernel import fit_nystrom_dask
+
+            return fit_nystrom_dask(self, X, y, sample_weight)
+        X, Y, sw, dt, device = self._validate_fit(X, y, sample_weight)
+        self._check_solver()
+        Xin = to_device(X, device)  # centres are chosen on the data as given (then cast)
+        Xt = Xin.to(dt)
+        idx = self._center_indices(Xin, sw)
+        C = Xt[torch.from_numpy(idx).to(device)].contiguous()
+        Yt = to_device(Y, device)
+        w = to_device(sw, device) if sw is not None else None
+        wsum = float(sw.sum()) if sw is not None else float(X.shape[0])
+        m = C.shape[0]
+        Knm = KernelMatrix(self.kernel_, Xt, C, block_rows=self._rows(m, device, dt))
+        Kmm = self.kernel_(C, C).double()
+        factor = NystromFactor(Kmm, name="K_MM")
+        if self._use_direct(m):
+            alpha = "gcv" if self.alpha == "gcv" else float(self.alpha)
+            beta = self._fit_direct(Knm, factor, Yt, w, alpha)
+            self.solver_, self.n_iter_ = "direct", 1
+        else:
+            self.solver_, self.alpha_ = "cg", float(self.alpha)
+            beta, centre = self._fit_cg(Knm, Kmm, factor, Yt, w, self.alpha_, wsum)
+            self._set_intercept(beta, centre, Yt.shape[1])
+        self.centers_ = C.cpu().numpy().copy()
+        self.center_indices_ = idx
+        self.dual_coef_ = beta.cpu().numpy().copy()
+        return self
+
+    def _check_solver(self) -> None:
         if self.solver not in ("auto", "direct", "cg"):
             raise ValueError(f"solver must be 'auto', 'direct' or 'cg', got {self.solver!r}")
         if self.solver == "cg" and self.alpha == "gcv":
@@ -434,42 +326,25 @@ class NystromRidge(_KernelExpansion):
                 "alpha='gcv' scores the ridge grid from the direct solver's statistics: use "
                 "solver='direct' (or 'auto'), or give alpha a number for solver='cg'"
             )
-        idx = self._center_indices(X, sw)
-        Xt = _tensor(X).to(dt)
-        C = Xt[idx].contiguous()
-        m = C.shape[0]
-        Yt = _tensor(Y)
-        w = _tensor(sw) if sw is not None else None
-        wsum = float(sw.sum()) if sw is not None else float(X.shape[0])
-        Knm = KernelMatrix(self.kernel_, Xt, C, block_rows=self._rows(m))
-        Kmm = self.kernel_(C, C).double()
-        factor = NystromFactor(Kmm, name="K_MM")
-        gcv = self.alpha == "gcv"
-        if self.solver == "direct" or (self.solver == "auto" and (m <= _DIRECT_MAX_CENTERS or gcv)):
-            alpha = "gcv" if gcv else float(self.alpha)
-            beta = self._fit_direct(Knm, factor, Yt, w, alpha)
-            self.solver_, self.n_iter_ = "direct", 1
-        else:
-            self.solver_, self.alpha_ = "cg", float(self.alpha)
-            beta, centre = self._fit_cg(Knm, Kmm, factor, Yt, w, self.alpha_, wsum)
-            self._set_intercept(beta, centre, Yt.shape[1])
-        self.centers_ = C.numpy().copy()
-        self.center_indices_ = idx
-        self.dual_coef_ = beta.numpy().copy()
-        return self
+
+    def _use_direct(self, m: int) -> bool:
+        """Whether the direct solver runs for ``m`` centres (see **Solvers**)."""
+        if self.solver == "direct":
+            return True
+        return self.solver == "auto" and (m <= _DIRECT_MAX_CENTERS or self.alpha == "gcv")
 
     def _set_intercept(self, beta: torch.Tensor, centre, outputs: int) -> None:
         """``c = ȳ − m̄ᵀβ`` (zeros without ``fit_intercept``), shape ``(n_outputs,)``."""
         if centre is None:
             self.intercept_ = np.zeros(outputs)
         else:
-            self.intercept_ = (centre[2] - centre[1] @ beta).numpy().copy()
+            self.intercept_ = (centre[2] - centre[1] @ beta).cpu().numpy().copy()
 
     def _expansion(self):
         return self.centers_, self.dual_coef_
 
 
-class KernelRidgeCG(_KernelExpansion):
+class KernelRidgeCG(KernelExpansion):
     r"""Exact kernel ridge regression by conjugate gradients with a Nyström preconditioner.
 
     The model of scikit-learn's ``KernelRidge``: ``f(x) = Σ_i a_i k(x, x_i)`` over all
@@ -494,6 +369,8 @@ class KernelRidgeCG(_KernelExpansion):
     iteration by the preconditioner), then, if it also fits, the whole ``K`` (``n²``
     entries: each iteration is then one matrix product, no kernel evaluation). The solution
     is the same; only time and memory change (``cache_size=0`` recomputes every block).
+    A Dask array is refused (each iteration would be a pass over the data): fit
+    :class:`NystromRidge` on it, one tree-reduced pass.
 
     Parameters
     ----------
@@ -524,6 +401,14 @@ class KernelRidgeCG(_KernelExpansion):
         scikit-learn's ``SVC(cache_size=...)``; see "Cache" above.
     batch_size : int or None, default "deprecated"
         Deprecated alias of ``block_rows`` (``FutureWarning``).
+    device : str or torch.device, default "cpu"
+        Where ``fit`` computes: the data, the centre selection, every kernel block, the
+        preconditioner and CG
+        live there (``"cuda"``: on the GPU, with kernel blocks sized to a share of its free
+        memory). The centres' random draw comes from a CPU generator, so every device
+        chooses the same centres. Not saved: fitted arrays are NumPy, and prediction runs on
+        a tensor input's device, else on ``device`` when this machine has it, else on the
+        CPU. NumPy in, NumPy out; a tensor in, a tensor out on its device.
 
     Attributes
     ----------
@@ -551,6 +436,7 @@ class KernelRidgeCG(_KernelExpansion):
         verbose: bool = False,
         cache_size: float = 1024,
         batch_size: int | str | None = DEPRECATED,
+        device: str | torch.device | None = "cpu",
     ):
         super().__init__(
             kernel=kernel,
@@ -565,35 +451,49 @@ class KernelRidgeCG(_KernelExpansion):
             random_state=random_state,
             verbose=verbose,
             batch_size=batch_size,
+            device=device,
         )
         self.cache_size = cache_size
 
     def fit(self, X, y, sample_weight=None) -> KernelRidgeCG:
         """Fit on ``X`` (n, d) and ``y`` (n,) or (n, n_outputs); optional ``sample_weight``."""
+        if is_dask(X):
+            raise ValueError(
+                "KernelRidgeCG does not fit a Dask array: every CG iteration is a pass over "
+                "the n x n kernel matrix (tens of passes over the data). Use NystromRidge, "
+                "whose direct solver is one tree-reduced pass (NystromRidge(num_centers=M)"
+                ".fit(X_dask, y_dask)), or compute the array if it fits in memory"
+            )
         check_positive(self.cache_size, "cache_size", allow_zero=True)
-        X, Y, sw, dt = self._validate_fit(X, y, sample_weight)
-        idx = self._center_indices(X, sw)
+        X, Y, sw, dt, device = self._validate_fit(X, y, sample_weight)
+        Xin = to_device(X, device)  # centres are chosen on the data as given (then cast)
+        Xt = Xin.to(dt)
+        idx = self._center_indices(Xin, sw)
         n = X.shape[0]
-        Xt = _tensor(X).to(dt)
-        C = Xt[idx].contiguous()
+        C = Xt[torch.from_numpy(idx).to(device)].contiguous()
         k = self.kernel_
         alpha = float(self.alpha)
-        s = torch.sqrt(_tensor(sw)) if sw is not None else torch.ones(n, dtype=torch.float64)
+        f64 = torch.float64
+        s = to_device(np.sqrt(sw), device) if sw is not None else None
+        if s is None:
+            s = torch.ones(n, dtype=f64, device=device)
         factor = NystromFactor(k(C.double(), C.double()), name="K_CC")
         # Cache budget: G = K_nC first (used twice per iteration), then all of K if it fits.
         budget = float(self.cache_size) * 2**20
-        Knc = KernelMatrix(k, Xt, C, block_rows=self._rows(C.shape[0]), cache_bytes=budget)
+        rows = self._rows(C.shape[0], device, dt)
+        Knc = KernelMatrix(k, Xt, C, block_rows=rows, cache_bytes=budget)
         if Knc.cached:
             budget -= Knc.nbytes
-        Knn = KernelMatrix(k, Xt, block_rows=self._rows(n), cache_bytes=budget)
+        Knn = KernelMatrix(k, Xt, block_rows=self._rows(n, device, dt), cache_bytes=budget)
         precond = NystromDiagonalPreconditioner(Knc, factor, Knn.diag().double(), alpha, s)
 
         def matvec(P: torch.Tensor) -> torch.Tensor:
             return s[:, None] * (Knn @ (s[:, None] * P).to(dt)).double() + alpha * P
 
-        b = self._solve_cg(matvec, s[:, None] * _tensor(Y), precond, "KernelRidgeCG")
-        self.X_fit_ = Xt.numpy().copy()
-        self.dual_coef_ = (s[:, None] * b).numpy().copy()
+        rhs = s[:, None] * to_device(Y, device)
+        b = self._solve_cg(matvec, rhs, precond, "KernelRidgeCG")
+        self.X_fit_ = Xt.cpu().numpy().copy()
+        self.dual_coef_ = (s[:, None] * b).cpu().numpy().copy()
         return self
 
     def _expansion(self):

@@ -31,6 +31,7 @@ from snnk.models._base import (
     seed_from_random_state,
 )
 from snnk.models._classifier import FeatureClassifierMixin
+from snnk.models._device import on_cpu, to_device
 from snnk.models._feature_model import FeatureModel, FeatureRegressorMixin
 
 __all__ = ["RandomFeatureClassifier", "RandomFeatureRidge", "make_feature_map", "resolve_kernel"]
@@ -96,6 +97,7 @@ class RandomFeatureModel(FeatureModel):
         random_state=None,
         verbose: bool = False,
         batch_size: int | str = DEPRECATED,
+        device: str | torch.device | None = "cpu",
     ):
         self.kernel = kernel
         self.lengthscale = lengthscale
@@ -109,6 +111,7 @@ class RandomFeatureModel(FeatureModel):
         self.random_state = random_state
         self.verbose = verbose
         self.batch_size = batch_size
+        self.device = device
 
     def _needs_moments(self) -> bool:
         return self.lengthscale == "scale" and not isinstance(self.kernel, Kernel)
@@ -143,11 +146,17 @@ class RandomFeatureModel(FeatureModel):
         self.lengthscale_ = ls
 
     def _build_modules(self) -> None:
-        """Recreate the feature map's skeleton for :func:`snnk.io.load_model`."""
-        self.feature_map_ = self._map(self.n_features_in_, self.lengthscale_, 0)
+        """Recreate the feature map's skeleton for :func:`snnk.io.load_model` (on the CPU,
+        whatever the fit device: ``device`` is a parameter, not state)."""
+        with on_cpu():
+            self.feature_map_ = self._map(self.n_features_in_, self.lengthscale_, 0)
+
+    def _feature_module(self) -> torch.nn.Module | None:
+        return getattr(self, "feature_map_", None)
 
     def _features_block(self, X: np.ndarray) -> torch.Tensor:
-        return self.feature_map_(torch.tensor(X, dtype=FLOAT_DTYPES[self.compute_dtype_]))
+        dt = FLOAT_DTYPES[self.compute_dtype_]
+        return self.feature_map_(to_device(X, self._compute_device, dt))
 
 
 class RandomFeatureRidge(FeatureRegressorMixin, RandomFeatureModel):
@@ -211,6 +220,11 @@ class RandomFeatureRidge(FeatureRegressorMixin, RandomFeatureModel):
         Progress bars over chunks (or row blocks of an array).
     batch_size : int
         Deprecated alias of ``block_rows`` (FutureWarning).
+    device : str or torch.device, default "cpu"
+        Where the fit runs (``"cuda"``: feature map, Gram accumulation, solves and GCV on the
+        GPU, row blocks sized to its free memory). Fitted arrays are NumPy; ``feature_map_``
+        stays on the fit device and predictions are computed there (a saved model loads on
+        the CPU). NumPy in gives NumPy out; a tensor in gives a tensor on its own device.
 
     Attributes
     ----------
@@ -236,8 +250,9 @@ class RandomFeatureClassifier(FeatureClassifierMixin, RandomFeatureModel):
     Hessian-vector products in the features' dtype, preconditioned by ``ZᵀWZ ⊗ C`` with
     ``C`` the mean softmax curvature; loss and gradient in float64,
     :func:`snnk.solvers.multinomial_logistic`); each Newton step reads the data again
-    (features up to 2²⁷ numbers are cached), so it needs arrays or a file. With ``alpha`` "gcv" /
-    "loo" the strength is chosen on the squared loss of the one-hot targets.
+    (features up to 2²⁷ numbers are cached), so it needs arrays, a file, a list of chunks or a
+    Dask array (each read one map-reduce on the cluster). With ``alpha`` "gcv" / "loo" the
+    strength is chosen on the squared loss of the one-hot targets.
 
     ``predict_proba``: softmax for ``loss="log"``; for ``loss="squared"`` the one-hot scores
     clipped at 0 and renormalised (uniform where all are <= 0).
@@ -252,7 +267,8 @@ class RandomFeatureClassifier(FeatureClassifierMixin, RandomFeatureModel):
         faster, but only the logistic loss gives calibrated probabilities (test log-loss
         0.444 against 0.763 for the clipped squared-loss scores), and its fit costs less
         than scikit-learn's ``LogisticRegression`` on the same features. Use "squared" for
-        speed, one-pass streams, ``partial_fit`` and Dask (docs/kernel_machines.md).
+        speed, one-shot streams, ``partial_fit`` and one pass on a Dask cluster
+        (docs/kernel_machines.md).
     max_iter : int, default 100
         Newton iterations (``loss="log"``).
     tol : float, default 1e-4
@@ -293,6 +309,7 @@ class RandomFeatureClassifier(FeatureClassifierMixin, RandomFeatureModel):
         random_state=None,
         verbose: bool = False,
         batch_size: int | str = DEPRECATED,
+        device: str | torch.device | None = "cpu",
     ):
         super().__init__(
             kernel=kernel,
@@ -307,6 +324,7 @@ class RandomFeatureClassifier(FeatureClassifierMixin, RandomFeatureModel):
             random_state=random_state,
             verbose=verbose,
             batch_size=batch_size,
+            device=device,
         )
         self.loss = loss
         self.max_iter = max_iter

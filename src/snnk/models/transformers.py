@@ -22,6 +22,12 @@ in a ``Pipeline`` or ``ColumnTransformer``), validate their parameters
 :func:`snnk.io.save_model`. The random projections also take ``scipy.sparse`` input: the
 projection ``XΩᵀ`` is one sparse-times-dense product, the rest is elementwise.
 
+``device="cuda"`` puts the fitted map on the GPU (the Nyström fit, centre selection and
+``K_CC``'s factorisation, runs there); random draws come from CPU generators, so every device
+gets the same map. Dense input is mapped where the map lives (the CPU after a load: the
+device is not saved), sparse input on the CPU. NumPy in, NumPy out; a tensor in, a tensor
+out on its device; a Dask array in, a lazy Dask array out (``map_blocks``).
+
 The universal random features of :class:`snnk.features.URF` have no transformer: their
 input tower ``Φ(x)`` estimates ``f(wᵀx + b)`` only when paired with the parameter tower
 ``Ψ(w, b)``; alone, ``Φ(x)ᵀΦ(y)`` is not an estimate of any useful kernel (its amplitudes grow
@@ -65,21 +71,21 @@ from snnk.models._base import (
     POSITIVE_INT,
     Moments,
     StrOptions,
+    as_numpy,
     compute_dtype_name,
+    is_dask,
     refuse_path,
     seed_from_random_state,
     validate_data,
 )
+from snnk.models._dask_kernel import map_rows
+from snnk.models._device import as_output, fit_device, move_module, on_cpu, state_device, to_device
 from snnk.models.random_features import RandomFeatureModel, estimator_feature_map
 
 __all__ = ["NystromTransformer", "PositiveFeatureTransformer", "RandomFeatureTransformer"]
 
 _FLOATS = [np.float64, np.float32]
-
-
-def _as_tensor(X: np.ndarray) -> torch.Tensor:
-    """A validated dense array as a tensor sharing its memory (a copy when read-only)."""
-    return torch.from_numpy(np.require(X, requirements=["C", "W"]))
+DEVICE_OPTIONS = [str, torch.device, None]
 
 
 def _sparse_moments(X: sparse.sparray | sparse.spmatrix) -> Moments:
@@ -109,8 +115,8 @@ class _FeatureTransformer(
         """Whether ``fit`` / ``transform`` take ``scipy.sparse`` input (the map is a projection)."""
         return False
 
-    def _fit_map(self, X: np.ndarray | sparse.csr_matrix) -> None:
-        """Draw or fit ``feature_map_`` (and the other fitted attributes) for ``X``."""
+    def _fit_map(self, X: np.ndarray | sparse.csr_matrix, device: torch.device) -> None:
+        """Draw (on the CPU) or fit (on ``device``) ``feature_map_`` and the rest for ``X``."""
         raise NotImplementedError
 
     def _sparse_features(self, X: sparse.csr_matrix, dtype: torch.dtype) -> torch.Tensor:
@@ -122,7 +128,7 @@ class _FeatureTransformer(
         refuse_path(X, type(self).__name__)
         return validate_data(
             self,
-            X,
+            as_numpy(X),
             reset=reset,
             accept_sparse="csr" if self._accepts_sparse() else False,
             dtype=_FLOATS,
@@ -142,22 +148,29 @@ class _FeatureTransformer(
         self
         """
         self._validate_params()
+        device = fit_device(self)
         X = self._validate(X, reset=True)
-        self._fit_map(X)
+        with on_cpu():  # random matrices come from CPU generators: the same on every device
+            self._fit_map(X, device)
+        move_module(self.feature_map_, device)
         return self
 
-    def transform(self, X) -> np.ndarray:
+    def transform(self, X):
         """``Z = φ(X)``, shape ``(n_samples, n_features_out)``: float32 for float32 input,
-        float64 otherwise; a dense array for dense and sparse input alike."""
+        float64 otherwise; dense for dense and sparse input alike (the kinds of input and
+        output, and devices: see the module notes)."""
         check_is_fitted(self)
+        if is_dask(X):
+            return map_rows(self.transform, X, self._n_features_out)
+        like = X
         X = self._validate(X, reset=False)
         dtype = torch.float32 if X.dtype == np.float32 else torch.float64
         with torch.no_grad():
             if sparse.issparse(X):
                 Z = self._sparse_features(X, dtype)
             else:
-                Z = self._dense_features(_as_tensor(X))
-        return Z.numpy()
+                Z = self._dense_features(to_device(X, state_device(self.feature_map_)))
+        return as_output(Z, like)
 
     def _dense_features(self, x: torch.Tensor) -> torch.Tensor:
         """The module's output on ``x`` in ``x``'s dtype. Random maps are drawn in float64
@@ -245,6 +258,8 @@ class RandomFeatureTransformer(_ScaleRule, _FeatureTransformer):
         Fourier features only (see above).
     random_state : int, RandomState or None
         Seeds the draw (a torch generator; no global RNG is touched).
+    device : str or torch.device, default "cpu"
+        Where ``fit`` puts the map and computes (see the module notes).
 
     Attributes
     ----------
@@ -271,6 +286,7 @@ class RandomFeatureTransformer(_ScaleRule, _FeatureTransformer):
         "sampler": [StrOptions(set(SAMPLERS))],
         "phases": [StrOptions({"random", "paired"})],
         "random_state": ["random_state"],
+        "device": DEVICE_OPTIONS,
     }
 
     def __init__(
@@ -281,6 +297,7 @@ class RandomFeatureTransformer(_ScaleRule, _FeatureTransformer):
         sampler: str = "orthogonal",
         phases: str = "random",
         random_state=None,
+        device: str | torch.device | None = "cpu",
     ):
         self.kernel = kernel
         self.lengthscale = lengthscale
@@ -288,6 +305,7 @@ class RandomFeatureTransformer(_ScaleRule, _FeatureTransformer):
         self.sampler = sampler
         self.phases = phases
         self.random_state = random_state
+        self.device = device
 
     def _accepts_sparse(self) -> bool:
         kernel = self.kernel
@@ -307,7 +325,7 @@ class RandomFeatureTransformer(_ScaleRule, _FeatureTransformer):
             dtype=torch.float64,
         )
 
-    def _fit_map(self, X) -> None:
+    def _fit_map(self, X, device: torch.device) -> None:
         ls = self._fitted_lengthscale(X)
         self.feature_map_ = self._map(X.shape[1], ls, seed_from_random_state(self.random_state))
         self.lengthscale_ = ls
@@ -318,11 +336,11 @@ class RandomFeatureTransformer(_ScaleRule, _FeatureTransformer):
 
     def _sparse_features(self, X, dtype: torch.dtype) -> torch.Tensor:
         fmap = self.feature_map_
-        weight = fmap.projection.dense_weight().to(dtype).numpy()
+        weight = fmap.projection.dense_weight().to(dtype).cpu().numpy()
         p = torch.from_numpy(np.ascontiguousarray(X @ weight.T))
         if isinstance(fmap, FourierFeatures):
             if fmap.phases == "random":
-                return torch.cos(p + fmap.offset.to(dtype)).mul_(fmap.amplitude)
+                return torch.cos(p + fmap.offset.to(dtype).cpu()).mul_(fmap.amplitude)
             return torch.cat([torch.cos(p), torch.sin(p)], 1).mul_(fmap.amplitude)
         if isinstance(fmap, ArcCosineFeatures):
             z = (p > 0).to(dtype) if fmap.order == 0 else torch.relu(p) ** fmap.order
@@ -367,6 +385,8 @@ class PositiveFeatureTransformer(_FeatureTransformer):
     hyperbolic : bool, default False
     sampler : {"orthogonal", "iid", "structured", "qmc", "halton"}, default "orthogonal"
     random_state : int, RandomState or None
+    device : str or torch.device, default "cpu"
+        Where ``fit`` puts the map and computes (see the module notes).
 
     Attributes
     ----------
@@ -391,6 +411,7 @@ class PositiveFeatureTransformer(_FeatureTransformer):
         "hyperbolic": ["boolean"],
         "sampler": [StrOptions(set(SAMPLERS))],
         "random_state": ["random_state"],
+        "device": DEVICE_OPTIONS,
     }
 
     def __init__(
@@ -401,6 +422,7 @@ class PositiveFeatureTransformer(_FeatureTransformer):
         hyperbolic: bool = False,
         sampler: str = "orthogonal",
         random_state=None,
+        device: str | torch.device | None = "cpu",
     ):
         self.num_features = num_features
         self.temperature = temperature
@@ -408,6 +430,7 @@ class PositiveFeatureTransformer(_FeatureTransformer):
         self.hyperbolic = hyperbolic
         self.sampler = sampler
         self.random_state = random_state
+        self.device = device
 
     def _accepts_sparse(self) -> bool:
         return True
@@ -425,7 +448,7 @@ class PositiveFeatureTransformer(_FeatureTransformer):
         )
         return fmap.requires_grad_(False)
 
-    def _fit_map(self, X) -> None:
+    def _fit_map(self, X, device: torch.device) -> None:
         if self.temperature == "scale":
             with np.errstate(over="ignore"):
                 sq = (X.multiply(X) if sparse.issparse(X) else np.square(X, dtype=np.float64)).sum()
@@ -444,6 +467,7 @@ class PositiveFeatureTransformer(_FeatureTransformer):
 
     def _sparse_features(self, X, dtype: torch.dtype) -> torch.Tensor:
         A, b, gamma = self.feature_map_.affine_form()
+        A, b = A.cpu(), b.cpu()
         p = torch.from_numpy(np.ascontiguousarray(X @ A.to(dtype).numpy().T))
         sq = torch.from_numpy(np.asarray(X.multiply(X).sum(axis=1), dtype=X.dtype))
         return torch.exp(positive_log_features(p, sq, b.to(dtype), gamma))
@@ -480,6 +504,8 @@ class NystromTransformer(_ScaleRule, _FeatureTransformer):
         Eigenvalues of ``K_CC`` below ``rcond · λ_max`` are dropped (pseudo-inverse; default
         ``m · eps`` of float64). ``rank_`` is the number kept.
     random_state : int, RandomState or None
+    device : str or torch.device, default "cpu"
+        Where ``fit`` puts the map and computes (see the module notes).
 
     Attributes
     ----------
@@ -509,6 +535,7 @@ class NystromTransformer(_ScaleRule, _FeatureTransformer):
         "center_selection": [str],  # a name of CENTER_METHODS, checked in fit (it can grow)
         "rcond": [Interval(Real, 0, 1, closed="both"), None],
         "random_state": ["random_state"],
+        "device": DEVICE_OPTIONS,
     }
 
     def __init__(
@@ -519,6 +546,7 @@ class NystromTransformer(_ScaleRule, _FeatureTransformer):
         center_selection: str = "uniform",
         rcond: float | None = None,
         random_state=None,
+        device: str | torch.device | None = "cpu",
     ):
         self.kernel = kernel
         self.lengthscale = lengthscale
@@ -526,6 +554,7 @@ class NystromTransformer(_ScaleRule, _FeatureTransformer):
         self.center_selection = center_selection
         self.rcond = rcond
         self.random_state = random_state
+        self.device = device
 
     def _map(self, lengthscale: float | None, num_centers: int, seed: int) -> NystromFeatures:
         return NystromFeatures(
@@ -536,7 +565,7 @@ class NystromTransformer(_ScaleRule, _FeatureTransformer):
             seed=seed,
         )
 
-    def _fit_map(self, X: np.ndarray) -> None:
+    def _fit_map(self, X: np.ndarray, device: torch.device) -> None:
         if self.center_selection not in CENTER_METHODS:
             raise InvalidParameterError(
                 f"The 'center_selection' parameter of NystromTransformer must be one of "
@@ -555,7 +584,7 @@ class NystromTransformer(_ScaleRule, _FeatureTransformer):
             m = n
         ls = self._fitted_lengthscale(X)
         fmap = self._map(ls, m, seed_from_random_state(self.random_state))
-        self.feature_map_ = fmap.fit(_as_tensor(X))
+        self.feature_map_ = fmap.to(device).fit(to_device(X, device))
         self.num_centers_ = m
         self.rank_ = int(fmap.rank_)
         self.lengthscale_ = ls

@@ -36,7 +36,9 @@ except ImportError as exc:  # pragma: no cover - the sklearn extra installs it
 
 from snnk._persist import ArraySpec, PersistMixin, ValueSpec
 from snnk._utils.random import make_generator, seed_from_random_state
-from snnk.models._base import NON_NEGATIVE, POSITIVE_INT, refuse_path
+from snnk.models._base import NON_NEGATIVE, POSITIVE_INT, as_numpy, refuse_path
+from snnk.models._device import as_output, fit_device, on_cpu, to_device
+from snnk.models._nystrom_base import predict_device
 from snnk.sampling import (
     DESIGNS,
     FAMILIES,
@@ -83,6 +85,11 @@ class OptimalWeightedLeastSquares(RegressorMixin, PersistMixin, BaseEstimator):
         min/max onto ``[−1, 1]`` (Legendre) or mean/std (Hermite); ignored for callables.
     random_state : int, RandomState or None
         Seeds the design's ``torch.Generator``.
+    device : str or torch.device, default "cpu"
+        Where ``fit`` computes (the basis on the pool, its orthonormalisation, the design,
+        the solve); the design's random draws come from a CPU generator. Not saved:
+        prediction computes on a tensor input's device, else on ``device`` when this machine
+        has it, else on the CPU.
 
     Attributes
     ----------
@@ -109,6 +116,7 @@ class OptimalWeightedLeastSquares(RegressorMixin, PersistMixin, BaseEstimator):
         "alpha": [NON_NEGATIVE],
         "rescale": ["boolean"],
         "random_state": ["random_state"],
+        "device": [str, torch.device, None],
     }
 
     def __init__(
@@ -121,6 +129,7 @@ class OptimalWeightedLeastSquares(RegressorMixin, PersistMixin, BaseEstimator):
         alpha: float = 0.0,
         rescale: bool = True,
         random_state=None,
+        device: str | torch.device | None = "cpu",
     ):
         self.basis = basis
         self.degree = degree
@@ -130,20 +139,22 @@ class OptimalWeightedLeastSquares(RegressorMixin, PersistMixin, BaseEstimator):
         self.alpha = alpha
         self.rescale = rescale
         self.random_state = random_state
+        self.device = device
 
     # -- the basis ----------------------------------------------------------------------------
     def _make_basis(self, n_features: int):
         if _callable_basis(self.basis):
             return self.basis
-        return PolynomialBasis(self.basis, int(self.degree), n_features, self.index_set)
+        with on_cpu():  # its index tables live on the CPU and follow the input's device
+            return PolynomialBasis(self.basis, int(self.degree), n_features, self.index_set)
 
-    def _features(self, X: np.ndarray) -> torch.Tensor:
-        Z = (
-            torch.from_numpy(np.array(X, dtype=np.float64, order="C")) - self._offset
-        ) / self._scale
+    def _features(self, X: np.ndarray, device: torch.device) -> torch.Tensor:
+        """The basis at the rows of ``X`` (rescaled), ``(n, M)`` float64 on ``device``."""
+        offset, scale = (to_device(a, device) for a in (self.offset_, self.scale_))
+        Z = (to_device(X, device, F64) - offset) / scale
         if _callable_basis(self.basis):
             out = self.basis(Z)
-            out = torch.as_tensor(out.detach() if isinstance(out, torch.Tensor) else out)
+            out = to_device(out.detach() if isinstance(out, torch.Tensor) else out, device)
             if out.ndim != 2 or out.shape[0] != X.shape[0]:
                 raise ValueError(
                     f"basis(X) must return a ({X.shape[0]}, M) array, got shape {tuple(out.shape)}"
@@ -170,14 +181,6 @@ class OptimalWeightedLeastSquares(RegressorMixin, PersistMixin, BaseEstimator):
             sc = np.where(sc > 0, sc, 1.0)
         self.offset_, self.scale_ = off.astype(np.float64), sc.astype(np.float64)
 
-    @property
-    def _offset(self) -> torch.Tensor:
-        return torch.from_numpy(self.offset_)
-
-    @property
-    def _scale(self) -> torch.Tensor:
-        return torch.from_numpy(self.scale_)
-
     # -- fit / predict ------------------------------------------------------------------------
     def fit(self, X, y) -> OptimalWeightedLeastSquares:
         """Choose ``num_samples`` rows of ``X`` by the design and fit on their labels only.
@@ -187,38 +190,43 @@ class OptimalWeightedLeastSquares(RegressorMixin, PersistMixin, BaseEstimator):
         finite). Use :meth:`design` to choose the rows before any label exists.
         """
         self._validate_params()
+        device = fit_device(self)
         refuse_path(X, type(self).__name__)
-        X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True, multi_output=True)
+        X, y = validate_data(
+            self, as_numpy(X), as_numpy(y), dtype=np.float64, y_numeric=True, multi_output=True
+        )
         Y = np.asarray(y, dtype=np.float64)
         self._y_1d = Y.ndim == 1
         Y = Y.reshape(len(Y), -1)
-        idx, w, U, T = self._design(X)
+        idx, w, U, T = self._design(X, device)
         N = X.shape[0]
         m = U.shape[1]
-        sw = w.sqrt()
-        A = sw[:, None] * U[idx] * math.sqrt(N)  # √w ψ(x_i)
-        B = sw[:, None] * torch.from_numpy(Y[idx.numpy()])
+        sw = w.to(device).sqrt()  # the weights come back on the CPU
+        A = sw[:, None] * U[idx.to(device)] * math.sqrt(N)  # √w ψ(x_i)
+        B = sw[:, None] * to_device(Y[idx.cpu().numpy()], device)
         n = idx.numel()
         if self.alpha > 0:
             c = solve_spd(A.T @ A / n, A.T @ B / n, alpha=float(self.alpha))
-        else:
+        elif device.type == "cpu":
             c = torch.linalg.lstsq(A, B, driver="gelsd").solution
+        else:  # the minimum-norm solution; gelsd is CPU-only (same cut-off: max(n, M)·eps)
+            c = torch.linalg.pinv(A) @ B
         coef = (T @ c) * math.sqrt(N)
-        self.coef_ = (coef[:, 0] if self._y_1d else coef).numpy()
-        self.sample_indices_ = idx.numpy()
-        self.sample_weight_ = w.numpy()
+        self.coef_ = (coef[:, 0] if self._y_1d else coef).cpu().numpy()
+        self.sample_indices_ = idx.cpu().numpy()
+        self.sample_weight_ = w.cpu().numpy()
         self.stability_ = float(gram_deviation(U, idx)[0])
         self.rank_ = int(m)
         self.n_basis_ = int(T.shape[0])
         return self
 
-    def _design(self, X: np.ndarray):
+    def _design(self, X: np.ndarray, device: torch.device):
         """``(indices, weights, U, T)`` of a design on the pool ``X`` (sets the scaling)."""
         if X.shape[0] == 0:
             raise ValueError("X has no rows; the pool needs at least one candidate")
         self.basis_ = self._make_basis(X.shape[1])
         self._fit_scaling(X)
-        U, T = orthonormal_basis(self._features(X), return_transform=True)
+        U, T = orthonormal_basis(self._features(X, device), return_transform=True)
         m = U.shape[1]
         n = self.num_samples
         if n is None:
@@ -231,25 +239,30 @@ class OptimalWeightedLeastSquares(RegressorMixin, PersistMixin, BaseEstimator):
         if self.sampler == "volume" and n < m:
             raise ValueError(f"sampler='volume' needs num_samples >= m = {m}, got {n}")
         gen = make_generator(seed_from_random_state(self.random_state))[0]
-        idx = sample_design(U, n, design=self.sampler, generator=gen)[0]
-        return idx, optimal_weights(U, idx), U, T
+        with on_cpu():  # draws from the CPU generator, the design on U's device
+            idx = sample_design(U, n, design=self.sampler, generator=gen)[0]
+            return idx, optimal_weights(U, idx), U, T
 
     def design(self, X) -> tuple[np.ndarray, np.ndarray]:
         """``(indices, weights)`` of the rows of the pool ``X`` to label (same draw as ``fit``)."""
         self._validate_params()
+        device = fit_device(self)
         refuse_path(X, type(self).__name__)
-        X = validate_data(self, X, dtype=np.float64, reset=True)
-        idx, w, _, _ = self._design(X)
-        return idx.numpy(), w.numpy()
+        X = validate_data(self, as_numpy(X), dtype=np.float64, reset=True)
+        idx, w, _, _ = self._design(X, device)
+        return idx.cpu().numpy(), w.cpu().numpy()
 
-    def predict(self, X) -> np.ndarray:
-        """``φ(X) @ coef_``, shape ``(n,)`` or ``(n, n_outputs)``."""
+    def predict(self, X):
+        """``φ(X) @ coef_``, shape ``(n,)`` or ``(n, n_outputs)``, float64: NumPy for NumPy
+        input, a tensor on the input's device for a tensor."""
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=np.float64)
+        device = predict_device(self.device, X)
+        like = X
+        X = validate_data(self, as_numpy(X), reset=False, dtype=np.float64)
         if X.shape[0] == 0:
             shape = (0,) if self._y_1d else (0, self.coef_.shape[1])
-            return np.zeros(shape)
-        return (self._features(X) @ torch.from_numpy(self.coef_)).numpy()
+            return as_output(np.zeros(shape), like)
+        return as_output(self._features(X, device) @ to_device(self.coef_, device), like)
 
     def _build_modules(self) -> None:  # pragma: no cover - no fitted modules
         pass

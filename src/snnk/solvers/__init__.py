@@ -25,9 +25,21 @@ from snnk.solvers.likelihood import (
     minimize_bounded,
     profile_amplitude_noise,
 )
-from snnk.solvers.logistic import LogisticResult, multinomial_logistic
+from snnk.solvers.logistic import (
+    BlockSums,
+    LogisticResult,
+    RowSums,
+    multinomial_logistic,
+    softmax_newton,
+)
 from snnk.solvers.normal_equations import NormalEquations
-from snnk.solvers.nystrom_direct import NystromDirectSolution, nystrom_direct_solve
+from snnk.solvers.nystrom_direct import (
+    NystromDirectSolution,
+    NystromStatistics,
+    nystrom_direct_solve,
+    nystrom_statistics,
+    solve_nystrom_statistics,
+)
 from snnk.solvers.preconditioners import (
     FalkonPreconditioner,
     NystromDiagonalPreconditioner,
@@ -41,6 +53,7 @@ from snnk.solvers.student_t import (
 
 __all__ = [
     "SPD_INVERSE_METHODS",
+    "BlockSums",
     "CGInfo",
     "FalkonPreconditioner",
     "JitterWarning",
@@ -50,6 +63,8 @@ __all__ = [
     "NystromDiagonalPreconditioner",
     "NystromDirectSolution",
     "NystromFactor",
+    "NystromStatistics",
+    "RowSums",
     "SPDSolver",
     "add_lower_gram",
     "cholesky_solve",
@@ -65,8 +80,11 @@ __all__ = [
     "multinomial_logistic",
     "newton_schulz_inverse",
     "nystrom_direct_solve",
+    "nystrom_statistics",
     "profile_amplitude_noise",
     "ridge_gcv",
+    "softmax_newton",
+    "solve_nystrom_statistics",
     "solve_spd",
     "spd_inverse",
     "student_t_log_marginal",

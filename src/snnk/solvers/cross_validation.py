@@ -93,7 +93,7 @@ def _gcv_by_eigh(A, B, yy, n, extra_dof, alphas):
         rss = (yy - ((lam + 2 * a) / (lam + a).square() * b2).sum(0)).clamp_min(0.0).sum()
         dof = float((evals / (evals + a)).sum()) + extra_dof
         scores.append(_gcv_score(float(rss), dof, n))
-    scores_t = torch.tensor(scores, dtype=torch.float64)
+    scores_t = torch.tensor(scores, dtype=torch.float64, device=A.device)
     best = int(torch.argmin(scores_t))
     a = float(alphas[best])
     return V @ (VB / (lam + a)), a, scores_t
@@ -114,7 +114,7 @@ def _gcv_by_cholesky(A, B, yy, n, extra_dof, alphas):
         dof = D - a * float(Linv.square().sum()) + extra_dof
         scores.append(_gcv_score(rss, dof, n))
         sols.append(U)
-    scores_t = torch.tensor(scores, dtype=torch.float64)
+    scores_t = torch.tensor(scores, dtype=torch.float64, device=A.device)
     best = int(torch.argmin(scores_t))
     return sols[best], float(alphas[best]), scores_t
 

@@ -135,8 +135,9 @@ def log_marginal_likelihood_with_grad(
     """
     G = gram.detach().requires_grad_(True)
     b = proj.detach().requires_grad_(True)
-    la = torch.as_tensor(log_amplitude, dtype=torch.float64).detach().clone().requires_grad_(True)
-    ln = torch.as_tensor(log_noise, dtype=torch.float64).detach().clone().requires_grad_(True)
+    dd = {"dtype": torch.float64, "device": gram.device}
+    la = torch.as_tensor(log_amplitude, **dd).detach().clone().requires_grad_(True)
+    ln = torch.as_tensor(log_noise, **dd).detach().clone().requires_grad_(True)
     lml = log_marginal_likelihood_from_stats(
         G, b, yy, n, torch.exp(la), torch.exp(ln), scale_prior=scale_prior
     )
@@ -202,7 +203,7 @@ def minimize_bounded(
         return np.clip(res.x, *bounds), int(res.nit), stopped
     if method != "adam":
         raise ValueError(f"method must be 'lbfgs' or 'adam', got {method!r}")
-    theta = torch.tensor(theta0, dtype=torch.float64, requires_grad=True)
+    theta = torch.tensor(theta0, dtype=torch.float64, device="cpu", requires_grad=True)
     opt = torch.optim.Adam([theta], lr=learning_rate)
     for _ in range(max_iter):
         v, g = fun(theta.detach().numpy())
@@ -268,9 +269,12 @@ def profile_amplitude_noise(
     G = gram.detach().double()
     D = G.shape[0]
     mu, U = symmetric_eigh(0.5 * (G + G.T))
-    mu = mu.clamp_min(0.0)
-    c2 = (U.T @ proj.detach().double().reshape(D)).square()
-    yy_t = torch.as_tensor(yy, dtype=torch.float64).detach()
+    # the eigendecomposition on G's device; the O(D) inner problem on the CPU (scipy drives
+    # it one scalar evaluation at a time: no device round trip per evaluation)
+    cpu = torch.device("cpu")
+    mu = mu.clamp_min(0.0).to(cpu)
+    c2 = (U.T @ proj.detach().double().reshape(D).to(U.device)).square().to(cpu)
+    yy_t = torch.as_tensor(yy, dtype=torch.float64, device=cpu).detach()
 
     def value(theta: torch.Tensor) -> torch.Tensor:
         la, ls = theta[0], theta[1]
@@ -284,7 +288,7 @@ def profile_amplitude_noise(
         return -0.5 * quad - 0.5 * logdet - 0.5 * n * _LOG_2PI
 
     def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        th = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
+        th = torch.tensor(theta, dtype=torch.float64, device=cpu, requires_grad=True)
         v = value(th)
         (g,) = torch.autograd.grad(v, th)
         return -float(v.detach()) / n, -g.numpy() / n
@@ -293,11 +297,12 @@ def profile_amplitude_noise(
     # s at fixed λ), both clipped to the box; the best grid point or ``log_start`` is polished.
     lo, hi = bounds
     with torch.no_grad():
-        log_lam = torch.linspace(lo - hi, hi - lo, PROFILE_GRID, dtype=torch.float64)
+        log_lam = torch.linspace(lo - hi, hi - lo, PROFILE_GRID, dtype=torch.float64, device=cpu)
         resid = yy_t - (c2[None, :] / (mu[None, :] + torch.exp(log_lam)[:, None])).sum(1)
         log_s = torch.log(resid.clamp_min(1e-300) / n).clamp(lo, hi)
         grid = torch.stack([(log_s - log_lam).clamp(lo, hi), log_s], 1)
-        starts = torch.cat([grid, torch.tensor([log_start], dtype=torch.float64).clamp(lo, hi)])
+        first = torch.tensor([log_start], dtype=torch.float64, device=cpu).clamp(lo, hi)
+        starts = torch.cat([grid, first])
         values = torch.stack([value(t) for t in starts])
         start = starts[int(torch.nan_to_num(values, nan=-math.inf).argmax())].numpy()
     theta, _, _ = minimize_bounded(fun, start, bounds, max_iter=max_iter)

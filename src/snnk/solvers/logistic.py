@@ -1,16 +1,77 @@
-r"""Multinomial logistic regression on fixed features by truncated Newton."""
+r"""Multinomial logistic regression on fixed features by truncated Newton.
+
+The solver touches the rows only through sums over row blocks (loss, gradient and mean
+curvature; Hessian-vector products; the scores of a warm start), asked of a *row-sums*
+object (:class:`BlockSums` in memory; a Dask map-reduce in :mod:`snnk.models._dask`), so the
+same iterations run on an array, a re-readable file or a cluster: per-block sums added in
+float64, the same result up to the order of the additions.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
 from snnk._utils.blocks import BLOCK_ELEMENTS, crossprod
 from snnk.solvers.cholesky import symmetric_eigh
 
-__all__ = ["LogisticResult", "multinomial_logistic"]
+__all__ = ["BlockSums", "LogisticResult", "RowSums", "multinomial_logistic", "softmax_newton"]
+
+#: ``(F, Y, w)`` row blocks: features ``(b, D)``, float64 one-hot targets ``(b, K)``, float64
+#: weights ``(b,)`` or ``None`` (ones)
+Blocks = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]]
+#: a per-block term ``fn(F, Y, w, memo, *args) -> tuple of tensors``: the solver's sums are
+#: ``Σ_blocks fn(...)`` entry by entry. ``memo`` is a dict the block may keep state in
+#: between passes (the softmax probabilities of the iterate), or a fresh one each pass.
+BlockTerm = Callable[..., tuple[torch.Tensor, ...]]
+
+
+class RowSums(Protocol):
+    """What the solver asks of the rows: sums over row blocks of a per-block term."""
+
+    def map_sum(self, fn: BlockTerm, *args: Any) -> tuple[torch.Tensor, ...]:
+        """``Σ_blocks fn(F, Y, w, memo, *args)``, entry by entry (float64 tensors)."""
+        ...
+
+    def map_cat(self, fn: BlockTerm, *args: Any) -> tuple[torch.Tensor, ...]:
+        """``fn(F, Y, w, memo, *args)`` of every block, concatenated along rows."""
+        ...
+
+
+class BlockSums:
+    """:class:`RowSums` over in-memory row blocks ``blocks()`` (a list or a re-readable
+    source). With ``remember``, each block's ``memo`` survives between passes (the
+    solver keeps the iterate's softmax probabilities there: ``n·K`` numbers)."""
+
+    def __init__(self, blocks: Blocks, remember: bool = False):
+        self.blocks, self.remember = blocks, remember
+        self._memos: list[dict] = []
+
+    def _terms(self, fn: BlockTerm, args) -> Iterable[tuple[torch.Tensor, ...]]:
+        for i, (F, Y, w) in enumerate(self.blocks()):
+            if self.remember and i == len(self._memos):
+                self._memos.append({})
+            memo = self._memos[i] if self.remember else {}
+            if w is None:
+                w = torch.ones(Y.shape[0], dtype=torch.float64, device=Y.device)
+            yield fn(F, Y, w, memo, *args)
+
+    def map_sum(self, fn: BlockTerm, *args: Any) -> tuple[torch.Tensor, ...]:
+        total = None
+        for part in self._terms(fn, args):
+            total = (
+                list(part) if total is None else [a + b for a, b in zip(total, part, strict=True)]
+            )
+        if total is None:
+            raise ValueError("no rows: the logistic loss needs at least one row block")
+        return tuple(total)
+
+    def map_cat(self, fn: BlockTerm, *args: Any) -> tuple[torch.Tensor, ...]:
+        parts = list(self._terms(fn, args))
+        return tuple(torch.cat(cols) for cols in zip(*parts, strict=True))
 
 
 @dataclass
@@ -31,6 +92,44 @@ def _softmax_ce(logits: torch.Tensor, Y: torch.Tensor, w: torch.Tensor) -> float
     return -float((w[:, None] * Y * torch.log_softmax(logits, dim=1)).sum())
 
 
+# -- the per-block terms (module level: a cluster ships them to its workers) -------------------
+def loss_grad_term(F, Y, w, memo, Uc: torch.Tensor, want_grad: bool):
+    """A block's ``(loss, ∂/∂U, ∂/∂c, Σ w (diag p − p pᵀ))`` at ``Uc`` (``(loss,)`` only
+    without ``want_grad``), float64; keeps the probabilities ``p`` in ``memo``."""
+    D = Uc.shape[0] - 1
+    F64 = F.to(torch.float64)
+    logp = torch.log_softmax(F64 @ Uc[:D] + Uc[D], dim=1)
+    loss = -(w[:, None] * Y * logp).sum()
+    if not want_grad:
+        return (loss,)
+    p = torch.exp(logp)
+    R = w[:, None] * (p - Y)
+    wp = w[:, None] * p
+    memo["p"] = p
+    return loss, crossprod(F64, R), R.sum(0), torch.diag(wp.sum(0)) - wp.T @ p
+
+
+def hess_vec_term(F, Y, w, memo, Uc: torch.Tensor, V: torch.Tensor):
+    """A block's Hessian-vector product ``(∂²/∂U · V, ∂²/∂c · V)`` at ``Uc``: the products
+    with the features in their dtype, the rest in float64 (``p`` from ``memo`` when the
+    last gradient pass left it, else recomputed)."""
+    D = Uc.shape[0] - 1
+    dt = F.dtype if F.dtype in (torch.float32, torch.float64) else torch.float64
+    F = F.to(dt)
+    p = memo.get("p")
+    if p is None:
+        p = torch.softmax(F.double() @ Uc[:D] + Uc[D], dim=1)
+    z = (F @ V[:D].to(dt)).double() + V[D]
+    jz = w[:, None] * (p * z - p * (p * z).sum(1, keepdim=True))
+    return crossprod(F, jz.to(dt)).double(), jz.sum(0)
+
+
+def scores_term(F, Y, w, memo, Uc: torch.Tensor):
+    """A block's scores ``[F 1] Uc`` (float64), targets and weights (for the warm start)."""
+    D = Uc.shape[0] - 1
+    return F.to(torch.float64) @ Uc[:D] + Uc[D], Y, w
+
+
 class _Problem:
     """The penalised softmax loss on ``[F 1]`` with weights, and its derivatives.
 
@@ -40,19 +139,14 @@ class _Problem:
     own dtype (float32 features: half the memory traffic and no float64 copy of them).
     """
 
-    def __init__(self, features_fn, Y, gram, Fsum, alpha, sample_weight, fit_intercept):
-        D, K = gram.shape[0], Y.shape[1]
+    def __init__(self, sums: RowSums, K, gram, Fsum, alpha, wsum, fit_intercept):
+        D = gram.shape[0]
         dev = gram.device
         f64 = torch.float64
-        self.features_fn, self.Y, self.alpha, self.D, self.K = features_fn, Y, alpha, D, K
-        self.w = (
-            torch.ones(Y.shape[0], dtype=f64, device=dev)
-            if sample_weight is None
-            else sample_weight.to(f64)
-        )
-        self.wsum = max(float(self.w.sum()), 1e-300)
+        self.sums, self.alpha, self.D, self.K = sums, alpha, D, K
+        self.wsum = max(float(wsum), 1e-300)
         G = torch.zeros(D + 1, D + 1, dtype=f64, device=dev)
-        G[:D, :D], G[:D, D], G[D, :D], G[D, D] = gram, Fsum, Fsum, float(self.w.sum())
+        G[:D, :D], G[:D, D], G[D, :D], G[D, D] = gram, Fsum, Fsum, float(wsum)
         self.reg = torch.full((D + 1, 1), float(alpha), dtype=f64, device=dev)
         self.reg[D] = 0.0
         if not fit_intercept:  # pin the intercept at 0: decouple its row, never move it
@@ -63,9 +157,6 @@ class _Problem:
         self.mask = torch.ones(D + 1, 1, dtype=f64, device=dev)
         if not fit_intercept:
             self.mask[D] = 0.0
-        # softmax probabilities of the current iterate, kept per block for the Hessian-vector
-        # products of one Newton step when they are small (n·K <= BLOCK_ELEMENTS numbers)
-        self.keep_probs = Y.shape[0] * K <= BLOCK_ELEMENTS
         self._eig: tuple[torch.Tensor, torch.Tensor] | None = None
         self.n_hess = 0
 
@@ -73,59 +164,26 @@ class _Problem:
         """Remove the softmax shift direction (and the pinned intercept)."""
         return (V @ self.P) * self.mask
 
-    def logits(self, Uc: torch.Tensor) -> Iterable[tuple[torch.Tensor, slice, torch.Tensor]]:
-        """``(F, rows, F U + c)`` per block, the scores in float64."""
-        D = self.D
-        for F, rows in self.features_fn():
-            F64 = F.to(torch.float64)
-            yield F64, rows, F64 @ Uc[:D] + Uc[D]
-
     def loss_grad(self, Uc: torch.Tensor, want_grad: bool = True):
-        """``(loss, gradient, C, per-block probabilities or None)``.
+        """``(loss, gradient, C)`` (one pass; ``gradient`` and ``C`` are None without
+        ``want_grad``).
 
         ``C = Σ_i w_i (diag p_i − p_i p_iᵀ) / Σw`` is the mean ``K x K`` curvature of the
         softmax at the iterate (for the preconditioner).
         """
-        D, w, Y = self.D, self.w, self.Y
-        total = 0.0
-        grad = torch.zeros_like(Uc) if want_grad else None
-        C = torch.zeros(self.K, self.K, dtype=torch.float64, device=Uc.device)
-        probs = [] if want_grad and self.keep_probs else None
-        for F, rows, s in self.logits(Uc):
-            logp = torch.log_softmax(s, dim=1)
-            wr, Yr = w[rows], Y[rows]
-            total -= float((wr[:, None] * Yr * logp).sum())
-            if want_grad:
-                p = torch.exp(logp)
-                R = wr[:, None] * (p - Yr)
-                grad[:D] += crossprod(F, R)
-                grad[D] += R.sum(0)
-                wp = wr[:, None] * p
-                C += torch.diag(wp.sum(0)) - wp.T @ p
-                if probs is not None:
-                    probs.append(p)
-        total += 0.5 * self.alpha * float(Uc[:D].square().sum())
-        if want_grad:
-            grad += self.reg * Uc
-        return total, grad, C / self.wsum, probs
+        D = self.D
+        out = self.sums.map_sum(loss_grad_term, Uc, want_grad)
+        total = float(out[0]) + 0.5 * self.alpha * float(Uc[:D].square().sum())
+        if not want_grad:
+            return total, None, None
+        grad = torch.cat([out[1], out[2][None, :]]).to(Uc.device) + self.reg * Uc
+        return total, grad, out[3].to(Uc.device) / self.wsum
 
-    def hess_vec(self, Uc: torch.Tensor, V: torch.Tensor, probs) -> torch.Tensor:
-        """Projected Hessian-vector product ``H V`` at ``Uc`` (one pass over the data, the
-        products with the features in their dtype, everything else in float64)."""
-        D, w = self.D, self.w
-        out = torch.zeros_like(V)
+    def hess_vec(self, Uc: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+        """Projected Hessian-vector product ``H V`` at ``Uc`` (one pass over the data)."""
         self.n_hess += 1
-        for i, (F, rows) in enumerate(self.features_fn()):
-            dt = F.dtype if F.dtype in (torch.float32, torch.float64) else torch.float64
-            F = F.to(dt)
-            if probs is not None:
-                p = probs[i]
-            else:
-                p = torch.softmax(F.double() @ Uc[:D] + Uc[D], dim=1)
-            z = (F @ V[:D].to(dt)).double() + V[D]
-            jz = w[rows][:, None] * (p * z - p * (p * z).sum(1, keepdim=True))
-            out[:D] += crossprod(F, jz.to(dt)).double()
-            out[D] += jz.sum(0)
+        hD, hc = self.sums.map_sum(hess_vec_term, Uc, V)
+        out = torch.cat([hD, hc[None, :]]).to(V.device)
         return self.project(out + self.reg * V)
 
     def preconditioner(self, C: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -153,7 +211,7 @@ class _Problem:
 
         return apply
 
-    def newton_direction(self, Uc, g, C, probs, max_cg: int) -> torch.Tensor:
+    def newton_direction(self, Uc, g, C, max_cg: int) -> torch.Tensor:
         """Truncated preconditioned CG on ``H s = −g`` (see :meth:`preconditioner`)."""
         precond = self.preconditioner(C)
         s = torch.zeros_like(g)
@@ -163,7 +221,7 @@ class _Problem:
         rz = float((r * z).sum())
         gnorm = float(g.square().sum().sqrt())
         for _ in range(max_cg):
-            Hd = self.hess_vec(Uc, d, probs)
+            Hd = self.hess_vec(Uc, d)
             dHd = float((d * Hd).sum())
             if dHd <= 0:
                 break
@@ -183,9 +241,8 @@ class _Problem:
         ``[F 1] Uc0`` are computed once (one pass), then ``L(t)`` is a function of ``n x K``
         numbers, minimised by safeguarded Newton steps on ``t``."""
         Uc0 = self.project(Uc0)
-        S = torch.cat([s for _, _, s in self.logits(Uc0)])
+        S, Y, w = (t.to(Uc0.device) for t in self.sums.map_cat(scores_term, Uc0))
         pen = self.alpha * float(Uc0[: self.D].square().sum())
-        w, Y = self.w, self.Y
         t = 0.0
         for _ in range(30):
             p = torch.softmax(t * S, dim=1)
@@ -206,7 +263,7 @@ class _Problem:
         return t * Uc0
 
     def line_search(self, Uc, s, loss: float, slope: float):
-        """Backtracking (Armijo) step along ``s``; returns ``(step, loss, grad, C, probs)``
+        """Backtracking (Armijo) step along ``s``; returns ``(step, loss, grad, C)``
         of the accepted point (the full step's gradient comes with its loss: one pass)."""
         step = 1.0
         out = self.loss_grad(Uc + s)
@@ -247,7 +304,8 @@ def multinomial_logistic(
     also yields the next gradient. Loss and gradient are float64. Stops when the largest
     gradient entry falls below ``tol`` times that of the zero model (Newton converges
     quadratically, so a tight ``tol`` costs only an iteration or two). Directions along
-    ``1`` on the class axis (softmax shift invariance) are projected out.
+    ``1`` on the class axis (softmax shift invariance) are projected out. The iterations
+    are :func:`softmax_newton` on the rows' :class:`BlockSums`.
 
     Parameters
     ----------
@@ -264,18 +322,66 @@ def multinomial_logistic(
         The weighted ``FᵀWY``; with ``init`` it gives the zero model's gradient (the
         reference of ``tol``) without a pass over the data.
     """
-    prob = _Problem(features_fn, Y, gram, Fsum, alpha, sample_weight, fit_intercept)
-    Uc = torch.zeros(prob.D + 1, prob.K, dtype=torch.float64, device=gram.device)
+    f64 = {"dtype": torch.float64, "device": Y.device}
+    w = torch.ones(Y.shape[0], **f64) if sample_weight is None else sample_weight.to(**f64)
+
+    def blocks():
+        for F, rows in features_fn():
+            yield F, Y[rows], w[rows]
+
+    sums = BlockSums(blocks, remember=Y.shape[0] * Y.shape[1] <= BLOCK_ELEMENTS)
+    return softmax_newton(
+        sums,
+        gram,
+        Fsum,
+        alpha,
+        wsum=float(w.sum()),
+        ysum=w @ Y,
+        max_iter=max_iter,
+        tol=tol,
+        fit_intercept=fit_intercept,
+        max_cg=max_cg,
+        init=init,
+        FtY=FtY,
+    )
+
+
+def softmax_newton(
+    sums: RowSums,
+    gram: torch.Tensor,
+    Fsum: torch.Tensor,
+    alpha: float,
+    *,
+    wsum: float,
+    ysum: torch.Tensor,
+    max_iter: int = 50,
+    tol: float = 1e-10,
+    fit_intercept: bool = True,
+    max_cg: int = 200,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
+    FtY: torch.Tensor | None = None,
+) -> LogisticResult:
+    r"""The truncated-Newton iterations of :func:`multinomial_logistic` on any :class:`RowSums`
+    (in-memory blocks, or per-chunk sums on a cluster: each pass one map-reduce).
+
+    ``wsum = Σ_i w_i`` and ``ysum = Σ_i w_i y_i`` (shape ``(K,)``, float64) are the weighted
+    row count and class totals (the normal equations' ``wsum`` / ``Ysum``); the other
+    arguments are :func:`multinomial_logistic`'s. Passes: one per gradient, one per
+    Hessian-vector product (about 10-20 per Newton step), one per rejected line-search step.
+    """
+    K = int(ysum.shape[0])
+    prob = _Problem(sums, K, gram, Fsum, alpha, wsum, fit_intercept)
+    Uc = torch.zeros(prob.D + 1, K, dtype=torch.float64, device=gram.device)
     if init is not None:
         # the tolerance stays relative to the zero model's gradient
         if FtY is None:
             g0 = float(prob.project(prob.loss_grad(Uc, want_grad=True)[1]).abs().max())
         else:
-            ysum = prob.w @ Y
-            g_zero = torch.cat([Fsum[:, None] / prob.K - FtY, (prob.wsum / prob.K - ysum)[None]])
+            ysum = ysum.to(gram.device)
+            g_zero = torch.cat([Fsum[:, None] / K - FtY, (prob.wsum / K - ysum)[None]])
             g0 = float(prob.project(g_zero).abs().max())
         Uc = prob.warm_start(torch.cat([init[0], init[1][None, :]]).to(torch.float64))
-    loss, grad, C, probs = prob.loss_grad(Uc)
+    loss, grad, C = prob.loss_grad(Uc)
     if init is None:
         g0 = float(prob.project(grad).abs().max())
     g0 = max(g0, 1e-300)
@@ -286,7 +392,7 @@ def multinomial_logistic(
             converged = True
             break
         n_iter += 1
-        s = prob.newton_direction(Uc, g, C, probs, max_cg)
+        s = prob.newton_direction(Uc, g, C, max_cg)
         slope = float((g * s).sum())
         if -slope <= 1e-15 * max(1.0, abs(loss)):
             # Newton decrement at round-off level: the loss cannot judge the step, so the
@@ -296,9 +402,9 @@ def multinomial_logistic(
                 converged = True
                 break
             Uc = Uc + s
-            loss, grad, C, probs = out
+            loss, grad, C = out
             continue
-        step, loss, grad, C, probs = prob.line_search(Uc, s, loss, slope)
+        step, loss, grad, C = prob.line_search(Uc, s, loss, slope)
         Uc = Uc + step * s
     D = prob.D
     return LogisticResult(Uc[:D], Uc[D], n_iter, converged, loss, prob.n_hess)

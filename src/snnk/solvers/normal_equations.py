@@ -90,6 +90,17 @@ class NormalEquations:
         self.Ysum = torch.cat([self.Ysum, torch.zeros(k, **dd)])
         return self
 
+    def to(self, device: torch.device | str) -> NormalEquations:
+        """The statistics on ``device`` (``self`` when already there; else a moved copy)."""
+        device = torch.device(device)
+        if self._gram.device == device:
+            return self
+        new = NormalEquations.__new__(NormalEquations)
+        for name in ("_gram", "FtY", "YtY", "Fsum", "Ysum"):
+            setattr(new, name, getattr(self, name).to(device))
+        new.wsum, new.n = self.wsum, self.n
+        return new
+
     def copy(self) -> NormalEquations:
         """An independent copy (so a failed update can leave the original untouched)."""
         new = NormalEquations.__new__(NormalEquations)

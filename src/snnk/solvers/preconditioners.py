@@ -181,10 +181,10 @@ class NystromDiagonalPreconditioner:
     ):
         n = Knc.shape[0]
         m = factor.size
-        f64 = torch.float64
-        s = torch.ones(n, dtype=f64) if sqrt_weight is None else sqrt_weight
-        d = torch.empty(n, dtype=f64)
-        Q = torch.zeros(m, m, dtype=f64)
+        f64, dev = torch.float64, kdiag.device
+        s = torch.ones(n, dtype=f64, device=dev) if sqrt_weight is None else sqrt_weight
+        d = torch.empty(n, dtype=f64, device=dev)
+        Q = torch.zeros(m, m, dtype=f64, device=dev)
         for rows, Gb in Knc.blocks(f64):
             Fb = factor.solve_lower(Gb.T)
             resid = (kdiag[rows] - Fb.square().sum(0)).clamp_min(0.0)
