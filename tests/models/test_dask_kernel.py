@@ -9,9 +9,11 @@ from sklearn.base import clone
 
 import snnk.models._dask_kernel as dask_kernel
 from snnk.models import (
+    DeepKernelMachineRegressor,
     KernelRidgeCG,
     NystromRidge,
     NystromTransformer,
+    OptimalWeightedLeastSquares,
     PositiveFeatureTransformer,
     RandomFeatureTransformer,
 )
@@ -174,3 +176,25 @@ def test_nystrom_fit_survives_a_killed_worker(client):
     np.testing.assert_array_equal(m.center_indices_, ref.center_indices_)
     assert m.alpha_ == pytest.approx(ref.alpha_, rel=1e-9)
     _close(m.dual_coef_, ref.dual_coef_)
+
+
+@pytest.mark.parametrize(
+    "est",
+    [
+        DeepKernelMachineRegressor(depth=1, num_inducing=10, max_iter=5, random_state=0),
+        OptimalWeightedLeastSquares(degree=2, random_state=0),
+        RandomFeatureTransformer(num_features=16, random_state=0),
+        NystromTransformer(num_centers=10, random_state=0),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_estimators_that_gather_their_rows_survive_a_killed_worker(client, est):
+    """Estimators whose fit is not a pass over the rows (the DKM optimises on all of them,
+    weighted least squares samples a design from them, the transformers' fit reads them
+    once for their scale) gather a Dask input to the client: the result equals the
+    in-memory fit, also when a worker dies while the chunks are computed."""
+    X, y = _data(n=3000, d=4)
+    ref = clone(est).fit(X, y)
+    m = _fit_while_a_worker_dies(client, clone(est), X, y)
+    out = "predict" if hasattr(est, "predict") else "transform"
+    np.testing.assert_array_equal(getattr(m, out)(X[:200]), getattr(ref, out)(X[:200]))
