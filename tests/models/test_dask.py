@@ -14,6 +14,7 @@ import pytest
 from snnk.models import (
     BundledClassifier,
     BundledRegressor,
+    NystromRidge,
     RandomFeatureClassifier,
     RandomFeatureGP,
     RandomFeatureRidge,
@@ -232,3 +233,20 @@ def test_dask_data_frame_input_every_model(client, make):
     np.testing.assert_allclose(m.coef_, ref.coef_, rtol=0, atol=_LOG_RTOL * scale)
     if hasattr(est, "classes_") or hasattr(est, "loss"):
         np.testing.assert_array_equal(m.classes_, ref.classes_)
+
+
+@pytest.mark.parametrize(
+    "est",
+    [RandomFeatureRidge(num_features=8), NystromRidge(num_centers=8)],
+    ids=lambda e: type(e).__name__,
+)
+def test_data_frame_with_text_columns_is_refused_up_front(client, est):
+    """A text column is named from the frame's metadata, before any task runs."""
+    import dask.dataframe as dd
+    import pandas as pd
+
+    X, y = _data(n=60)
+    df = pd.DataFrame(X, columns=[f"x{i}" for i in range(6)]).assign(city="Oslo")
+    frame = dd.from_pandas(df, npartitions=2)
+    with pytest.raises(TypeError, match=r"X has non-numeric columns \['city'\]"):
+        est.fit(frame, dd.from_pandas(pd.Series(y), npartitions=2))

@@ -34,13 +34,31 @@ except ImportError as exc:  # pragma: no cover - the sklearn extra installs it
 FAN_IN = 8
 
 
+def frame_values(X, name: str = "X"):
+    """A Dask data frame's values as a Dask array (other input unchanged), after checking
+    from its metadata (no compute) that every column is numeric: a text column would
+    otherwise fail deep inside a task with NumPy's conversion message."""
+    if not hasattr(X, "to_dask_array"):
+        return X
+    dtypes = getattr(X, "dtypes", None)
+    if dtypes is not None and getattr(X, "ndim", 2) == 2:
+        bad = [str(c) for c, t in dtypes.items() if t.kind not in "biuf"]
+        if bad:
+            raise TypeError(
+                f"{name} has non-numeric columns {bad[:5]}{' ...' if len(bad) > 5 else ''}; "
+                "encode them first (e.g. one-hot with dask_ml.preprocessing or "
+                "`dd.get_dummies` after `categorize()`) or drop them with "
+                "`select_dtypes('number')`"
+            )
+    return X.to_dask_array(lengths=True)
+
+
 def dask_inputs(X, y, sample_weight):
     """``(X, y, w)`` as Dask arrays with aligned row chunks (``X``: all columns per chunk,
     float32 kept, other dtypes as float64). A Dask data frame is taken as its values."""
     import dask.array as da
 
-    if hasattr(X, "to_dask_array"):
-        X = X.to_dask_array(lengths=True)
+    X = frame_values(X)
     if hasattr(y, "to_dask_array"):
         y = y.to_dask_array(lengths=True)
     if hasattr(sample_weight, "to_dask_array"):

@@ -36,7 +36,7 @@ except ImportError as exc:  # pragma: no cover - the sklearn extra installs it
 from snnk._utils.random import seed_from_random_state
 from snnk.kernels import KernelMatrix
 from snnk.models._base import scale_lengthscale
-from snnk.models._dask import FAN_IN, dask_inputs, dask_moments
+from snnk.models._dask import FAN_IN, dask_inputs, dask_moments, frame_values
 from snnk.models._device import to_device
 from snnk.solvers import NystromFactor
 from snnk.solvers.nystrom_direct import (
@@ -155,9 +155,7 @@ def _known_rows(a):
 def _start(est, X):
     """Known chunk sizes, ``n_features_in_`` (and ``feature_names_in_`` of a data frame)."""
     columns = getattr(X, "columns", None)
-    if hasattr(X, "to_dask_array"):
-        X = X.to_dask_array(lengths=True)
-    X = _known_rows(X)
+    X = _known_rows(frame_values(X))
     if X.ndim != 2:
         raise ValueError(f"X must be a 2-D Dask array, got {X.ndim} dimensions")
     if X.shape[0] == 0 or X.shape[1] == 0:
@@ -222,9 +220,7 @@ def map_rows(fn, X, width: int | None, dtype=None):
     frame's chunks reach ``fn`` as data frames, so fitted feature names are checked as in
     memory."""
     frame = hasattr(X, "to_dask_array")
-    if frame:
-        X = X.to_dask_array(lengths=True)
-    X = X.rechunk({1: -1})
+    X = frame_values(X).rechunk({1: -1})
     if dtype is None:
         dtype = np.float32 if X.dtype == np.float32 else np.float64
     names = getattr(fn.__self__, "feature_names_in_", None) if frame else None

@@ -54,7 +54,13 @@ from snnk.models._base import (
     progress,
     validate_data,
 )
-from snnk.models._dask import DaskRowSums, dask_inputs, dask_moments, dask_normal_equations
+from snnk.models._dask import (
+    DaskRowSums,
+    dask_inputs,
+    dask_moments,
+    dask_normal_equations,
+    frame_values,
+)
 from snnk.models._device import (
     as_output,
     block_elements,
@@ -401,9 +407,7 @@ class FeatureModel(PersistMixin, BaseEstimator):
         (a Dask array gives a lazy Dask array)."""
         check_is_fitted(self)
         if is_dask(X):
-            if hasattr(X, "to_dask_array"):
-                X = X.to_dask_array(lengths=True)
-            X = X.rechunk({1: -1})
+            X = frame_values(X).rechunk({1: -1})
             return X.map_blocks(
                 self._decision, dtype=X.dtype, chunks=(X.chunks[0], (self.coef_.shape[0],))
             )
