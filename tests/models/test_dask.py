@@ -250,3 +250,18 @@ def test_data_frame_with_text_columns_is_refused_up_front(client, est):
     frame = dd.from_pandas(df, npartitions=2)
     with pytest.raises(TypeError, match=r"X has non-numeric columns \['city'\]"):
         est.fit(frame, dd.from_pandas(pd.Series(y), npartitions=2))
+
+
+@pytest.mark.parametrize("bad", [-3.0, np.nan, np.inf])
+@pytest.mark.parametrize("loss", ["log", "squared"])
+def test_dask_sample_weight_is_checked_on_the_workers(client, bad, loss):
+    X, y = _data(n=300)
+    labels = np.where(y > 0.2, "up", "down")
+    w = np.ones(300)
+    w[7] = bad
+    with pytest.raises(ValueError, match="sample_weight"):
+        RandomFeatureClassifier(num_features=8, loss=loss, alpha=1e-2).fit(
+            da.from_array(X, chunks=(100, 6)),
+            da.from_array(labels, chunks=100),
+            sample_weight=da.from_array(w, chunks=100),
+        )

@@ -198,3 +198,14 @@ def test_estimators_that_gather_their_rows_survive_a_killed_worker(client, est):
     m = _fit_while_a_worker_dies(client, clone(est), X, y)
     out = "predict" if hasattr(est, "predict") else "transform"
     np.testing.assert_array_equal(getattr(m, out)(X[:200]), getattr(ref, out)(X[:200]))
+
+
+def test_nystrom_dask_fit_with_an_empty_chunk(client):
+    """Boolean indexing can leave a chunk without rows: it adds nothing to the sums."""
+    X, y = _data(n=400, d=4)
+    keep = np.r_[np.ones(100, bool), np.zeros(100, bool), np.ones(200, bool)]
+    Xd, yd = da.from_array(X, chunks=(100, 4)), da.from_array(y, chunks=100)
+    kw = {"num_centers": 20, "alpha": 1e-2, "lengthscale": 2.0, "random_state": 0}
+    m = NystromRidge(**kw).fit(Xd[da.from_array(keep, chunks=100)], yd[da.from_array(keep, 100)])
+    ref = NystromRidge(**kw).fit(X[keep], y[keep])
+    np.testing.assert_allclose(m.predict(X), ref.predict(X), rtol=1e-7, atol=1e-9)

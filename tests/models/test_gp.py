@@ -137,6 +137,9 @@ def test_gradient_matches_finite_differences(features):
         for e in np.eye(3)
     ]
     np.testing.assert_allclose(grad, num, rtol=1e-5, atol=1e-6)
+    for far in ([0.0, 0.0, -800.0], [800.0, 0.0, 0.0], [0.0, -800.0, 0.0]):
+        with pytest.raises(ValueError, match="theta must lie in"):
+            gp.log_marginal_likelihood(far, eval_gradient=True)
 
 
 def _gp_sample(n, ls, amp, noise, seed, d=2):

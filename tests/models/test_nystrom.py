@@ -455,3 +455,19 @@ def test_tensor_input_and_a_gpu_model_file_on_a_cpu_machine(cls, tmp_path):
     back = load_model(path)
     assert back.get_params()["device"] == "cuda:1"
     np.testing.assert_array_equal(back.predict(X), ref.predict(X))
+
+
+@pytest.mark.parametrize(
+    "method", ["kmeans++", "rls", "bless", "kdpp", "pivoted-cholesky", "rpcholesky"]
+)
+def test_every_centre_selection_places_its_tensors(method):
+    """Each selector under a meta default device (as in the common suite's plumbing test,
+    which covers the default "uniform"): the fit and predictions are unchanged."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4))
+    y = np.sin(X[:, 0])
+    kw = {"num_centers": 20, "center_selection": method, "random_state": 0}
+    ref = NystromRidge(**kw).fit(X, y).predict(X)
+    with torch.device("meta"):
+        got = NystromRidge(**kw).fit(X, y).predict(X)
+    np.testing.assert_array_equal(got, ref)

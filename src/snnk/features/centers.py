@@ -32,6 +32,7 @@ register with :func:`register_center_method`; the samplers behind these five liv
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -119,7 +120,7 @@ def _kmeanspp(X, m, *, weight, generator, kernel):
         mass = d2 if weight is None else d2 * weight.to(d2.device)
         total = float(mass.sum())
         if total <= 0.0:  # all remaining points coincide with centres: pick uniformly
-            mask = torch.ones(n, dtype=torch.bool)
+            mask = torch.ones(n, dtype=torch.bool, device=d2.device)
             mask[chosen] = False
             probs = mask.double()
         else:
@@ -137,14 +138,18 @@ def _kmeans(X, m, *, weight, generator, kernel, max_iter: int = 20, tol: float =
     the data's scale; a centre that loses every point keeps its position.
     """
     Xd = X.double()
-    w = torch.ones(X.shape[0], dtype=torch.float64) if weight is None else weight.double()
+    w = (
+        torch.ones(X.shape[0], dtype=torch.float64, device=X.device)
+        if weight is None
+        else weight.double().to(X.device)
+    )
     start = _kmeanspp(Xd, m, weight=weight, generator=generator, kernel=Linear())
     C = Xd[start].clone()
     scale = float(Xd.std()) if X.shape[0] > 1 else 1.0
     for _ in range(max_iter):
         d2 = (Xd.square().sum(1, keepdim=True) - 2.0 * Xd @ C.T) + C.square().sum(1)
         label = d2.argmin(1)
-        mass = torch.zeros(m, dtype=torch.float64).index_add_(0, label, w)
+        mass = torch.zeros(m, dtype=torch.float64, device=X.device).index_add_(0, label, w)
         sums = torch.zeros_like(C).index_add_(0, label, w[:, None] * Xd)
         new = torch.where(mass[:, None] > 0, sums / mass.clamp_min(1e-300)[:, None], C)
         moved = float((new - C).abs().max())
@@ -221,6 +226,13 @@ def _as_tensor(X, rows: np.ndarray | None = None) -> torch.Tensor:
     return torch.from_numpy(a)
 
 
+def _cpu_default(Xt: torch.Tensor):
+    """For CPU rows, torch's default device is the CPU while a selector runs (tensors it
+    makes without naming a device stay beside the rows, whatever ``torch.set_default_device``
+    says); rows on another device keep the caller's default."""
+    return torch.device("cpu") if Xt.device.type == "cpu" else contextlib.nullcontext()
+
+
 def _generator_of(random_state) -> Callable[[], torch.Generator]:
     """A lazy generator: a ``torch.Generator`` as given, else seeded from ``random_state``
     as the estimators do (``seed_from_random_state``), drawn only when needed."""
@@ -282,12 +294,15 @@ def select_center_indices(
         Xt = _as_tensor(X)
         if m > Xt.shape[0]:
             raise ValueError(f"cannot choose {m} centres among {Xt.shape[0]} rows")
-        return spec.fn(Xt, m, weight=None, generator=gen, kernel=kern, **options)
+        with _cpu_default(Xt):
+            return spec.fn(Xt, m, weight=None, generator=gen, kernel=kern, **options)
     if m >= rows.size:
         return torch.from_numpy(np.sort(rows))
     weight = None if w is None or method == "uniform" else torch.from_numpy(w[rows])
-    pick = spec.fn(_as_tensor(X, rows), m, weight=weight, generator=gen, kernel=kern, **options)
-    return torch.from_numpy(rows[pick.numpy()])
+    sub = _as_tensor(X, rows)
+    with _cpu_default(sub):
+        pick = spec.fn(sub, m, weight=weight, generator=gen, kernel=kern, **options)
+    return torch.from_numpy(rows[pick.cpu().numpy()])
 
 
 def select_centers(
@@ -325,9 +340,10 @@ def select_centers(
     weight = None if w is None else torch.from_numpy(w[rows])
     if m > sub.shape[0]:
         raise ValueError(f"cannot build {m} centres from {sub.shape[0]} distinct rows")
-    return spec.fn(
-        sub, m, weight=weight, generator=_generator_of(random_state), kernel=kern, **options
-    )
+    with _cpu_default(sub):
+        return spec.fn(
+            sub, m, weight=weight, generator=_generator_of(random_state), kernel=kern, **options
+        )
 
 
 @dataclass(frozen=True)

@@ -99,11 +99,27 @@ def da_ones(X):
     return da.ones(X.shape[0], chunks=X.chunks[0], dtype=np.float64)
 
 
+def check_chunk_weights(w, rows: int) -> np.ndarray | None:
+    """One chunk of ``sample_weight`` as finite, non-negative float64 ``(rows,)`` (or None),
+    checked on the worker as in memory."""
+    if w is None:
+        return None
+    w = check_array(
+        np.asarray(w, dtype=np.float64),
+        ensure_2d=False,
+        ensure_min_samples=0,
+        input_name="sample_weight",
+    ).reshape(rows)
+    if (w < 0).any():
+        raise ValueError("sample_weight has negative entries; weights must be >= 0")
+    return w
+
+
 def _chunk_normal_equations(est, X, y, w, targets: Callable[[Any], np.ndarray]):
     """Task run on a Dask worker: validate one chunk and return its normal equations."""
     X = check_array(X, dtype=[np.float64, np.float32])
     Y = targets(y)
-    w = None if w is None else np.asarray(w, dtype=np.float64)
+    w = check_chunk_weights(w, X.shape[0])
     return est._stats(X, Y, w).to("cpu")  # a client without the workers' device reads it
 
 
@@ -146,7 +162,7 @@ def _chunk_rows(est, X, y, w, targets: Callable[[Any], np.ndarray], features: bo
     if w is None:
         w = torch.ones(X.shape[0], dtype=torch.float64, device=dev)
     else:
-        w = torch.from_numpy(np.asarray(w, dtype=np.float64).copy()).to(dev)
+        w = torch.from_numpy(check_chunk_weights(w, X.shape[0]).copy()).to(dev)
     if features:
         return [(F, rows) for F, rows in est._feature_blocks(X)], Y, w
     return X, Y, w

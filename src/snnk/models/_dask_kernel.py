@@ -36,7 +36,13 @@ except ImportError as exc:  # pragma: no cover - the sklearn extra installs it
 from snnk._utils.random import seed_from_random_state
 from snnk.kernels import KernelMatrix
 from snnk.models._base import scale_lengthscale
-from snnk.models._dask import FAN_IN, dask_inputs, dask_moments, frame_values
+from snnk.models._dask import (
+    FAN_IN,
+    check_chunk_weights,
+    dask_inputs,
+    dask_moments,
+    frame_values,
+)
 from snnk.models._device import to_device
 from snnk.solvers import NystromFactor
 from snnk.solvers.nystrom_direct import (
@@ -64,21 +70,7 @@ def _check_targets(y, rows: int, y_1d: bool) -> np.ndarray:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"y must be numeric for a regressor: {exc}") from None
     Y = check_array(Y, ensure_2d=False, ensure_min_samples=0, input_name="y")
-    return Y.reshape(rows, -1) if y_1d else Y
-
-
-def _check_weights(w, rows: int) -> np.ndarray | None:
-    if w is None:
-        return None
-    w = check_array(
-        np.asarray(w, dtype=np.float64),
-        ensure_2d=False,
-        ensure_min_samples=0,
-        input_name="sample_weight",
-    ).reshape(rows)
-    if (w < 0).any():
-        raise ValueError("sample_weight has negative entries; weights must be >= 0")
-    return w
+    return Y.reshape(-1, 1) if y_1d else Y  # (an empty chunk has rows = 0)
 
 
 def _chunk_statistics(spec: dict, X, y, w) -> NystromStatistics:
@@ -86,7 +78,7 @@ def _chunk_statistics(spec: dict, X, y, w) -> NystromStatistics:
     X = check_array(X, dtype=[np.float64, np.float32], ensure_min_samples=0)
     rows = X.shape[0]
     Y = _check_targets(y, rows, spec["y_1d"])
-    w = _check_weights(w, rows)
+    w = check_chunk_weights(w, rows)
     device, dt = spec["device"], spec["dtype"]
     C = spec["centers"].to(device)
     Xt = to_device(X, device, dt)
@@ -136,7 +128,7 @@ def _pool(est, X, w) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         rows = np.sort(rng.choice(n, size=size, replace=False))
         Xp, wp = dask.compute(X[rows], None if w is None else w[rows])
     Xp = check_array(Xp, dtype=[np.float64, np.float32])
-    wp = _check_weights(wp, Xp.shape[0])
+    wp = check_chunk_weights(wp, Xp.shape[0])
     return rows, Xp, wp
 
 

@@ -74,6 +74,12 @@ class MarginalLikelihoodMixin:
                 f"theta must hold 3 finite numbers, log(lengthscale), log(amplitude), "
                 f"log(noise); got {theta!r}"
             )
+        lo, hi = math.log(BOUNDS[0]), math.log(BOUNDS[1])
+        if (theta < lo).any() or (theta > hi).any():
+            raise ValueError(
+                f"theta must lie in [{lo:.4g}, {hi:.4g}] (the log of the bounds {BOUNDS} the fit "
+                f"searches; beyond them the likelihood over- or underflows); got {theta!r}"
+            )
         self._restore_objective()
         value, grad = self._objective(theta, want_grad=eval_gradient)
         return (value, grad) if eval_gradient else value

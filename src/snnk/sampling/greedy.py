@@ -158,7 +158,11 @@ def _check_inputs(X, kernel, m, weight) -> tuple[torch.Tensor, Kernel, int, torc
     m = check_count(m, "m")
     if m > n:
         raise ValueError(f"cannot pick {m} pivots among {n} rows")
-    w = torch.ones(n, dtype=F64) if weight is None else torch.as_tensor(weight, dtype=F64).cpu()
+    w = (
+        torch.ones(n, dtype=F64, device="cpu")
+        if weight is None
+        else torch.as_tensor(weight, dtype=F64, device="cpu")
+    )
     if w.shape != (n,) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
         raise ValueError("weight must be a finite, non-negative vector with one entry per row")
     return X, kern, m, w
