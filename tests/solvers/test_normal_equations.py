@@ -127,6 +127,32 @@ def test_multinomial_logistic_matches_sklearn():
     np.testing.assert_allclose(res.coef.T.numpy(), sk.coef_, atol=1e-5)
 
 
+def test_logistic_row_sums_survive_a_block_size_that_moves_between_passes():
+    """The remembered probabilities belong to their rows: a source whose block size changes
+    from pass to pass (a CUDA budget read from free memory) gives the fixed-block fit."""
+    from snnk.solvers import BlockSums, softmax_newton
+
+    g = torch.Generator().manual_seed(5)
+    n, D, K = 300, 6, 3
+    F = torch.randn(n, D, generator=g, dtype=F64)
+    Y = torch.nn.functional.one_hot(torch.argmax(F[:, :K], 1), K).to(F64)
+    passes = []
+
+    def moving():
+        size = (37, 50, 64)[len(passes) % 3]
+        passes.append(size)
+        return ((F[i : i + size], Y[i : i + size], None) for i in range(0, n, size))
+
+    def fixed():
+        return iter([(F, Y, None)])
+
+    kw = {"wsum": float(n), "ysum": Y.sum(0), "tol": 1e-10}
+    ref = softmax_newton(BlockSums(fixed), F.T @ F, F.sum(0), 1.0, **kw)
+    got = softmax_newton(BlockSums(moving, remember=True), F.T @ F, F.sum(0), 1.0, **kw)
+    assert len(set(passes)) == 3 and got.converged
+    torch.testing.assert_close(got.coef, ref.coef, rtol=1e-6, atol=1e-8)
+
+
 def test_update_checks():
     ne = NormalEquations(3, 1)
     with pytest.raises(ValueError, match="no rows"):

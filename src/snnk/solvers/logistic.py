@@ -53,10 +53,18 @@ class BlockSums:
         self._memos: list[dict] = []
 
     def _terms(self, fn: BlockTerm, args) -> Iterable[tuple[torch.Tensor, ...]]:
+        start = 0
         for i, (F, Y, w) in enumerate(self.blocks()):
-            if self.remember and i == len(self._memos):
-                self._memos.append({})
-            memo = self._memos[i] if self.remember else {}
+            memo: dict = {}
+            if self.remember:
+                if i == len(self._memos):
+                    self._memos.append(memo)
+                # a memo belongs to its rows: a source whose block size moved between passes
+                # (a CUDA budget read from free memory) starts the block afresh
+                if self._memos[i].get("rows") != (start, Y.shape[0]):
+                    self._memos[i] = {"rows": (start, Y.shape[0])}
+                memo = self._memos[i]
+            start += Y.shape[0]
             if w is None:
                 w = torch.ones(Y.shape[0], dtype=torch.float64, device=Y.device)
             yield fn(F, Y, w, memo, *args)
