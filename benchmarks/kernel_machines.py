@@ -70,6 +70,7 @@ import resource
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -395,9 +396,10 @@ def exact_group(args, X, y, Xq, yq) -> dict:
                     f"KernelRidgeCG, Nyström preconditioner M={centres}, tol 1e-3, "
                     f"cache_size={mib} (f32)"
                 )
-                make = lambda c=centres, mib=mib: KernelRidgeCG(  # noqa: E731
+                make = partial(
+                    KernelRidgeCG,
                     lengthscale=LENGTHSCALE,
-                    num_centers=c,
+                    num_centers=centres,
                     alpha=ALPHA,
                     tol=1e-3,
                     random_state=0,

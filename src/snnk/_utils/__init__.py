@@ -1,7 +1,7 @@
 """Internal helpers: validation, random generators and row blocking."""
 
 from snnk._utils.blocks import crossprod, default_block_rows, empty_output, iter_blocks
-from snnk._utils.random import draw_seed, make_generator
+from snnk._utils.random import draw_seed, make_generator, on_cpu
 from snnk._utils.validation import (
     all_finite,
     as_float_tensor,
@@ -32,4 +32,5 @@ __all__ = [
     "empty_output",
     "iter_blocks",
     "make_generator",
+    "on_cpu",
 ]

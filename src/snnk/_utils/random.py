@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numbers
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -73,3 +75,17 @@ def seed_from_random_state(random_state) -> int:
     generators: the same value scikit-learn's ``check_random_state(rs).randint(2**31 - 1)``
     gives for an int, a fresh OS-entropy one for ``None``."""
     return int(check_random_state(random_state).randint(2**31 - 1))
+
+
+@contextmanager
+def on_cpu() -> Iterator[torch.device]:
+    """Within the block, tensors made without a device land on the CPU whatever torch's
+    default device (``torch.set_default_device``, ``with torch.device(...)``): random
+    matrices are drawn from CPU generators (the same on every device), then moved.
+
+    Yields the default device the caller had, so that e.g. ``with torch.device("meta"):
+    SNNKLinear(...)`` builds a meta module without drawing on it.
+    """
+    target = torch.get_default_device()
+    with torch.device("cpu"):
+        yield target

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from snnk._utils.random import make_generator, seed_from_random_state
+from snnk._utils.random import make_generator, on_cpu, seed_from_random_state
 from snnk.features._centers_sampling import (
     bless_centers,
     kdpp_centers,
@@ -227,10 +227,10 @@ def _as_tensor(X, rows: np.ndarray | None = None) -> torch.Tensor:
 
 
 def _cpu_default(Xt: torch.Tensor):
-    """For CPU rows, torch's default device is the CPU while a selector runs (tensors it
-    makes without naming a device stay beside the rows, whatever ``torch.set_default_device``
-    says); rows on another device keep the caller's default."""
-    return torch.device("cpu") if Xt.device.type == "cpu" else contextlib.nullcontext()
+    """:func:`snnk._utils.on_cpu` for CPU rows (tensors a selector makes without naming a
+    device stay beside them, whatever the caller's default device); rows on another device
+    keep the caller's default."""
+    return on_cpu() if Xt.device.type == "cpu" else contextlib.nullcontext()
 
 
 def _generator_of(random_state) -> Callable[[], torch.Generator]:

@@ -175,7 +175,7 @@ class FeatureClassifierMixin(ClassifierMixin):
         if sums is None:
             if ne.n * self.num_features <= CACHE_ELEMENTS:
                 cache = list(blocks())
-                blocks = lambda: iter(cache)  # noqa: E731
+                blocks = cache.__iter__  # a re-readable source: a new iterator per pass
             sums = BlockSums(blocks, remember=ne.n * len(self.classes_) <= BLOCK_ELEMENTS)
         res = softmax_newton(
             sums,

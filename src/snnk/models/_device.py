@@ -25,14 +25,12 @@ state, and a load never needs the fit device). Fitted arrays are NumPy (CPU).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 
-from snnk._utils import check_device
+from snnk._utils import check_device, on_cpu
 from snnk._utils.blocks import BLOCK_ELEMENTS
 
 __all__ = [
@@ -115,15 +113,6 @@ def block_elements(
         return base
     free, _ = torch.cuda.mem_get_info(device)
     return max(base, int(free) // (CUDA_MEMORY_SHARE * max(1, itemsize)))
-
-
-@contextmanager
-def on_cpu() -> Iterator[None]:
-    """Within the block, tensors made without a device land on the CPU whatever torch's
-    default device (``torch.set_default_device``, ``with torch.device(...)``): for drawing
-    random modules from CPU generators, then :func:`move_module` them."""
-    with torch.device(_CPU):
-        yield
 
 
 def move_module(module: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from snnk._utils import as_float_tensor, check_positive_int
-from snnk._utils.random import make_generator
+from snnk._utils.random import make_generator, on_cpu
 from snnk.features import SpectralMeasure
 from snnk.nn.snnk_linear import _check_activation_map, _check_widths
-from snnk.nn.towers import SNNKMaps, _draw_on_cpu, _resolve_sampler
+from snnk.nn.towers import SNNKMaps, _resolve_sampler
 
 _SKIP = (nn.Dropout, nn.Identity, nn.Flatten)
 
@@ -80,7 +80,7 @@ class BundledNetwork(nn.Module):
         self.generator, self.seed = make_generator(seed)
         dims = [in_features, *widths]
         factory = {"dtype": dtype or torch.get_default_dtype()}
-        with _draw_on_cpu() as default_device:
+        with on_cpu() as default_device:
             factory["device"] = default_device if device is None else device
             self.tower = nn.ModuleList(
                 SNNKMaps(

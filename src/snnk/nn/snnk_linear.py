@@ -11,13 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from snnk._utils import as_float_tensor, check_in, check_positive, check_positive_int
-from snnk._utils.random import make_generator
+from snnk._utils.random import make_generator, on_cpu
 from snnk.features import SpectralMeasure
 from snnk.nn.towers import (
     ACTIVATIONS,
     SNNKMaps,
     _check_input_scale,
-    _draw_on_cpu,
     _resolve_sampler,
 )
 
@@ -105,7 +104,7 @@ class SNNKLinear(nn.Module):
         sampler = _resolve_sampler(sampler, orthogonal, "SNNKLinear")
         self.generator, self.seed = make_generator(seed)
         dtype = dtype or torch.get_default_dtype()
-        with _draw_on_cpu() as default_device:
+        with on_cpu() as default_device:
             device = default_device if device is None else device
             self.towers = SNNKMaps(
                 activation,

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
-from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-from snnk._utils import check_in
+from snnk._utils import check_in, on_cpu
 from snnk.features import URF, ArcCosineFeatures, SpectralMeasure, VarianceWarning
 
 ACTIVATIONS = ("relu", "exp", "cos", "sin", "gaussian")
@@ -43,18 +41,6 @@ def _resolve_sampler(sampler: str | bool, orthogonal: bool | None, owner: str) -
             "sampler= only"
         )
     return new
-
-
-@contextlib.contextmanager
-def _draw_on_cpu() -> Iterator[torch.device]:
-    """Random matrices are drawn on the CPU even inside ``with torch.device(...)``.
-
-    Yields the device the caller asked for (the default device outside the block), so that
-    ``with torch.device("meta"): SNNKLinear(...)`` builds a meta module without drawing on it.
-    """
-    target = torch.get_default_device()
-    with torch.device("cpu"):
-        yield target
 
 
 def _is_fourier(activation: str | SpectralMeasure) -> bool:
@@ -170,7 +156,7 @@ class SNNKMaps(nn.Module):
 
         Same shapes, dtype and device; ``None`` draws a seed from the operating system.
         """
-        with _draw_on_cpu():
+        with on_cpu():
             self.maps.resample(seed)
         self.maps.check_values = False
 
