@@ -26,6 +26,12 @@ from snnk.kernels._spectral import (
     Spectrum,
     StudentSpectrum,
 )
+from snnk.kernels.conv_nngp import (
+    ConvNNGP,
+    ConvNTK,
+    ConvolutionalKernel,
+    convolutional_kernels,
+)
 from snnk.kernels.factory import (
     kernel_names,
     make_kernel,
@@ -41,6 +47,9 @@ __all__ = [
     "NTK",
     "ArcCosine",
     "CauchySpectrum",
+    "ConvNNGP",
+    "ConvNTK",
+    "ConvolutionalKernel",
     "FullyConnectedKernel",
     "Gaussian",
     "GaussianSpectrum",
@@ -57,6 +66,7 @@ __all__ = [
     "Spectrum",
     "StudentSpectrum",
     "SumKernel",
+    "convolutional_kernels",
     "fully_connected_kernels",
     "kernel_names",
     "make_kernel",

@@ -21,11 +21,24 @@ from snnk.kernels._base import (
     Softmax,
     SumKernel,
 )
+from snnk.kernels.conv_nngp import ConvNNGP, ConvNTK
 from snnk.kernels.nngp import NNGP, NTK
 
 _REGISTRY: dict[str, type[Kernel]] = {
     cls.name: cls
-    for cls in (Gaussian, Laplace, Matern, ArcCosine, Softmax, Polynomial, Linear, NNGP, NTK)
+    for cls in (
+        Gaussian,
+        Laplace,
+        Matern,
+        ArcCosine,
+        Softmax,
+        Polynomial,
+        Linear,
+        NNGP,
+        NTK,
+        ConvNNGP,
+        ConvNTK,
+    )
 }
 _REGISTRY["rbf"] = Gaussian
 
