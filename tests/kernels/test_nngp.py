@@ -207,6 +207,42 @@ def test_atan2_form_no_nan_in_float32():
     assert float(((K.double() - K64).abs() / K64.abs().amax()).max()) < 1e-4
 
 
+@pytest.mark.parametrize("weight_variance", [0.0, 1e-201, 2.0, 1e3])
+def test_erf_in_place_layer_matches_atan2_form(weight_variance):
+    """The in-place erf layer (ρ = q₁₂/√((q₁₁+½)(q₂₂+½)), asin ρ, Σ̇ from √(1 − ρ²), the
+    constant 2σ_w²/π folded into the square root unless 1/c² is not a normal number) equals
+    the atan2 form that the autograd path takes; it stays finite where ρ rounds to ±1."""
+    g = torch.Generator().manual_seed(6)
+    X = torch.randn(9, 4, generator=g, dtype=F64)
+    Y = torch.randn(5, 4, generator=g, dtype=F64)
+    opts = {"depth": 2, "activation": "erf", "weight_variance": weight_variance}
+    for scale in (1e-8, 1.0, 1e4):
+        for Yarg in (None, Y * scale):
+            fast = fully_connected_kernels(X * scale, Yarg, bias_variance=0.1, **opts)
+            Xg = (X * scale).requires_grad_(True)
+            slow = fully_connected_kernels(Xg, Yarg, bias_variance=0.1, **opts)
+            for a, b in zip(fast, slow, strict=True):
+                torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-14)
+    # q ≈ 1e24: ρ rounds to 1 on the diagonal; the clamp to 1 − ε keeps Σ̇ finite
+    for K in fully_connected_kernels(X * 1e12, bias_variance=0.1, **opts):
+        assert torch.isfinite(K).all()
+
+
+@pytest.mark.parametrize("activation", ["relu", "erf"])
+def test_ntk_diagonal_follows_diagonal_recursion_at_large_scale(activation):
+    """At x = x′ the angle forms lose about q·ε (1 − ρ² or q₁₁q₂₂ − q₁₂² cancels): the
+    NTK's diagonal takes σ_w² Σ̇ from the diagonal formulas, so ``k(X)`` keeps ``k.diag(X)``
+    to rounding at q ≈ 1e8 (the angle form alone was off by ~1e-7 relative for erf), and
+    the erf diagonal Σ̇ = (4/π)/√(1 + 4q) has no cancellation of its own."""
+    X = torch.randn(7, 4, generator=torch.Generator().manual_seed(8), dtype=F64) * 1e4
+    k = NTK(3, activation, 2.0, 0.1)
+    for rows in (None, 3):
+        torch.testing.assert_close(k(X, block_rows=rows).diagonal(), k.diag(X), rtol=1e-13, atol=0)
+    q = torch.tensor([1e12], dtype=F64)
+    kd = diag_expectations("erf", q)[1]
+    torch.testing.assert_close(kd, (2 / math.pi) / torch.sqrt(q + 0.25), rtol=1e-14, atol=0)
+
+
 def test_callable_activation_and_quadrature_tanh():
     X = torch.randn(6, 3, dtype=F64, generator=torch.Generator().manual_seed(5))
     a = NTK(2, "tanh", 1.5, 0.1, quadrature_degree=80)(X)
@@ -350,7 +386,7 @@ def test_blocks_written_in_place_match_one_block(activation, depth):
     """The row-block path writes the last layer straight into the output (and the first
     layer as one GEMM of augmented inputs): the same values as one block, and the diagonal
     of the NNGP ``k(X)`` still equals ``k.diag(X)`` bit for bit (the NTK's to rounding: its
-    x = x′ entries are not pinned)."""
+    x = x′ entries take σ_w² Σ̇ from the diagonal formula, in a fused update)."""
     g = torch.Generator().manual_seed(3)
     X = torch.randn(11, 5, generator=g, dtype=F64)
     Y = torch.randn(6, 5, generator=g, dtype=F64)

@@ -309,11 +309,17 @@ class FullyConnectedKernel(Kernel):
         theta = q12 if ntk else None
         for layer in range(self.depth):
             last = out is not None and layer == self.depth - 1
+            if ntk and offset is not None:
+                # σ_w² Σ̇ at x = x′ from the diagonal formula: the NTK's x = x′ entries follow
+                # the diagonal recursion too (the angle forms lose ~q·ε there)
+                kd11 = diag_expectations(self.activation, q11, **self._map_options())[1]
             q11, q22, q12, gain = self.layer(
                 q11, q22, q12, derivative=ntk, out=out[0] if last else None
             )
             q12 = _pin(q12, q11, offset)
             if ntk:
+                if offset is not None:
+                    gain = _pin(gain, self.weight_variance * kd11, offset)
                 target = out[1] if last and out[1] is not None else theta
                 theta = (
                     torch.addcmul(q12, theta, gain, out=target)
