@@ -26,7 +26,12 @@ layer 1), rescaled to unit norm. Train / test split by movie (no movie in both).
    training time, median of 3 fits interleaved in one run; plot to ``docs/private.png``.
    Every contender runs on ``--threads`` torch threads (default 1, see ``main``).
 
-Run: ``flock /tmp/snnk-cpu.lock .venv/bin/python benchmarks/private.py`` (about 20 minutes on
+3. ``--part kde-speed`` (``private_kde_speed.py``): the projection (dense Gaussian and the
+   subsampled randomized Fourier transform) at equal expected error against the unprojected
+   sketch at d = 2,048 over a grid of ``D`` and ``k``, at the reference ``D = 2,048`` and with
+   ``D`` tuned for each side; and query time across d = 256-4,096 at fixed ``D``, ``k``.
+
+Run: ``flock /tmp/snnk-cpu.lock .venv/bin/python benchmarks/private.py`` (about 25 minutes on
 the 2-core VM; the encoder pass adds about 3 minutes the first time). ``--quick`` for a
 smoke run.
 """
@@ -463,7 +468,8 @@ def main():
     global LABELS, MOVIES
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--part", choices=("kde", "clf", "profile", "all"), default="all")
+    ap.add_argument("--part", choices=("kde", "kde-speed", "clf", "profile", "all"), default="all")
+    ap.add_argument("--seeds", type=int, default=5, help="seeds of --part kde-speed")
     ap.add_argument(
         "--threads",
         type=int,
@@ -531,6 +537,10 @@ def main():
                 summary,
             )
         )
+    if args.part in ("kde-speed", "all"):
+        import private_kde_speed
+
+        private_kde_speed.run(at_dim(H, 2048), H, train, test[:1000], args.seeds, expected_abs)
     if args.part in ("profile", "all"):
         rows = []
         profile_parts(H, train, test, rows)

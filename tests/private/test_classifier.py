@@ -60,8 +60,10 @@ def test_epsilon_inf_equals_the_non_private_classifier():
     assert np.mean(clf.predict(Xt) == exact) > 0.97
 
 
-def test_sklearn_contract_and_persistence(tmp_path):
-    clf = _fit(1.0, 0, noise="gaussian", delta=1e-6, projection_dim=3)
+@pytest.mark.parametrize("projection", ["gaussian", "fourier"])
+def test_sklearn_contract_and_persistence(tmp_path, projection):
+    clf = _fit(1.0, 0, noise="gaussian", delta=1e-6, projection_dim=3, projection=projection)
+    assert clf.release_.projection == projection
     X, _ = blobs(50, 5, 3)
     P = clf.predict_proba(X)
     assert P.shape == (50, 3) and np.allclose(P.sum(1), 1) and np.all(P >= 0)
@@ -69,7 +71,7 @@ def test_sklearn_contract_and_persistence(tmp_path):
     assert clone(clf).get_params()["epsilon"] == 1.0
     clf2 = PrivateKernelClassifier.load(clf.save(tmp_path / "c.safetensors"))
     np.testing.assert_array_equal(clf2.predict(X), clf.predict(X))
-    assert clf2.classes_.tolist() == [0, 1, 2]
+    assert clf2.classes_.tolist() == [0, 1, 2] and clf2.projection == projection
 
 
 def test_parallel_composition_and_accountant():

@@ -39,12 +39,13 @@ def _release(kernel, k=None, groups=None, n=300, d=6, D=64, eps=math.inf, **kw):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("k", [None, 4])
+@pytest.mark.parametrize("k, projection", [(None, "gaussian"), (4, "gaussian"), (4, "fourier")])
 @pytest.mark.parametrize("groups", [None, 3])
-def test_statistic_and_query_match_the_public_feature_map(kernel, k, groups):
+def test_statistic_and_query_match_the_public_feature_map(kernel, k, projection, groups):
     if kernel == "laplace" and k is not None:
         pytest.skip("no projection for the L1 kernel")
-    X, g, r = _release(kernel, k, groups, eps=1.0)
+    X, g, r = _release(kernel, k, groups, eps=1.0, projection=projection)
+    assert r.projection == projection
     Z = r.features(X).numpy()
     # eps = 1: the statistic is checked through the noiseless build below; here the query
     # of the noisy sketch against z(Y)ᵀS̃ computed from the public map
@@ -55,7 +56,8 @@ def test_statistic_and_query_match_the_public_feature_map(kernel, k, groups):
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
     got32 = r.query(Y.astype(np.float32), average=False).reshape(want.shape)
     np.testing.assert_allclose(got32, want, rtol=0, atol=1e-4 * np.abs(want).max() + 1e-6)
-    _, _, r0 = _release(kernel, k, groups)  # eps = inf: the sketch is the statistic itself
+    # eps = inf: the sketch is the statistic itself
+    _, _, r0 = _release(kernel, k, groups, projection=projection)
     G = 1 if groups is None else groups
     gg = np.zeros(len(X), int) if g is None else g
     T = np.stack([Z[gg == c].sum(0) for c in range(G)])

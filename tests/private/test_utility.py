@@ -131,8 +131,10 @@ def test_l1_error_scaling():
     _ratio_ok(_tree_error(1000, 1.0, 8, "gaussian"), g2, 4.0)  # ∝ d (Gaussian)
 
 
-def test_projection_keeps_the_average_kde():
-    """d = 512, k = 4/α² with α = 0.1: average-KDE error ≤ α, not growing with n (B.4)."""
+@pytest.mark.parametrize("projection", ["gaussian", "fourier"])
+def test_projection_keeps_the_average_kde(projection):
+    """d = 512, k = 4/α² with α = 0.1: average-KDE error ≤ α, not growing with n (B.4), for
+    the dense Gaussian map and the subsampled randomized Fourier transform alike."""
     rng = np.random.default_rng(4)
     d, alpha = 512, 0.1
     k = int(4 / alpha**2)
@@ -140,10 +142,10 @@ def test_projection_keeps_the_average_kde():
     X = centers[rng.integers(0, 5, 3000)] + 0.7 * rng.normal(size=(3000, d))
     Y = centers[rng.integers(0, 5, 20)] + 0.7 * rng.normal(size=(20, d))
     ell = float(np.median(np.linalg.norm(X[:200] - Y[:1], axis=1)))
-    f = KernelFeatureMap("gaussian", ell, d, 2, k, seed=0)
+    f = KernelFeatureMap("gaussian", ell, d, 2, k, seed=0, projection=projection)
 
     def P(A):
-        return f.projection(torch.tensor(A)) / math.sqrt(k)
+        return f.project(torch.tensor(A))
 
     errs = []
     for n in (300, 3000):

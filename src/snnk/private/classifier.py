@@ -23,6 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 from snnk.private.accountant import NEIGHBORING, BudgetAccountant, PrivacyLeakWarning
 from snnk.private.kde import KernelSumRelease, private_kernel_sum
 from snnk.private.mechanisms import NOISES
+from snnk.private.projection import PROJECTIONS
 from snnk.private.release import load_release
 from snnk.private.smooth import KERNELS
 
@@ -47,6 +48,9 @@ class PrivateKernelClassifier(ClassifierMixin, BaseEstimator):
         Sketch length ``D`` per class.
     projection_dim : int or None, default None
         KDE-preserving JL dimension (``None``: none).
+    projection : {"gaussian", "fourier"}, default "gaussian"
+        The JL map (dense Gaussian, or the ``O(d log d)`` subsampled randomized Fourier
+        transform; see :func:`~snnk.private.private_kernel_sum`).
     count_fraction : float, default 0.1
         Share of the budget spent on the noisy class counts.
     classes : array-like or None
@@ -72,6 +76,7 @@ class PrivateKernelClassifier(ClassifierMixin, BaseEstimator):
         "neighboring": [StrOptions(set(NEIGHBORING))],
         "num_features": [Interval(numbers.Integral, 1, None, closed="left")],
         "projection_dim": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "projection": [StrOptions(set(PROJECTIONS))],
         "count_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
         "classes": ["array-like", None],
         "accountant": [BudgetAccountant, None],
@@ -89,6 +94,7 @@ class PrivateKernelClassifier(ClassifierMixin, BaseEstimator):
         neighboring: str = "add_remove",
         num_features: int = 1024,
         projection_dim: int | None = None,
+        projection: str = "gaussian",
         count_fraction: float = 0.1,
         classes=None,
         accountant: BudgetAccountant | None = None,
@@ -102,6 +108,7 @@ class PrivateKernelClassifier(ClassifierMixin, BaseEstimator):
         self.neighboring = neighboring
         self.num_features = num_features
         self.projection_dim = projection_dim
+        self.projection = projection
         self.count_fraction = count_fraction
         self.classes = classes
         self.accountant = accountant
@@ -143,6 +150,7 @@ class PrivateKernelClassifier(ClassifierMixin, BaseEstimator):
             neighboring=self.neighboring,
             num_features=self.num_features,
             projection_dim=self.projection_dim,
+            projection=self.projection,
             count_fraction=self.count_fraction,
             groups=idx.astype(np.int64),
             n_groups=int(classes.size),
@@ -190,6 +198,7 @@ class PrivateKernelClassifier(ClassifierMixin, BaseEstimator):
             neighboring=release.neighboring,
             num_features=release.num_features,
             projection_dim=release.projection_dim,
+            projection=release.projection,
             classes=list(release.labels),
         )
         est.release_ = release

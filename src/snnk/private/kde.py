@@ -7,7 +7,10 @@ calibrated to the sensitivity of ``T`` and publishes ``S̃``. Any query is then
 public) count for the density. With ``projection_dim=k`` the data and the queries first go
 through a data-independent Johnson-Lindenstrauss map to ``R^k`` (BLMST24 §7): the average
 kernel value is kept up to ``O(α)`` with ``k = O(α⁻² log(1/α))`` whatever ``n`` and ``d``, and
-a query costs ``O(dk + kD)`` instead of ``O(dD)``.
+a query costs ``O(dk + kD)`` (dense Gaussian map) or ``O(d log d + kD)`` (``projection=
+"fourier"``, a subsampled randomized Fourier transform) instead of ``O(dD)``. The map is
+public and data-independent and the features of any input have norm 1, so the sensitivity
+below holds with or without it.
 
 Sensitivity (``z`` paired Fourier features, ``‖z(x)‖₂² = Σ_j w_j = 1`` up to the exponential-
 sum weights): add/remove changes ``T`` by one ``z(x)``, so ``Δ₂ = ‖z‖₂ = 1`` and
@@ -42,6 +45,7 @@ from snnk.private.accountant import (
 from snnk.private.mechanisms import NOISES, NoiseSource, calibrate
 from snnk.private.mechanisms import check_seed as _check_seed
 from snnk.private.mechanisms import public_seed as _public_seed
+from snnk.private.projection import PROJECTIONS
 from snnk.private.release import Release, _readonly
 from snnk.private.smooth import KERNELS, KernelFeatureMap
 
@@ -97,6 +101,7 @@ class KernelSumRelease(Release):
         "in_features": (int,),
         "num_features": (int,),
         "projection_dim": (int, type(None)),
+        "projection": (str,),
         "public_seed": (int,),
         "noise": (str,),
         "epsilon": (float,),
@@ -139,6 +144,7 @@ class KernelSumRelease(Release):
             self.num_features,
             self.projection_dim,
             self.public_seed,
+            self.projection,
         )
         object.__delattr__(self, "_given_map")
         state = fmap.state_dict()
@@ -262,6 +268,7 @@ def private_kernel_sum(
     neighboring: str = "add_remove",
     num_features: int = 1024,
     projection_dim: int | None = None,
+    projection: str = "gaussian",
     public_n: int | None = None,
     count_fraction: float = 0.1,
     groups=None,
@@ -297,6 +304,13 @@ def private_kernel_sum(
         ``D``, the sketch length (paired Fourier features).
     projection_dim : int or None
         ``k`` of the KDE-preserving JL projection (``None``: no projection).
+    projection : {"gaussian", "fourier"}
+        The JL map when ``projection_dim`` is set: a dense Gaussian ``k x d`` matrix (``d·k``
+        per query) or the subsampled randomized Fourier transform (``O(d log d)`` per query
+        whatever ``k``, ``k ≤ d``; :mod:`snnk.private.projection`). Both are public,
+        data-independent and applied to the data and the queries alike: the sketch is
+        ``Σ_x z(Px)`` with ``‖z(·)‖₂ = 1`` for any input, so the sensitivity (hence the noise)
+        is the same with either map or none.
     public_n : int or None
         Declare ``n`` public (it must equal ``len(X)``): no budget is spent on the count.
     count_fraction : float in (0, 1)
@@ -328,6 +342,8 @@ def private_kernel_sum(
     num_features = check_positive_int(num_features, "num_features")
     if projection_dim is not None:
         projection_dim = check_positive_int(projection_dim, "projection_dim")
+    if projection not in PROJECTIONS:
+        raise ValueError(f"projection must be one of {list(PROJECTIONS)}, got {projection!r}")
     frac = check_positive(count_fraction, "count_fraction")
     if frac >= 1:
         raise ValueError(f"count_fraction must lie in (0, 1), got {count_fraction!r}")
@@ -351,7 +367,7 @@ def private_kernel_sum(
     warn_delta(delta, n)
 
     seed = _public_seed(random_state) if public_seed is None else _check_seed(public_seed)
-    fmap = KernelFeatureMap(kernel, ell, d, num_features, projection_dim, seed)
+    fmap = KernelFeatureMap(kernel, ell, d, num_features, projection_dim, seed, projection)
     source = NoiseSource(random_state)
     factor = 2.0 if neighboring == "replace_one" else 1.0
     count_eps = 0.0 if (n_public or math.isinf(eps)) else frac * eps
@@ -387,6 +403,7 @@ def private_kernel_sum(
         "in_features": d,
         "num_features": num_features,
         "projection_dim": projection_dim,
+        "projection": projection,
         "public_seed": seed,
         "noise": noise,
         "epsilon": eps,

@@ -18,6 +18,7 @@ from scipy.optimize import nnls
 
 from snnk.features import RandomProjection, make_feature_map
 from snnk.kernels import Gaussian, GaussianSpectrum, Laplace, Matern
+from snnk.private.projection import PROJECTIONS, FourierProjection
 
 KERNELS = ("gaussian", "exponential", "laplace", "cauchy", "linear")
 
@@ -113,8 +114,12 @@ def _sampler(dim: int, rows: int) -> str:
 class KernelFeatureMap(torch.nn.Module):
     r"""The public randomness of a kernel-sum release: ``x ↦ z(Px)`` with ``z(x)ᵀz(y) ≈ k(x, y)``.
 
-    ``P`` is an optional KDE-preserving Johnson-Lindenstrauss map ``R^d → R^k`` (rows
-    ``N(0, I)/√k``, orthogonal blocks when ``16 ≤ d ≤ 2k``) and ``z = [√w_j z_j]_j`` concatenates
+    ``P`` is an optional KDE-preserving Johnson-Lindenstrauss map ``R^d → R^k``: with
+    ``projection="gaussian"`` a dense matrix (rows ``N(0, I)/√k``, orthogonal blocks when
+    ``16 ≤ d ≤ 2k``; ``d·k`` per row), with ``"fourier"`` the subsampled randomized Fourier
+    transform (:class:`~snnk.private.projection.FourierProjection`, ``O(d log d)`` per row,
+    ``k ≤ d``). Either is public, data-independent and applied to data and queries alike.
+    ``z = [√w_j z_j]_j`` concatenates
     paired Fourier feature maps (:func:`snnk.features.make_feature_map`) of the components
     ``k_j`` with ``2 m_j`` features, ``m_j ∝ w_j``. Then ``‖z(x)‖₂² = Σ_j w_j`` exactly, and
     ``‖z(x)‖₁ ≤ Σ_j √(w_j)·√(2 m_j)``: the L2 / L1 bounds that calibrate the noise.
@@ -129,10 +134,14 @@ class KernelFeatureMap(torch.nn.Module):
         num_features: int,
         projection_dim: int | None,
         seed: int,
+        projection: str = "gaussian",
     ):
         super().__init__()
+        if projection not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {list(PROJECTIONS)}, got {projection!r}")
         self.kernel, self.lengthscale = kernel, float(lengthscale)
         self.in_features, self.projection_dim, self.seed = in_features, projection_dim, seed
+        self.projection_kind = projection
         gen = torch.Generator().manual_seed(int(seed) % 2**63)
         comps = kernel_components(kernel, lengthscale)
         inner = in_features
@@ -143,14 +152,17 @@ class KernelFeatureMap(torch.nn.Module):
                     "a Johnson-Lindenstrauss map does not preserve L1 distances; use "
                     "projection_dim=None with kernel='laplace'"
                 )
-            self.projection = RandomProjection(
-                in_features,
-                projection_dim,
-                GaussianSpectrum(),
-                _sampler(in_features, projection_dim),
-                gen,
-                dtype=torch.float64,
-            )
+            if projection == "fourier":
+                self.projection = FourierProjection(in_features, projection_dim, gen)
+            else:
+                self.projection = RandomProjection(
+                    in_features,
+                    projection_dim,
+                    GaussianSpectrum(),
+                    _sampler(in_features, projection_dim),
+                    gen,
+                    dtype=torch.float64,
+                )
             inner = projection_dim
         else:
             self.projection = None
@@ -183,11 +195,18 @@ class KernelFeatureMap(torch.nn.Module):
         self.l2_bound = math.sqrt(sum(self.weights))
         self.l1_bound = sum(math.sqrt(w * 2 * m) for w, m in zip(self.weights, pairs, strict=True))
 
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """``P x`` (``(n, d) -> (n, k)``, norms kept in expectation); ``x`` itself without
+        a projection."""
+        if self.projection is None:
+            return x
+        if self.projection_kind == "fourier":
+            return self.projection(x)
+        return self.projection(x) / math.sqrt(self.projection_dim)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(n, d) -> (n, D)`` in float64."""
-        x = x.to(torch.float64)
-        if self.projection is not None:
-            x = self.projection(x) / math.sqrt(self.projection_dim)
+        x = self.project(x.to(torch.float64))
         if self.kernel == "linear":
             return clip_norm(x, self.lengthscale)
         zs = [
