@@ -20,6 +20,13 @@ Usage::
 
     python benchmarks/regression.py --old HEAD~5          # a git revision of this repository
     python benchmarks/regression.py --old-src /path/to/old/src --rounds 3
+
+Short steps that allocate large blocks (``SNNKLinear``, attention) also measure glibc's
+heap state: whether a freed multi-MB block is trimmed back to the system (and its pages
+faulted in again by the next call) depends on everything the process allocated before,
+which differs between the trees although the steps run the same operations.
+``--fixed-malloc`` gives both children the same malloc thresholds (no trimming), so the
+ratio compares the code alone.
 """
 
 from __future__ import annotations
@@ -203,8 +210,15 @@ def _export(rev: str) -> Path:
     return dest / "src"
 
 
-def _run(src: Path, names: list[str]) -> dict:
+#: glibc malloc settings of ``--fixed-malloc``: large blocks from the heap, never trimmed, so
+#: that a block freed by one call serves the next without fresh (zeroed) pages
+FIXED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 25), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+
+
+def _run(src: Path, names: list[str], fixed_malloc: bool = False) -> dict:
     env = dict(os.environ, PYTHONPATH=str(src))
+    if fixed_malloc:
+        env.update(FIXED_MALLOC)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *names]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
@@ -221,6 +235,12 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=[], help="substrings of workload names")
     ap.add_argument("--child", nargs="*", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, help="write the raw times here")
+    ap.add_argument(
+        "--fixed-malloc",
+        action="store_true",
+        help="same glibc malloc thresholds in both children (no heap trimming): removes the "
+        "page faults that depend on each process's allocation history, not on the code",
+    )
     args = ap.parse_args()
     if args.child is not None:
         child(args.child)
@@ -234,7 +254,7 @@ def main() -> None:
         if r % 2:
             order.reverse()
         for side, src in order:
-            for name, t in _run(src, args.only).items():
+            for name, t in _run(src, args.only, args.fixed_malloc).items():
                 if isinstance(t, str):
                     errors[f"{side} {name}"] = t
                     continue

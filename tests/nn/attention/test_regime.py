@@ -103,3 +103,50 @@ def test_softmax_free_warns_when_key_norms_vary():
     k = k * torch.linspace(0.2, 6.0, 64, dtype=torch.float64)[:, None]  # norms spread
     with pytest.warns(AttentionRegimeWarning, match=r"std of ‖k‖²·scale/2 = "):
         kernel_attention(q, k, v, "softmax-free", num_features=16)
+
+
+@pytest.mark.parametrize("std", [0.3, 0.9, 1.1, 3.0])
+def test_hermite_warning_matches_the_exact_statistic(std):
+    """The bound that skips the per-row statistic decides as the rows do: 0.3 is settled by
+    the bound (0.08 against 4), 0.9 needs the rows (bound 6.2, rows below the threshold),
+    1.1 and 3.0 have rows above it."""
+    q, k, v = qkv(std=std)
+    kc = k - k.mean(-2, keepdim=True)
+    C = kc.mT @ kc / k.shape[-2]
+    sigma = float(((q @ C) * q).sum(-1).amax().sqrt()) / 4  # scale = 1/√16
+    assert abs(sigma - 2.0) > 0.05  # the cases are clear of the threshold
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        kernel_attention(q, k, v, "hermite", num_features=32)
+    hits = [r for r in rec if issubclass(r.category, AttentionRegimeWarning)]
+    assert len(hits) == (sigma > 2.0)
+    if hits:
+        assert f"deviation is {sigma:.3g} >" in str(hits[0].message)
+
+
+@pytest.mark.parametrize("std", [0.1, 0.3, 0.6, 1.0, 2.0])
+def test_hermite_skips_the_tempering_only_where_it_is_the_identity(std, monkeypatch):
+    """Where the bound skips the tempering, output and gradients equal the tempered path's
+    bit for bit; large inputs are tempered."""
+    from snnk.nn.attention import methods
+
+    decided = []
+    bound = methods.Hermite._may_temper
+
+    def spy(self, U, mean):
+        decided.append(bound(self, U, mean))
+        return decided[-1]
+
+    def run():
+        q, k, v = (t.requires_grad_() for t in qkv(L=96, E=8, std=std, seed=3))
+        out = kernel_attention(q, k, v, "hermite", num_features=24, regime_warning=False)
+        out.square().sum().backward()
+        return [out.detach(), q.grad, k.grad, v.grad]
+
+    monkeypatch.setattr(methods.Hermite, "_may_temper", spy)
+    fast = run()
+    monkeypatch.setattr(methods.Hermite, "_may_temper", lambda self, U, mean: True)
+    tempered = run()
+    for a, b in zip(fast, tempered, strict=True):
+        assert torch.equal(a, b)
+    assert decided == [std >= 1.0]  # measured: skipped up to 0.6, tempered from 1.0

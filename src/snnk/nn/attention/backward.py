@@ -47,8 +47,8 @@ def _normalised_query_grad(f, g, out, B, b, dB, db):
     dN = torch.where(ok, g / dens, 0.0)
     dD = torch.where(ok, -(g * out).sum(-1, keepdim=True) / dens, 0.0)
     dB += f.mT @ dN
-    db += (f * dD).sum(-2)
-    return dN @ B.mT + dD * b.unsqueeze(-2)
+    db += (f.mT @ dD)[..., 0]  # a matrix-vector product, no (rows, m) temporary
+    return (dN @ B.mT).addcmul_(dD, b.unsqueeze(-2))
 
 
 def _sums_backward(spec, Zg, Ssum, zsum, dB, db):

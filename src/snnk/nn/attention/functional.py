@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -40,8 +41,24 @@ from snnk.nn.attention.regime import regime_message, warn_regime
 _CHUNK_ELEMENTS = 1 << 17
 
 
-def _check_qkv(q, k, v) -> float | None:
-    """Validate the three inputs; return ``max(|q|, |k|)`` (None when no value was read)."""
+class InputStats(NamedTuple):
+    """What the input check read on its way (None: not read, e.g. on meta or while
+    ``torch.compile`` traces)."""
+
+    #: ``max(max|q|, max|k|)`` (only when asked for: ``"softmax-free"``'s cancellation bound)
+    magnitude: float | None
+    #: ``max_i ‖q_i‖`` (when ``magnitude`` is not asked for)
+    query_norm: float | None
+
+
+def _check_qkv(q, k, v, magnitude: bool = False) -> InputStats:
+    """Validate the three inputs; return what the value check read (:class:`InputStats`).
+
+    Each tensor is read once. ``magnitude``: q and k by an ``aminmax`` (their largest entry);
+    otherwise q by its row norms (``max_i ‖q_i‖``, which the regime checks and
+    ``"hermite"``'s tempering bound use) and k by a sum (:func:`snnk._utils.all_finite`).
+    NaN and Inf propagate through all three, so a non-finite input is named either way.
+    """
     for name, t in (("query", q), ("key", k), ("value", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -76,9 +93,13 @@ def _check_qkv(q, k, v) -> float | None:
             f"query, key and value must be on one device, got {q.device}, {k.device}, {v.device}"
         )
     # one read pass per tensor and call (skipped on meta and while torch.compile traces): a
-    # NaN key otherwise turns every normaliser into NaN and rows silently into 0; for q and k
-    # the pass is an aminmax (NaN and Inf propagate), which also gives their magnitude
-    magnitude = _magnitude(q, "query"), _magnitude(k, "key")
+    # NaN key otherwise turns every normaliser into NaN and rows silently into 0
+    if magnitude:
+        mags = _magnitude(q, "query"), _magnitude(k, "key")
+        stats = InputStats(None if None in mags else max(mags), None)
+    else:
+        stats = InputStats(None, _row_norm_max(q, "query"))
+        check_finite(k, "key")
     check_finite(v, "value")
     if k.shape[-2] == 0:
         raise ValueError(
@@ -86,18 +107,36 @@ def _check_qkv(q, k, v) -> float | None:
             f"zero keys is undefined (softmax of an empty row); pass at least one key, or "
             f"skip the call for empty sequences"
         )
-    return None if None in magnitude else max(magnitude)
+    return stats
+
+
+def _readable(t: torch.Tensor) -> bool:
+    return t.numel() > 0 and t.device.type != "meta" and not torch.compiler.is_compiling()
 
 
 def _magnitude(t: torch.Tensor, name: str) -> float | None:
     """``max |t|`` after checking ``t`` is finite, in one read pass (None: not read)."""
-    if t.numel() == 0 or t.device.type == "meta" or torch.compiler.is_compiling():
+    if not _readable(t):
         return None
     lo, hi = torch.aminmax(t.detach())
     lo, hi = float(lo), float(hi)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         check_finite(t, name)  # raises, counting the NaN and Inf entries
     return max(-lo, hi)
+
+
+def _row_norm_max(t: torch.Tensor, name: str) -> float | None:
+    """``max_i ‖t_i‖`` over the rows (last dimension) after checking ``t`` is finite, in one
+    read pass (None: not read). A non-finite result is a NaN/Inf entry or an overflow of
+    the norm (then ``inf`` is returned: every bound built on it fails safe)."""
+    if not _readable(t):
+        return None
+    acc = torch.float64 if t.dtype == torch.float64 else torch.float32
+    top = float(torch.linalg.vector_norm(t.detach(), dim=-1, dtype=acc).amax())
+    if not math.isfinite(top):
+        check_finite(t, name)  # raises, counting the NaN and Inf entries
+        return math.inf
+    return top
 
 
 def _cancellation_free(spec, magnitude: float | None, E: int, dtype: torch.dtype) -> bool:
@@ -274,7 +313,7 @@ def kernel_attention(
     Tensor of shape ``(..., L, Ev)`` in ``q``'s dtype.
     """
     check_in(method, "method", METHODS)
-    magnitude = _check_qkv(q, k, v)
+    stats = _check_qkv(q, k, v, magnitude=method == "softmax-free")
     if is_causal and method not in CAUSAL_METHODS:
         raise ValueError(
             f"method={method!r} cannot be causal: its landmarks are computed from the "
@@ -292,7 +331,7 @@ def kernel_attention(
     scale = 1.0 / math.sqrt(E) if scale is None else check_positive(scale, "scale")
     num_features = check_positive_int(num_features, "num_features")
     if regime_warning:
-        warn_regime(regime_message(method, q, k, scale))
+        warn_regime(regime_message(method, q, k, scale, query_norm=stats.query_norm))
     check_in(nystrom_form, "nystrom_form", NYSTROM_FORMS)
     check_in(pinv, "pinv", PINV_METHODS)
     jitter = check_positive(jitter, "jitter")
@@ -333,8 +372,9 @@ def kernel_attention(
             tol=tol,
             landmarks=rule if method in DEFAULT_LANDMARKS else None,
             nystrom_form=nystrom_form,
+            query_norm=stats.query_norm,
         )
-        if _cancellation_free(spec, magnitude, E, work):
+        if _cancellation_free(spec, stats.magnitude, E, work):
             spec.max_log = None  # the bound holds without the clamp pass
         width = feature_map.num_features if method == "favor+" else num_features
         batch = math.prod(q.shape[:-2])
@@ -439,8 +479,7 @@ def hybrid_attention(
     -------
     Tensor of shape ``(..., H, L, Ev)`` in ``q``'s dtype.
     """
-    magnitude = _check_qkv(q, k, v)
-    del magnitude
+    _check_qkv(q, k, v)
     window = check_window(window)
     if q.ndim < 3:
         raise ValueError(

@@ -288,6 +288,14 @@ class Hermite(LandmarkMethod):
     #: ``(G + λI)⁻¹ ā`` (``ā`` the key mean of the quadratic key features), set by
     #: :meth:`finish`: ``a(q)ᵀ`` times it is the row's mean squared logit ``σ̂²``
     mean_quad: torch.Tensor | None = None
+    #: whether some query row may have ``σ̂ > 1`` (decided once per call by :meth:`finish`;
+    #: False only when a bound shows that every tempering factor is exactly 1)
+    tempered: bool | None = None
+
+    def __init__(self, scale: float, num_landmarks: int, *, query_norm=None, **kwargs):
+        super().__init__(scale, num_landmarks, **kwargs)
+        #: ``max_i ‖q_i‖`` of the call's queries, when known (:meth:`finish` bounds ``σ̂``)
+        self.query_norm = query_norm
 
     def key_map(self, x, Z):
         return self.polynomial((x - Z[..., -1:, :]) * self.r, self.directions(Z), False)[0]
@@ -303,12 +311,14 @@ class Hermite(LandmarkMethod):
         Queries are scaled by ``α`` there: the row becomes the expansion at temperature ``σ̂``
         (a softened attention) and its weights ``((αt + 1)² + 1 − α² E t²)/2`` stay
         non-negative up to the Nyström error. ``p`` and ``p²`` are formed once: ``σ̂²`` is
-        ``p² · (G + λI)⁻¹ā``, one matrix-vector product per row block.
+        ``p² · (G + λI)⁻¹ā``, one matrix-vector product per row block. When :meth:`finish`
+        has shown ``σ̂ < 1`` for every row (:attr:`tempered` False), every ``α`` is 1 and
+        the scaling is skipped (the same features, without three passes per block).
         """
         p = xs @ U.mT
         sq = p.square()
         one = torch.ones_like(xs[..., :1])
-        if self.mean_quad is None:
+        if self.mean_quad is None or self.tempered is False:
             return torch.cat([one, xs, 0.5 * sq], -1), p, xs, 1.0
         with torch.no_grad():
             var = sq.detach() @ self.mean_quad.unsqueeze(-1)
@@ -316,6 +326,19 @@ class Hermite(LandmarkMethod):
         xs = xs * alpha
         f = torch.cat([one, xs, (0.5 * alpha.square()) * sq], -1)
         return f, (p * alpha if need_p else None), xs, alpha
+
+    def _may_temper(self, U: torch.Tensor, mean: torch.Tensor) -> bool:
+        """False when no query row can have ``σ̂ > 1`` (every ``α`` is then exactly 1).
+
+        ``σ̂_i² = p_i² · w = x_i'ᵀ M x_i'`` with ``M = Uᵀ diag(w) U`` (``w`` = :attr:`mean_quad`),
+        so ``σ̂_i² <= ‖M‖_F·‖x_i'‖² = ‖M‖_F·scale·‖q_i‖²``; below 0.99 (a margin for the
+        rounding of ``σ̂²``) the factor ``clamp_min(σ̂², 1)^{-1/2}`` is 1 in every row.
+        """
+        if self.query_norm is None or torch.compiler.is_compiling():
+            return True
+        M = (U.mT * mean.unsqueeze(-2)) @ U
+        bound = float(torch.linalg.matrix_norm(M).amax()) * self.scale * self.query_norm**2
+        return not bound <= 0.99
 
     def query_map(self, x, Z):
         return self.query_features(x * self.r, self.directions(Z), need_p=False)[0]
@@ -335,6 +358,9 @@ class Hermite(LandmarkMethod):
         quad = inv @ cen[..., E:, :]
         mean = (inv @ (zsum[..., 1 + E :] / safe).unsqueeze(-1))[..., 0]
         self.mean_quad = mean.detach()
+        if self.tempered is None:  # once per call (backward calls finish again)
+            with torch.no_grad():
+                self.tempered = self._may_temper(U.detach(), self.mean_quad)
         B = torch.cat([S0, cen[..., :E, :], quad], -2)
         b = torch.cat([n, torch.zeros_like(zsum[..., 1:])], -1)
         return B, b
@@ -360,8 +386,11 @@ def make_method(
     tol: float = 1e-10,
     landmarks: str | None = None,
     nystrom_form: str = "snap",
+    query_norm: float | None = None,
 ) -> AttentionMethod:
-    """The method object for ``method`` (arguments already validated by the caller)."""
+    """The method object for ``method`` (arguments already validated by the caller);
+    ``query_norm`` (``max_i ‖q_i‖``, when known) lets ``"hermite"`` skip its tempering where
+    a bound shows it is the identity."""
     if method == "favor+":
         return FavorPlus(scale, feature_map)
     if method == "linear":
@@ -369,6 +398,7 @@ def make_method(
     cls = _LANDMARK_CLASSES[method]
     if method == "nystrom" and nystrom_form == "snap":
         cls = NystromSnap
+    extra = {"query_norm": query_norm} if cls is Hermite else {}
     return cls(
         scale,
         num_landmarks,
@@ -377,4 +407,5 @@ def make_method(
         max_iter=max_iter,
         tol=tol,
         landmarks=landmarks,
+        **extra,
     )

@@ -12,7 +12,8 @@ here measure the statistic that governs the degradation, in one cheap pass:
 ``"hermite"``
     ``σ = max_i (q_iᵀ C q_i·scale²)^{1/2}``, the largest row standard deviation of the logits
     (``C`` the key covariance): the second-order expansion is faithful for ``σ ≲ 1`` and is
-    tempered beyond. Warns for ``σ > HERMITE_MAX`` (``= 2``).
+    tempered beyond. Warns for ``σ > HERMITE_MAX`` (``= 2``). The rows are evaluated only
+    when the bound ``‖C‖_F·max_i ‖q_i‖²·scale²`` of ``σ²`` does not settle it.
 ``"softmax-free"``
     ``τ = std_j(‖k_j‖²·scale/2)``: the Gaussian kernel ``exp(−‖q − k‖²·scale/2)`` equals the
     softmax kernel times the per-key factor ``exp(−‖k‖²·scale/2)`` (the query factor cancels
@@ -45,13 +46,26 @@ class AttentionRegimeWarning(UserWarning):
     """A kernel-attention method used outside the regime where it estimates softmax."""
 
 
-def regime_message(method: str, q: torch.Tensor, k: torch.Tensor, scale: float) -> str | None:
-    """The warning text when ``method`` is outside its regime on ``q, k``, else None."""
+def regime_message(
+    method: str,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: float,
+    *,
+    query_norm: float | None = None,
+) -> str | None:
+    """The warning text when ``method`` is outside its regime on ``q, k``, else None.
+
+    ``query_norm``: ``max_i ‖q_i‖`` when the caller has read it already (the input check
+    of :func:`~snnk.nn.attention.kernel_attention` does); computed here otherwise.
+    """
     if q.numel() == 0 or q.device.type == "meta" or torch.compiler.is_compiling():
         return None
     with torch.no_grad():
+        if method in ("favor+", "hermite") and query_norm is None:
+            query_norm = float(torch.linalg.vector_norm(q.detach().float(), dim=-1).amax())
         if method == "favor+":
-            rho = float(q.detach().float().square().sum(-1).amax()) * scale
+            rho = query_norm**2 * scale
             if rho > FAVOR_MAX:
                 return (
                     f"method='favor+' is outside its regime: max ‖q‖²·scale = {rho:.3g} > "
@@ -68,6 +82,12 @@ def regime_message(method: str, q: torch.Tensor, k: torch.Tensor, scale: float) 
             kk = k.detach()[..., ::stride, :].float()
             kc = kk - kk.mean(-2, keepdim=True)
             C = kc.mT @ kc / max(1, kk.shape[-2])
+            # σ_i² = q_iᵀ C q_i·scale² <= ‖C‖₂·‖q_i‖²·scale² (‖C‖₂ <= ‖C‖_F): when this bound
+            # of every row is under the threshold no row can pass it, and the exact rows
+            # (one L x E x E product) are not needed; the decision is the same either way
+            bound = float(torch.linalg.matrix_norm(C).amax()) * (query_norm * scale) ** 2
+            if bound <= 0.999 * HERMITE_MAX**2:
+                return None
             qq = q.detach().float()
             var = ((qq @ C) * qq).sum(-1).amax()
             sigma = float(var.clamp_min(0.0).sqrt()) * scale
