@@ -22,11 +22,15 @@ the same head, and per-head maxima of the ratio to the baseline.
 Attention transfer: the learned maps of ``"hybrid"`` / ``"hedgehog"`` are fitted per layer
 (:func:`snnk.nn.attention.fit_feature_map`) on the captured ``q, k, v`` of the training
 sequences, with early stopping on a held-out part of them, and evaluated on other sequences.
+The snapped far field (:class:`snnk.nn.attention.learned.LearnedSnapMap`: query-weighted
+clusters with the second-moment factor, ``A``, ``α``, ``β`` per head) is fitted per layer on
+``--train-2048`` sequences of L = 2,048 that follow the evaluation sequences in the stream.
 
 Usage::
 
     python benchmarks/pretrained_attention.py              # default sizes (a few minutes)
     python benchmarks/pretrained_attention.py --quick      # fewer sequences
+    python benchmarks/pretrained_attention.py --only-snap --cache /tmp/acts   # snap rows only
 """
 
 from __future__ import annotations
@@ -129,7 +133,11 @@ def method_grid(sizes=(64, 256)) -> list[tuple[str, str, int, dict]]:
 
 def run_method(method, m, opts, q, k, v, fmap=None):
     from snnk.nn.attention import hybrid_attention, kernel_attention
+    from snnk.nn.attention.learned import LearnedSnapMap
 
+    if method == "snap":
+        fmap = LearnedSnapMap(q.shape[0], q.shape[-1], m) if fmap is None else fmap
+        return fmap(q, k, v, window=opts["window"])
     if method in ("hybrid", "hedgehog"):
         w = opts.get("window", 0)
         far = opts.get("far", "learned")
@@ -214,6 +222,69 @@ def transfer(train_seqs, configs, steps: int, verbose: bool) -> dict:
     return fmaps, reports
 
 
+#: (label, method, landmarks, options) of the snapped far field, before and after transfer
+SNAP = [
+    ("hybrid w=64 snap 256 (query-weighted, untrained)", "snap", 256, {"window": 64}),
+    ("hybrid w=32 snap 256 (query-weighted, untrained)", "snap", 256, {"window": 32}),
+]
+SNAP_FIT = [("hybrid w=64 snap 256, after transfer at L=2048", "snap", 256, {"window": 64})]
+
+
+def transfer_snap(train_seqs, configs, steps, verbose, cache=None, budget=None):
+    """Fit a LearnedSnapMap per (config, layer) on L = 2,048 training sequences. With a
+    ``cache`` folder each fitted map is kept there and reused, and at most ``budget`` new
+    layers are fitted per call (None when some layer is left)."""
+    from snnk.nn.attention import fit_feature_map
+    from snnk.nn.attention.learned import LearnedSnapMap
+
+    fmaps, reports = {}, {}
+    for ci, (_, _, m, opts) in enumerate(configs):
+        label = configs[ci][0]
+        for li in range(len(train_seqs[0])):
+            q, k, v = (torch.stack([s[li][i] for s in train_seqs]) for i in range(3))
+            fmap = LearnedSnapMap(q.shape[1], q.shape[-1], m)
+            path = None if cache is None else os.path.join(cache, f"snapfit-{ci}-{li}.pt")
+            if path is not None and os.path.exists(path):
+                state, reports[(label, li)] = torch.load(path, weights_only=False)
+                fmap.load_state_dict(state)
+                fmaps[(label, li)] = fmap
+                continue
+            if budget is not None and budget <= 0:
+                return None, None
+            budget = None if budget is None else budget - 1
+            reports[(label, li)] = fit_feature_map(
+                fmap,
+                q,
+                k,
+                v,
+                window=opts["window"],
+                lr=2e-2,
+                max_steps=steps,
+                batch_size=2,
+                eval_every=5,
+                patience=3,
+                seed=SEED,
+                verbose=verbose,
+            )
+            fmaps[(label, li)] = fmap
+            if path is not None:
+                torch.save((fmap.state_dict(), reports[(label, li)]), path)
+    return fmaps, reports
+
+
+def cached_capture(cache, name, model, tok, L, num_seqs, offset):
+    """:func:`capture`, kept in ``cache/name-L-num-offset.pt`` when a cache folder is given."""
+    if cache is None:
+        return capture(model, tok, L, num_seqs, offset)
+    path = os.path.join(cache, f"{name}-{L}-{num_seqs}-{offset}.pt")
+    if os.path.exists(path):
+        return torch.load(path)
+    seqs = capture(model, tok, L, num_seqs, offset)
+    os.makedirs(cache, exist_ok=True)
+    torch.save(seqs, path)
+    return seqs
+
+
 def table(results: dict[int, dict], labels) -> str:
     Ls = sorted(results)
     head = "| method | " + " | ".join(f"L={L}: mean | max ratio | heads > 1.5b" for L in Ls) + " |"
@@ -239,22 +310,39 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="2/1/4 sequences, 20 steps")
     ap.add_argument("--verbose", action="store_true", help="progress bars of the transfer")
+    ap.add_argument("--train-2048", type=int, default=6, help="L=2048 training sequences")
+    ap.add_argument("--snap-steps", type=int, default=40, help="max snap transfer steps")
+    ap.add_argument("--only-snap", action="store_true", help="the snapped far field only")
+    ap.add_argument("--cache", default=None, help="folder that keeps activations and fits")
+    ap.add_argument(
+        "--fit-budget", type=int, default=None, help="with --cache: new snap fits per run"
+    )
     args = ap.parse_args()
     if args.quick:
         args.eval_512, args.eval_2048, args.train, args.steps = 2, 1, 4, 20
+        args.train_2048, args.snap_steps = 2, 10
     torch.set_num_threads(args.threads)
     t0 = time.time()
     tok, model = load_model()
-    # training sequences come first in the stream, evaluation sequences after them
-    train = capture(model, tok, 512, args.train)
+    # training sequences come first in the stream, evaluation sequences after them, then
+    # the L = 2,048 training sequences of the snapped far field
+    off = (args.train + args.eval_512) // 4 + 1
+    train = cached_capture(args.cache, "train", model, tok, 512, args.train, 0)
     evals = {
-        512: capture(model, tok, 512, args.eval_512, offset=args.train),
-        2048: capture(
-            model, tok, 2048, args.eval_2048, offset=(args.train + args.eval_512) // 4 + 1
-        ),
+        512: cached_capture(args.cache, "eval", model, tok, 512, args.eval_512, args.train),
+        2048: cached_capture(args.cache, "eval", model, tok, 2048, args.eval_2048, off),
     }
+    off += args.eval_2048
+    train_long = cached_capture(args.cache, "train", model, tok, 2048, args.train_2048, off)
     print(f"captured in {time.time() - t0:.0f} s", flush=True)
-    grid = method_grid()
+    snap_maps, snap_reports = transfer_snap(
+        train_long, SNAP_FIT, args.snap_steps, args.verbose, args.cache, args.fit_budget
+    )
+    if snap_maps is None:
+        print("fit budget spent: run again with the same --cache to go on", flush=True)
+        return
+    nystrom = [("hybrid w=64 nystrom 256", "hybrid", 256, {"window": 64, "far": "nystrom"})]
+    grid = (nystrom if args.only_snap else method_grid()) + SNAP
     results = {L: evaluate(seqs, grid) for L, seqs in evals.items()}
     print(f"evaluated in {time.time() - t0:.0f} s", flush=True)
     tconf = [
@@ -262,26 +350,30 @@ def main() -> None:
         ("hybrid w=64 64 (transfer)", "hybrid", 64, {"window": 64}),
         ("hedgehog 256 (transfer)", "hedgehog", 256, {"window": 0}),
     ]
-    fmaps, reports = transfer(train, tconf, args.steps, args.verbose)
+    fmaps, reports = (
+        ({}, {}) if args.only_snap else transfer(train, tconf, args.steps, args.verbose)
+    )
     print(f"transferred in {time.time() - t0:.0f} s", flush=True)
+    fitted = ([] if args.only_snap else tconf) + SNAP_FIT
     for L, seqs in evals.items():
         results[L].update(
             {
                 k: v
-                for k, v in evaluate(seqs, tconf, fmaps).items()
+                for k, v in evaluate(seqs, fitted, {**fmaps, **snap_maps}).items()
                 if not k.startswith("_") and k != "mean of V"
             }
         )
     labels = (
         ["mean of V"]
         + [g[0] for g in grid if "nystrom" not in g[0] or " 64" in g[0] or " 256" in g[0]]
-        + [c[0] for c in tconf]
+        + [c[0] for c in fitted]
     )
     labels = list(dict.fromkeys(labels))
     print(f"\n## Relative error on MiniLM activations (total {time.time() - t0:.0f} s)\n")
     print(table(results, labels))
-    print("\n## Nystrom (snap) error against m\n")
-    print(table(results, ["mean of V"] + [f"nystrom {m}" for m in (16, 64, 256, 1024)]))
+    if not args.only_snap:
+        print("\n## Nystrom (snap) error against m\n")
+        print(table(results, ["mean of V"] + [f"nystrom {m}" for m in (16, 64, 256, 1024)]))
     for L, r in results.items():
         st = r["_stats"]
         print(
@@ -291,12 +383,15 @@ def main() -> None:
         )
         for label, msg in r["_warned"].items():
             print(f"  warned once [{label}]: {msg}")
-    steps = [rep.steps for rep in reports.values()]
-    gains = [rep.initial_loss / max(rep.best_loss, 1e-30) for rep in reports.values()]
-    print(
-        f"\ntransfer: steps per layer {min(steps)}-{max(steps)}, held-out loss reduced "
-        f"{min(gains):.1f}x-{max(gains):.1f}x"
-    )
+    for name, reps in (("transfer", reports), ("snap transfer (L=2048)", snap_reports)):
+        if not reps:
+            continue
+        steps = [rep.steps for rep in reps.values()]
+        gains = [rep.initial_loss / max(rep.best_loss, 1e-30) for rep in reps.values()]
+        print(
+            f"\n{name}: steps per layer {min(steps)}-{max(steps)}, held-out loss reduced "
+            f"{min(gains):.2f}x-{max(gains):.2f}x"
+        )
 
 
 if __name__ == "__main__":

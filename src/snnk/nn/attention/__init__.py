@@ -100,7 +100,7 @@ class of hooks per method), :mod:`.engine` (the chunked autograd functions), :mo
 from snnk.features import PositiveFeatures
 from snnk.nn.attention.decoding import DecodingState
 from snnk.nn.attention.functional import hybrid_attention, kernel_attention
-from snnk.nn.attention.learned import LearnedFeatureMap
+from snnk.nn.attention.learned import LearnedFeatureMap, LearnedSnapMap
 from snnk.nn.attention.methods import (
     CAUSAL_METHODS,
     LANDMARKS,
@@ -126,6 +126,7 @@ __all__ = [
     "DecodingState",
     "KernelAttention",
     "LearnedFeatureMap",
+    "LearnedSnapMap",
     "PositiveFeatures",
     "TransferReport",
     "fit_feature_map",

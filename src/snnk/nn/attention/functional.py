@@ -24,7 +24,7 @@ from snnk.nn.attention.hybrid import (
     default_block,
     hybrid_forward,
 )
-from snnk.nn.attention.learned import LearnedFeatureMap
+from snnk.nn.attention.learned import LearnedFeatureMap, LearnedSnapMap
 from snnk.nn.attention.methods import (
     CAUSAL_METHODS,
     DEFAULT_LANDMARKS,
@@ -454,9 +454,12 @@ def hybrid_attention(
     ----------
     q, k, v : Tensors of shape ``(..., H, L, E)``, ``(..., H, S, E)``, ``(..., H, S, Ev)``
         ``H`` must equal ``feature_map.num_heads`` (3-d inputs are one batch of heads).
-    feature_map : LearnedFeatureMap, optional
+    feature_map : LearnedFeatureMap or LearnedSnapMap, optional
         The kernel of the far keys; default: a fresh FAVOR+-initialised map with
-        ``num_features`` features drawn from ``seed`` (not trained).
+        ``num_features`` features drawn from ``seed`` (not trained). With
+        ``far_kernel="nystrom"``: a trained :class:`LearnedSnapMap` (query map ``A``,
+        second-moment weight ``α``, far/window balance ``β`` per head), or None for the
+        parameter-free snapped landmarks.
     attn_mask, key_padding_mask : optional
         As in :func:`kernel_attention` (per-key masks and float biases ``(..., 1, S)`` /
         bool ``(..., S)``); masked keys leave the window and the kernel sums alike.
@@ -472,8 +475,10 @@ def hybrid_attention(
         Rows per block (raised to ``window``; default ``max(window, 64)``).
     far_kernel : {"learned", "nystrom"}, default "learned"
         Kernel of the far keys: ``feature_map`` (trainable), or ``"nystrom"``: every far
-        key snapped to the nearest of ``num_features`` k-means landmarks of the keys
-        (``κ = exp(qᵀz_{c(k)}·scale)``, no parameters, bidirectional only).
+        key snapped to the nearest of ``num_features`` landmarks of the keys (k-means
+        weighted by the softmax mass that evenly spaced queries put on each key), with the
+        cluster's second moment ``κ = exp(scale·qᵀz_c + ½ scale² Σ_d q_d² S_{c,d})``
+        (:mod:`snnk.nn.attention.snap`; bidirectional only).
 
     Returns
     -------
@@ -503,6 +508,11 @@ def hybrid_attention(
                 "far_kernel='learned' with is_causal=True"
             )
         num_features = check_positive_int(num_features, "num_features")
+        if feature_map is not None and not isinstance(feature_map, LearnedSnapMap):
+            raise TypeError(
+                f"with far_kernel='nystrom', feature_map must be a "
+                f"snnk.nn.attention.LearnedSnapMap (or None), got {type(feature_map).__name__}"
+            )
     elif feature_map is None:
         num_features = check_positive_int(num_features, "num_features")
         feature_map = LearnedFeatureMap(
@@ -518,7 +528,7 @@ def hybrid_attention(
             f"feature_map must be a snnk.nn.attention.LearnedFeatureMap, got "
             f"{type(feature_map).__name__}"
         )
-    if far_kernel == "learned" and (
+    if feature_map is not None and (
         feature_map.num_heads != q.shape[-3] or feature_map.head_dim != E
     ):
         raise ValueError(
@@ -534,7 +544,9 @@ def hybrid_attention(
     with _no_autocast(q.device):
         qw, kw, vw = q.to(work), k.to(work), v.to(work)
         lw = _key_log_weights(attn_mask, key_padding_mask, kw, work)
-        if far_kernel == "nystrom":
-            feature_map = SnapMap(kw, lw, num_features, scale, block)
+        if far_kernel == "nystrom" and feature_map is not None:
+            feature_map = feature_map.bind(qw, kw, lw, block)
+        elif far_kernel == "nystrom":
+            feature_map = SnapMap(kw, lw, num_features, scale, block, q=qw)
         out = hybrid_forward(qw, kw, vw, lw, feature_map, window, bool(is_causal), scale, block)
     return out.to(q.dtype)

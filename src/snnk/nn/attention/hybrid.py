@@ -4,7 +4,7 @@ For query ``i`` the keys split into a window ``W_i`` (``|i − j| < w``; causal:
 ``0 <= i − j < w``) and the far set ``F_i`` (every other allowed key). With ``s_ij = q_iᵀk_j·
 scale`` and a positive kernel ``κ(q, k) = φ_q(q)ᵀφ_k(k)`` that estimates ``exp(s)`` in
 absolute scale (:class:`~snnk.nn.attention.learned.LearnedFeatureMap`, FAVOR+ at
-initialisation)
+initialisation, or the snapped landmark kernel of :mod:`snnk.nn.attention.snap`)
 
 ``Ô_i = (Σ_{W_i} e^{s_ij} v_j + Σ_{F_i} κ(q_i, k_j) v_j)
 / (Σ_{W_i} e^{s_ij} + Σ_{F_i} κ(q_i, k_j))``
@@ -33,33 +33,15 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from snnk.nn.attention.chunk import NEG, _chunks
-from snnk.nn.attention.landmarks import Landmarks
-from snnk.nn.attention.methods import NystromSnap
+from snnk.nn.attention.snap import SnapMap
+
+__all__ = ["FAR_KERNELS", "SnapMap", "check_window", "default_block", "hybrid_forward"]
 
 #: kernels of the far keys: a trainable LearnedFeatureMap, or the snapped landmark kernel
 FAR_KERNELS = ("learned", "nystrom")
 
 #: default rows per block when ``window`` is smaller
 DEFAULT_BLOCK = 64
-
-
-class SnapMap:
-    """The far-key kernel ``κ(q, k) = exp(qᵀz_{c(k)}·scale)`` of ``"nystrom"``'s snap form
-    (:class:`~snnk.nn.attention.methods.NystromSnap`) with k-means landmarks ``Z`` of the
-    (unmasked) keys, in the log-feature interface of a feature map. Not causal: the
-    landmarks see every key."""
-
-    def __init__(self, k, lw, num_landmarks: int, scale: float, chunk: int):
-        S = k.shape[-2]
-        keep = None if lw is None else torch.isfinite(lw).to(k.dtype)
-        self.spec = NystromSnap(scale, num_landmarks)
-        m = min(num_landmarks, S)
-        self.Z = Landmarks("kmeans", S, m, keep, chunk, k, self.spec.lloyd_steps).compute(k)
-
-    def log_features(self, x, which):
-        if which == "query":
-            return self.spec.query_map(x, self.Z)
-        return self.spec.key_map(x, self.Z)
 
 
 def _key_log(fmap, k, lw):

@@ -24,9 +24,11 @@ import math
 import torch
 from torch import nn
 
-from snnk._utils import check_positive, check_positive_int
+from snnk._utils import check_finite, check_positive, check_positive_int
 from snnk._utils.random import make_generator, numpy_seed_from
 from snnk.features import PositiveFeatures
+from snnk.nn.attention.hybrid import check_window, default_block, hybrid_forward
+from snnk.nn.attention.snap import SnapMap
 
 
 class LearnedFeatureMap(nn.Module):
@@ -139,4 +141,138 @@ class LearnedFeatureMap(nn.Module):
         return (
             f"num_heads={self.num_heads}, head_dim={self.head_dim}, "
             f"num_features={self.num_features}, scale={self.scale:.4g}, seed={self.seed}"
+        )
+
+
+class LearnedSnapMap(nn.Module):
+    r"""Trainable far field of snapped landmarks: ``A``, ``α``, ``β`` per head (module
+    docstring), initialised at the parameter-free estimator (``I``, 1, 0).
+
+    Parameters
+    ----------
+    num_heads, head_dim : int
+        ``H`` and ``E``; inputs are ``(..., H, L, E)``.
+    num_landmarks : int, default 256
+        Clusters ``m`` per sequence and head.
+    scale : float, optional
+        Logit scale of the softmax being imitated, default ``1/√E``.
+
+    Attributes
+    ----------
+    weight : Parameter ``(H, E, E)``
+        ``W`` of the query map ``A = I + W/E`` applied before the landmark kernel (the
+        ``1/E`` makes an Adam step move ``A`` by about ``lr`` in norm, like ``α`` and ``β``).
+    spread : Parameter ``(H,)``
+        ``α``, the weight of the second-moment factor.
+    bias : Parameter ``(H,)``
+        ``β``, the log-balance of far keys against the exact window.
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        head_dim: int,
+        num_landmarks: int = 256,
+        *,
+        scale: float | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ):
+        super().__init__()
+        self.num_heads = check_positive_int(num_heads, "num_heads")
+        self.head_dim = check_positive_int(head_dim, "head_dim")
+        self.num_landmarks = check_positive_int(num_landmarks, "num_landmarks")
+        self.scale = 1.0 / math.sqrt(head_dim) if scale is None else check_positive(scale, "scale")
+        fk = {"dtype": dtype, "device": device}
+        self.weight = nn.Parameter(torch.empty(num_heads, head_dim, head_dim, **fk))
+        self.spread = nn.Parameter(torch.empty(num_heads, **fk))
+        self.bias = nn.Parameter(torch.empty(num_heads, **fk))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Back to the parameter-free estimator: ``A = I``, ``α = 1``, ``β = 0``."""
+        with torch.no_grad():
+            self.weight.zero_()
+            self.spread.fill_(1.0)
+            self.bias.zero_()
+
+    def query_map(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``A = I + W/E``, ``(H, E, E)``."""
+        eye = torch.eye(self.head_dim, dtype=self.weight.dtype, device=self.weight.device)
+        A = eye + self.weight / self.head_dim
+        return A if dtype is None else A.to(dtype)
+
+    def bind(self, q, k, lw, chunk: int) -> SnapMap:
+        """The kernel for one set of (validated) queries and keys."""
+        return SnapMap(k, lw, self.num_landmarks, self.scale, chunk, q=q, params=self)
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        window: int = 64,
+        key_padding_mask: torch.Tensor | None = None,
+        chunk_size: int | None = None,
+    ) -> torch.Tensor:
+        r"""Bidirectional hybrid attention with this far field: exact softmax for
+        ``|i − j| < window``, the snapped kernel for the other keys, one normaliser
+        (:mod:`snnk.nn.attention.hybrid`).
+
+        Parameters
+        ----------
+        q, k, v : Tensors ``(..., H, L, E)``, ``(..., H, L, E)``, ``(..., H, L, Ev)``
+        window : int, default 64
+        key_padding_mask : bool Tensor ``(..., L)``, optional
+            True marks padding (left out of window, clusters and sums).
+        chunk_size : int, optional
+            Rows per block (raised to ``window``).
+
+        Returns
+        -------
+        Tensor ``(..., H, L, Ev)`` in ``q``'s dtype.
+        """
+        window = check_window(window)
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+                raise TypeError(f"{name} must be a floating torch.Tensor, got {type(t).__name__}")
+            if t.ndim < 3 or t.shape[-3] != self.num_heads:
+                raise ValueError(
+                    f"{name} must be shaped (..., H, L, E) with H = {self.num_heads}, got "
+                    f"{tuple(t.shape)}"
+                )
+            check_finite(t, name)
+        if q.shape != k.shape or k.shape[:-1] != v.shape[:-1] or q.shape[-1] != self.head_dim:
+            raise ValueError(
+                f"q and k must share one shape (..., H, L, E = {self.head_dim}) and v its "
+                f"leading dimensions, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+            )
+        L = q.shape[-2]
+        block = default_block(window, L)
+        if chunk_size is not None:
+            block = max(1, min(max(window, check_positive_int(chunk_size, "chunk_size")), L))
+        work = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+        qw, kw, vw = q.to(work), k.to(work), v.to(work)
+        lw = None
+        if key_padding_mask is not None:
+            if key_padding_mask.dtype != torch.bool or key_padding_mask.shape != (
+                *q.shape[:-3],
+                L,
+            ):
+                raise ValueError(
+                    f"key_padding_mask must be a bool tensor of shape {(*q.shape[:-3], L)}, "
+                    f"got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
+                )
+            lw = torch.zeros(key_padding_mask.shape, dtype=work, device=q.device)
+            lw = lw.masked_fill(key_padding_mask, float("-inf")).unsqueeze(-2)
+            lw = lw.expand(*q.shape[:-1])
+        fmap = self.bind(qw, kw, lw, block)
+        out = hybrid_forward(qw, kw, vw, lw, fmap, window, False, self.scale, block)
+        return out.to(q.dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_heads={self.num_heads}, head_dim={self.head_dim}, "
+            f"num_landmarks={self.num_landmarks}, scale={self.scale:.4g}"
         )

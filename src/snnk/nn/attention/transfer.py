@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from snnk._utils import check_in, check_positive, check_positive_int
 from snnk._utils.random import make_generator
 from snnk.nn.attention.functional import hybrid_attention
-from snnk.nn.attention.hybrid import check_window
-from snnk.nn.attention.learned import LearnedFeatureMap
+from snnk.nn.attention.hybrid import check_window, default_block, hybrid_forward
+from snnk.nn.attention.learned import LearnedFeatureMap, LearnedSnapMap
 
 LOSSES = ("mse", "xent")
 
@@ -94,8 +94,30 @@ def _hybrid_rows_log(fmap, q, k, rows, window, causal, scale, lw):
     return out.masked_fill(~allowed, float("-inf"))
 
 
+def _snap_out(fmap, q, k, v, lw, window, idx, cache):
+    """The snapped hybrid of the sequences ``idx``; each sequence's clusters (which do not
+    depend on the parameters) are computed once and kept in ``cache``."""
+    block = default_block(window, q.shape[-2])
+    outs = []
+    for n, i in enumerate(idx.tolist()):
+        lwn = None if lw is None else lw[n]
+        if i not in cache:
+            cache[i] = fmap.bind(q[n], k[n], lwn, block)
+        outs.append(
+            hybrid_forward(q[n], k[n], v[n], lwn, cache[i], window, False, fmap.scale, block)
+        )
+    return torch.stack(outs)
+
+
 def _loss(fmap, batch, window, causal, scale, kind, rows, gen, query_sample=128):
-    q, k, v, lw, O = batch
+    q, k, v, lw, O = batch[:5]
+    if isinstance(fmap, LearnedSnapMap):
+        o = _snap_out(fmap, q, k, v, lw, window, *batch[5:])
+        if rows is not None:
+            o, O = o[..., rows, :], O[..., rows, :]
+        num = (o - O).square().sum((-2, -1))
+        den = O.square().sum((-2, -1)).clamp_min(1e-30)
+        return (num / den).mean()
     if kind == "mse":
         o = hybrid_attention(
             q,
@@ -132,6 +154,8 @@ def _resolve(feature_map, window, is_causal, scale):
     """The map to train and the window/causal/scale defaults of a module."""
     from snnk.nn.attention.module import KernelAttention
 
+    if isinstance(feature_map, LearnedSnapMap):
+        return feature_map, check_window(64 if window is None else window), is_causal, scale
     if isinstance(feature_map, KernelAttention):
         mod = feature_map
         if not isinstance(mod.feature_map, LearnedFeatureMap):
@@ -145,8 +169,8 @@ def _resolve(feature_map, window, is_causal, scale):
         feature_map = mod.feature_map
     if not isinstance(feature_map, LearnedFeatureMap):
         raise TypeError(
-            f"feature_map must be a LearnedFeatureMap or a 'hybrid'/'hedgehog' "
-            f"KernelAttention, got {type(feature_map).__name__}"
+            f"feature_map must be a LearnedFeatureMap, a LearnedSnapMap or a "
+            f"'hybrid'/'hedgehog' KernelAttention, got {type(feature_map).__name__}"
         )
     return feature_map, check_window(0 if window is None else window), is_causal, scale
 
@@ -197,14 +221,18 @@ def fit_feature_map(
 
     Parameters
     ----------
-    feature_map : LearnedFeatureMap or KernelAttention
+    feature_map : LearnedFeatureMap, LearnedSnapMap or KernelAttention
         The map to train (a ``"hybrid"``/``"hedgehog"`` module gives its ``feature_map``,
-        ``window`` and ``is_causal`` defaults). Only its parameters change.
+        ``window`` and ``is_causal`` defaults). Only its parameters change. A
+        :class:`~snnk.nn.attention.learned.LearnedSnapMap` (the snapped-landmark far field,
+        bidirectional, ``loss="mse"``) starts from the parameter-free estimator; each
+        sequence's clusters are computed once.
     q, k, v : Tensors of shape ``(N, H, L, E)``, ``(N, H, L, E)``, ``(N, H, L, Ev)``
         Captured per-head queries, keys and values of ``N`` sequences (after projections
         and rotary embeddings, before scaling), detached.
     window : int, optional
-        Exact window of the hybrid being fitted (default: the module's, else 0).
+        Exact window of the hybrid being fitted (default: the module's, else 0; 64 for a
+        LearnedSnapMap).
     is_causal : bool, optional
         Causal attention (default: the module's, else False).
     key_padding_mask : bool Tensor of shape ``(N, L)``, optional
@@ -233,6 +261,11 @@ def fit_feature_map(
     feature_map, window, is_causal, scale = _resolve(feature_map, window, is_causal, scale)
     causal = bool(is_causal)
     kind = check_in(loss, "loss", LOSSES)
+    if isinstance(feature_map, LearnedSnapMap) and (causal or kind != "mse"):
+        raise ValueError(
+            f"a LearnedSnapMap is fitted bidirectionally with loss='mse' (its clusters see "
+            f"every key), got is_causal={is_causal}, loss={loss!r}"
+        )
     _check_activations(q, k, v)
     if q.shape[1] != feature_map.num_heads or q.shape[-1] != feature_map.head_dim:
         raise ValueError(
@@ -275,9 +308,11 @@ def fit_feature_map(
         n_val = max(1, round(L * validation_fraction))
         va_rows, tr_rows = perm[:n_val].sort().values, perm[n_val:].sort().values
 
+    cache: dict = {}
+
     def take(idx):
         idx = idx.to(q.device)
-        return (q[idx], k[idx], v[idx], None if lw is None else lw[idx], O[idx])
+        return (q[idx], k[idx], v[idx], None if lw is None else lw[idx], O[idx], idx, cache)
 
     val_batch = take(va_idx)
     params = list(feature_map.parameters())
