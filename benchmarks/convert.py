@@ -19,6 +19,10 @@ shape (6 layers, hidden 384, 12 heads of 32, FFN 1,536) with ``max_position_embe
 raised to the longest L, exact (SDPA, transformers' default) vs converted, interleaved,
 ``--repeats`` times, median; also the attention alone (one layer, SDPA vs ``attend``).
 Weights do not change the cost, so a random model times the same as the pretrained one.
+The row "attention-free (ceiling)" is the same model whose attention costs nothing (its output
+is ``V``, registered as one more transformers attention implementation): no attention
+replacement can be faster than it, so ``exact / ceiling`` bounds every conversion's speed-up
+(Amdahl: projections, feed-forward, layer norms and embeddings stay).
 
 Run under ``flock /tmp/snnk-cpu.lock``. Prints markdown tables.
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
+import math
 import os
 import statistics
 import sys
@@ -188,6 +193,25 @@ def median_time(fn, repeats: int) -> list[float]:
     return out
 
 
+def _free_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
+    """A zero-cost attention with the right shape: the output is V, ``(B, L, H, E)``."""
+    return value.transpose(1, 2), None
+
+
+def attention_free(model):
+    """A copy of ``model`` whose every attention returns V (the speed-up ceiling)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register("bench_attention_free", _free_attention)
+    free = copy.deepcopy(model)
+    config = copy.deepcopy(free.config)
+    config._attn_implementation = "bench_attention_free"
+    for module in free.modules():
+        if getattr(module, "config", None) is not None:
+            module.config = config
+    return free
+
+
 @torch.no_grad()
 def time_table(args) -> list[list[str]]:
     from transformers import BertConfig, BertModel
@@ -202,7 +226,7 @@ def time_table(args) -> list[list[str]]:
     )
     torch.manual_seed(0)
     exact = BertModel(config).eval()
-    variants = {"exact (SDPA)": exact}
+    variants = {"exact (SDPA)": exact, "attention-free (ceiling)": attention_free(exact)}
     for spec in args.time_methods:
         method, _, rest = spec.partition(":")
         kw = {"num_features": args.num_features}
@@ -225,6 +249,8 @@ def time_table(args) -> list[list[str]]:
             med = statistics.median(ts)
             if name == "exact (SDPA)":
                 one = sdpa
+            elif name == "attention-free (ceiling)":
+                one = math.nan
             else:
                 core = variants[name].encoder.layer[0].attention.self.snnk_attention
                 one = statistics.median(
@@ -236,8 +262,8 @@ def time_table(args) -> list[list[str]]:
                     name,
                     f"{med:.2f}",
                     f"{base / med:.2f}x",
-                    f"{one * 1e3:.0f}",
-                    f"{sdpa / one:.1f}x",
+                    "-" if math.isnan(one) else f"{one * 1e3:.0f}",
+                    "-" if math.isnan(one) else f"{sdpa / one:.1f}x",
                 ]
             )
             print(" | ".join(rows[-1]), flush=True)

@@ -51,13 +51,14 @@ class InputStats(NamedTuple):
     query_norm: float | None
 
 
-def _check_qkv(q, k, v, magnitude: bool = False) -> InputStats:
+def _check_qkv(q, k, v, magnitude: bool = False, query_norm: bool = False) -> InputStats:
     """Validate the three inputs; return what the value check read (:class:`InputStats`).
 
     Each tensor is read once. ``magnitude``: q and k by an ``aminmax`` (their largest entry);
-    otherwise q by its row norms (``max_i ‖q_i‖``, which the regime checks and
-    ``"hermite"``'s tempering bound use) and k by a sum (:func:`snnk._utils.all_finite`).
-    NaN and Inf propagate through all three, so a non-finite input is named either way.
+    else ``query_norm``: q by its row norms (``max_i ‖q_i‖``, which the regime checks and
+    ``"hermite"``'s tempering bound use); otherwise q, like k, by a sum
+    (:func:`snnk._utils.all_finite`, the cheapest pass). NaN and Inf propagate through all
+    three, so a non-finite input is named either way.
     """
     for name, t in (("query", q), ("key", k), ("value", v)):
         if not isinstance(t, torch.Tensor):
@@ -97,8 +98,12 @@ def _check_qkv(q, k, v, magnitude: bool = False) -> InputStats:
     if magnitude:
         mags = _magnitude(q, "query"), _magnitude(k, "key")
         stats = InputStats(None if None in mags else max(mags), None)
-    else:
+    elif query_norm:
         stats = InputStats(None, _row_norm_max(q, "query"))
+        check_finite(k, "key")
+    else:
+        stats = InputStats(None, None)
+        check_finite(q, "query")
         check_finite(k, "key")
     check_finite(v, "value")
     if k.shape[-2] == 0:
@@ -313,7 +318,13 @@ def kernel_attention(
     Tensor of shape ``(..., L, Ev)`` in ``q``'s dtype.
     """
     check_in(method, "method", METHODS)
-    stats = _check_qkv(q, k, v, magnitude=method == "softmax-free")
+    stats = _check_qkv(
+        q,
+        k,
+        v,
+        magnitude=method == "softmax-free",
+        query_norm=method == "hermite" or (method == "favor+" and regime_warning),
+    )
     if is_causal and method not in CAUSAL_METHODS:
         raise ValueError(
             f"method={method!r} cannot be causal: its landmarks are computed from the "
