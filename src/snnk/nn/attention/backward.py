@@ -17,13 +17,13 @@ from __future__ import annotations
 import torch
 
 from snnk.nn.attention.chunk import (
-    _chunks,
-    _grads,
-    _key_features,
-    _key_log,
-    _lw_slice,
-    _query_features,
-    _query_out,
+    autograd_grads,
+    chunk_ranges,
+    key_features,
+    key_log,
+    lw_slice,
+    query_features,
+    query_out,
 )
 
 
@@ -58,7 +58,7 @@ def _sums_backward(spec, Zg, Ssum, zsum, dB, db):
     with torch.enable_grad():
         Sg, zg = Ssum.detach().requires_grad_(), zsum.detach().requires_grad_()
         Bn, bn = spec.finish(Zg, Sg, zg)
-        return _grads([Bn, bn], [Sg, zg, Zg], [dB, db])
+        return autograd_grads([Bn, bn], [Sg, zg, Zg], [dB, db])
 
 
 def affine_backward(ctx, g):
@@ -81,9 +81,9 @@ def affine_backward(ctx, g):
     P, const = Pg.detach().to(q.dtype), cg.detach().to(q.dtype)
     dP, dconst = torch.zeros_like(P), torch.zeros_like(const)
     dB, db = torch.zeros_like(B), torch.zeros_like(b)
-    for a, e in _chunks(L, chunk):
+    for a, e in chunk_ranges(L, chunk):
         qc, gc = q[..., a:e, :], g[..., a:e, :]
-        f = _query_features(spec, qc, None, c, (P, const))
+        f = query_features(spec, qc, None, c, (P, const))
         if spec.normalize:
             df = _normalised_query_grad(f, gc, out_all[..., a:e, :], B, b, dB, db)
         else:
@@ -91,9 +91,9 @@ def affine_backward(ctx, g):
             dB += f.mT @ gc
         dq[..., a:e, :] = _logit_backward(df.mul_(f), qc, P, spec.query_sq, spec.gamma, dP, dconst)
     dS, dz, dZ = _sums_backward(spec, Zg, Ssum, zsum, dB, db)
-    for a, e in _chunks(S, chunk):
+    for a, e in chunk_ranges(S, chunk):
         kc, vc = k[..., a:e, :], v[..., a:e, :]
-        fk = _key_features(spec, _key_log(spec, kc, None, _lw_slice(lw, a, e), (P, const)), c)
+        fk = key_features(spec, key_log(spec, kc, None, lw_slice(lw, a, e), (P, const)), c)
         dfk = vc @ dS.mT + dz.unsqueeze(-2)
         dv[..., a:e, :] = fk @ dS
         dk[..., a:e, :] = _logit_backward(dfk.mul_(fk), kc, P, spec.key_sq, spec.gamma, dP, dconst)
@@ -115,10 +115,10 @@ def autograd_backward(ctx, g):
         dZ = None if Z is None else torch.zeros_like(Z)
         dB, db = torch.zeros_like(B), torch.zeros_like(b)
         small = [Bg, bg] + ([Zg] if Zg is not None else [])
-        for a, e in _chunks(L, chunk):
+        for a, e in chunk_ranges(L, chunk):
             qc = q[..., a:e, :].detach().requires_grad_()
-            out = _query_out(spec, qc, Zg, c, Bg, bg)
-            gr = _grads(out, [qc, *small], g[..., a:e, :])
+            out = query_out(spec, qc, Zg, c, Bg, bg)
+            gr = autograd_grads(out, [qc, *small], g[..., a:e, :])
             dq[..., a:e, :] = gr[0]
             dB += gr[1]
             db += gr[2]
@@ -127,13 +127,13 @@ def autograd_backward(ctx, g):
         dS, dz, dZm = _sums_backward(spec, Zg, Ssum, zsum, dB, db)
         if dZm is not None:
             dZ += dZm
-        for a, e in _chunks(S, chunk):
+        for a, e in chunk_ranges(S, chunk):
             kc = k[..., a:e, :].detach().requires_grad_()
             vc = v[..., a:e, :].detach().requires_grad_()
-            lk = _key_log(spec, kc, Zg, _lw_slice(lw, a, e))
-            fk = _key_features(spec, lk, c)
+            lk = key_log(spec, kc, Zg, lw_slice(lw, a, e))
+            fk = key_features(spec, lk, c)
             ins = [kc, vc] + ([Zg] if Zg is not None else [])
-            gr = _grads([fk.mT @ vc, fk.sum(-2)], ins, [dS, dz])
+            gr = autograd_grads([fk.mT @ vc, fk.sum(-2)], ins, [dS, dz])
             dk[..., a:e, :] = gr[0]
             dv[..., a:e, :] = gr[1]
             if dZ is not None:
@@ -164,7 +164,7 @@ def hermite_backward(ctx, g):
     dU = torch.zeros_like(U)
     dB, db = torch.zeros_like(B), torch.zeros_like(b)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    for a, e in _chunks(q.shape[-2], chunk):
+    for a, e in chunk_ranges(q.shape[-2], chunk):
         # alpha: the detached tempering factor (1 in the faithful regime); xs, pq tempered
         f, pq, xs, alpha = spec.query_features(q[..., a:e, :] * r, U)
         df = _normalised_query_grad(f, g[..., a:e, :], out_all[..., a:e, :], B, b, dB, db)
@@ -173,7 +173,7 @@ def hermite_backward(ctx, g):
         dU += (dquad.mT @ xs).sum_to_size(U.shape)
     dS, dz, dZ = _sums_backward(spec, Zg, Ssum, zsum, dB, db)
     dkbar = torch.zeros_like(kbar)
-    for a, e in _chunks(k.shape[-2], chunk):
+    for a, e in chunk_ranges(k.shape[-2], chunk):
         xs, vc = (k[..., a:e, :] - kbar) * r, v[..., a:e, :]
         f, pk = spec.polynomial(xs, U, False)
         w = None if lw is None else torch.exp(lw[..., a:e]).unsqueeze(-1)

@@ -18,20 +18,20 @@ from snnk.features.positive import positive_log_features
 NEG = -1e30
 
 
-def _sq(x: torch.Tensor) -> torch.Tensor:
+def row_sq_norms(x: torch.Tensor) -> torch.Tensor:
     return x.square().sum(-1)
 
 
-def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
+def chunk_ranges(n: int, size: int) -> Iterator[tuple[int, int]]:
     for a in range(0, n, size):
         yield a, min(n, a + size)
 
 
-def _lw_slice(lw, a, b):
+def lw_slice(lw, a, b):
     return None if lw is None else lw[..., a:b]
 
 
-def _grads(outputs, inputs, grads):
+def autograd_grads(outputs, inputs, grads):
     """``torch.autograd.grad`` that tolerates inputs the outputs do not depend on (and
     outputs that depend on no input, such as one-hot key features)."""
     if not isinstance(outputs, list | tuple):
@@ -48,11 +48,11 @@ def _grads(outputs, inputs, grads):
 def _affine_logits(x, P, const, sq: bool, gamma: float):
     """``x Pᵀ + const`` (minus ``γ‖x‖²/2`` when ``sq``), shape ``(..., rows, m)``: the
     positive-feature affine form (:func:`snnk.features.positive_log_features`)."""
-    sq_norms = _sq(x).unsqueeze(-1) if sq else None
+    sq_norms = row_sq_norms(x).unsqueeze(-1) if sq else None
     return positive_log_features(x @ P.mT, sq_norms, const.unsqueeze(-2), gamma)
 
 
-def _key_log(spec, k_c, Z, lw_c, aff=None):
+def key_log(spec, k_c, Z, lw_c, aff=None):
     if aff is None:
         t = spec.key_map(k_c, Z)
     else:
@@ -66,7 +66,7 @@ def _key_log(spec, k_c, Z, lw_c, aff=None):
     return t * torch.exp(lw_c).unsqueeze(-1)
 
 
-def _shift_of(spec, lk: torch.Tensor) -> torch.Tensor | None:
+def shift_of(spec, lk: torch.Tensor) -> torch.Tensor | None:
     """Detached key shift ``c`` of shape ``(..., 1, m)`` or ``(..., 1, 1)`` (or None)."""
     if spec.stab is None:
         return None
@@ -77,13 +77,13 @@ def _shift_of(spec, lk: torch.Tensor) -> torch.Tensor | None:
         return c.clamp_min(NEG)
 
 
-def _key_features(spec, lk, c):
+def key_features(spec, lk, c):
     if not spec.log_domain:
         return lk
     return torch.exp(lk - c) if c is not None else torch.exp(lk)
 
 
-def _query_features(spec, q_c, Z, c, aff=None):
+def query_features(spec, q_c, Z, c, aff=None):
     if aff is None:
         t = spec.query_map(q_c, Z)
     else:
@@ -113,7 +113,7 @@ def _rescale(S, z, c_old, c_new):
     return S * r.mT, z * r[..., 0, :]
 
 
-def _combine(a, b):
+def combine(a, b):
     """Online merge of two ``(S, z, c)`` triples with different key shifts."""
     (S1, z1, c1), (S2, z2, c2) = a, b
     if c1 is None:
@@ -124,25 +124,25 @@ def _combine(a, b):
     return S1 + S2, z1 + z2, c
 
 
-def _query_out(spec, q_c, Z, c, B, b, aff=None):
-    fq = _query_features(spec, q_c, Z, c, aff)
+def query_out(spec, q_c, Z, c, B, b, aff=None):
+    fq = query_features(spec, q_c, Z, c, aff)
     num = fq @ B
     den = (fq @ b.unsqueeze(-1)) if spec.normalize else None
     return _finish(spec, num, den)
 
 
-def _causal_chunk(spec, q_c, k_c, v_c, lw_c, S, z, c_in, c_out=None):
+def causal_chunk(spec, q_c, k_c, v_c, lw_c, S, z, c_in, c_out=None):
     """One causal chunk: outputs of its queries and the state after its keys.
 
     Queries ``i`` of the chunk see the carried state (all earlier chunks) and keys ``j <= i``
     of the chunk itself. ``c_out`` (the running key maximum after this chunk) is computed
     when not given.
     """
-    lk = _key_log(spec, k_c, None, lw_c)
+    lk = key_log(spec, k_c, None, lw_c)
     if spec.stab is not None and c_out is None:
-        c_out = torch.maximum(c_in, _shift_of(spec, lk))
-    fk = _key_features(spec, lk, c_out)
-    fq = _query_features(spec, q_c, None, c_out)
+        c_out = torch.maximum(c_in, shift_of(spec, lk))
+    fk = key_features(spec, lk, c_out)
+    fq = query_features(spec, q_c, None, c_out)
     S, z = _rescale(S, z, c_in, c_out)
     A = (fq @ fk.mT).tril()
     num = fq @ S + A @ v_c

@@ -9,8 +9,8 @@ import torch
 
 from snnk._utils import check_in, compute_dtype
 from snnk.features import PositiveFeatures
-from snnk.nn.attention.chunk import NEG, _causal_chunk
-from snnk.nn.attention.functional import _check_qkv
+from snnk.nn.attention.chunk import NEG, causal_chunk
+from snnk.nn.attention.functional import check_qkv
 from snnk.nn.attention.methods import CAUSAL_METHODS, METHODS, make_method
 
 
@@ -53,7 +53,7 @@ class DecodingState:
 
     def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Append ``T >= 1`` tokens (shapes ``(..., T, E)``) and return ``(..., T, Ev)``."""
-        _check_qkv(q, k, v)
+        check_qkv(q, k, v)
         if q.shape[-2] != k.shape[-2]:
             raise ValueError(f"step needs as many queries as keys, got {q.shape} and {k.shape}")
         if self.S is not None and (
@@ -82,7 +82,7 @@ class DecodingState:
                 z = qw.new_zeros(*q.shape[:-2], m)
                 if spec.stab == "feature":
                     c = qw.new_full((*q.shape[:-2], 1, m), NEG)
-            out, S, z, c = _causal_chunk(spec, qw, kw, vw, None, S, z, c)
+            out, S, z, c = causal_chunk(spec, qw, kw, vw, None, S, z, c)
         # commit only after every step of the update succeeded
         self.S, self.z, self.c, self.scale = S, z, c, scale
         self.length += q.shape[-2]

@@ -14,15 +14,15 @@ import torch
 
 from snnk.nn.attention.chunk import (
     NEG,
-    _causal_chunk,
-    _chunks,
-    _combine,
-    _grads,
-    _key_features,
-    _key_log,
-    _lw_slice,
-    _query_out,
-    _shift_of,
+    autograd_grads,
+    causal_chunk,
+    chunk_ranges,
+    combine,
+    key_features,
+    key_log,
+    lw_slice,
+    query_out,
+    shift_of,
 )
 from snnk.nn.attention.landmarks import Landmarks
 
@@ -73,17 +73,17 @@ class FeatureAttention(torch.autograd.Function):
             Z = pool.compute(k)
         aff = _cast_affine(spec, Z, q.dtype)
         acc = None
-        for a, b in _chunks(S, chunk):
-            lk = _key_log(spec, k[..., a:b, :], Z, _lw_slice(lw, a, b), aff)
-            c = _shift_of(spec, lk)
-            fk = _key_features(spec, lk, c)
+        for a, b in chunk_ranges(S, chunk):
+            lk = key_log(spec, k[..., a:b, :], Z, lw_slice(lw, a, b), aff)
+            c = shift_of(spec, lk)
+            fk = key_features(spec, lk, c)
             part = (fk.mT @ v[..., a:b, :], fk.sum(-2), c)
-            acc = part if acc is None else _combine(acc, part)
+            acc = part if acc is None else combine(acc, part)
         Ssum, zsum, c = acc
         B, b = spec.finish(Z, Ssum, zsum)
         out = q.new_empty(*q.shape[:-1], v.shape[-1])
-        for a, b_ in _chunks(L, chunk):
-            out[..., a:b_, :] = _query_out(spec, q[..., a:b_, :], Z, c, B, b, aff)
+        for a, b_ in chunk_ranges(L, chunk):
+            out[..., a:b_, :] = query_out(spec, q[..., a:b_, :], Z, c, B, b, aff)
         ctx.spec, ctx.chunk, ctx.pool, ctx.has_lw = spec, chunk, pool, lw is not None
         # ``out`` is saved as an output (no copy): backward reuses it instead of f·B.
         ctx.save_for_backward(q, k, v, lw, Z, Ssum, zsum, c, B, b, out)
@@ -109,10 +109,10 @@ class CausalFeatureAttention(torch.autograd.Function):
             c = q.new_full((*batch, 1, m), NEG)
         out = q.new_empty(*q.shape[:-1], v.shape[-1])
         states = []
-        for a, b in _chunks(L, chunk):
+        for a, b in chunk_ranges(L, chunk):
             states.append((S, z, c))
-            o, S, z, c_new = _causal_chunk(
-                spec, q[..., a:b, :], k[..., a:b, :], v[..., a:b, :], _lw_slice(lw, a, b), S, z, c
+            o, S, z, c_new = causal_chunk(
+                spec, q[..., a:b, :], k[..., a:b, :], v[..., a:b, :], lw_slice(lw, a, b), S, z, c
             )
             out[..., a:b, :] = o
             c = c_new
@@ -132,7 +132,7 @@ class CausalFeatureAttention(torch.autograd.Function):
         cs = rest[n * per :] if ctx.has_c else [None] * (n + 1)
         L = q.shape[-2]
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        bounds = list(_chunks(L, chunk))
+        bounds = list(chunk_ranges(L, chunk))
         dS = dz = None
         with torch.enable_grad():
             for i in range(n - 1, -1, -1):
@@ -142,14 +142,14 @@ class CausalFeatureAttention(torch.autograd.Function):
                 qc = q[..., a:b, :].detach().requires_grad_()
                 kc = k[..., a:b, :].detach().requires_grad_()
                 vc = v[..., a:b, :].detach().requires_grad_()
-                out, S1, z1, _ = _causal_chunk(
-                    spec, qc, kc, vc, _lw_slice(lw, a, b), S0, z0, cs[i], cs[i + 1]
+                out, S1, z1, _ = causal_chunk(
+                    spec, qc, kc, vc, lw_slice(lw, a, b), S0, z0, cs[i], cs[i + 1]
                 )
                 outs, gs = [out], [g[..., a:b, :]]
                 if dS is not None:
                     outs += [S1, z1]
                     gs += [dS, dz]
-                gr = _grads(outs, [qc, kc, vc, S0, z0], gs)
+                gr = autograd_grads(outs, [qc, kc, vc, S0, z0], gs)
                 dq[..., a:b, :], dk[..., a:b, :], dv[..., a:b, :] = gr[0], gr[1], gr[2]
                 dS, dz = gr[3], gr[4]
         return dq, dk, dv, None, None, None

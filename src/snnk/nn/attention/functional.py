@@ -51,7 +51,7 @@ class InputStats(NamedTuple):
     query_norm: float | None
 
 
-def _check_qkv(q, k, v, magnitude: bool = False, query_norm: bool = False) -> InputStats:
+def check_qkv(q, k, v, magnitude: bool = False, query_norm: bool = False) -> InputStats:
     """Validate the three inputs; return what the value check read (:class:`InputStats`).
 
     Each tensor is read once. ``magnitude``: q and k by an ``aminmax`` (their largest entry);
@@ -318,7 +318,7 @@ def kernel_attention(
     Tensor of shape ``(..., L, Ev)`` in ``q``'s dtype.
     """
     check_in(method, "method", METHODS)
-    stats = _check_qkv(
+    stats = check_qkv(
         q,
         k,
         v,
@@ -495,7 +495,7 @@ def hybrid_attention(
     -------
     Tensor of shape ``(..., H, L, Ev)`` in ``q``'s dtype.
     """
-    _check_qkv(q, k, v)
+    check_qkv(q, k, v)
     window = check_window(window)
     if q.ndim < 3:
         raise ValueError(

@@ -32,7 +32,7 @@ import numbers
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from snnk.nn.attention.chunk import NEG, _chunks
+from snnk.nn.attention.chunk import NEG, chunk_ranges
 from snnk.nn.attention.snap import SnapMap
 
 __all__ = ["FAR_KERNELS", "SnapMap", "check_window", "default_block", "hybrid_forward"]
@@ -53,7 +53,7 @@ def _key_shift(fmap, k, lw, c: int) -> torch.Tensor:
     """Detached per-feature maximum of the key log-features, ``(..., 1, m)``."""
     with torch.no_grad():
         cmax = None
-        for a, b in _chunks(k.shape[-2], c):
+        for a, b in chunk_ranges(k.shape[-2], c):
             mx = _key_log(fmap, k[..., a:b, :], None if lw is None else lw[..., a:b]).amax(
                 -2, keepdim=True
             )
@@ -93,7 +93,7 @@ def hybrid_forward(
         _maybe_checkpoint(
             block_sums, k[..., a:b, :], v[..., a:b, :], None if lw is None else lw[..., a:b]
         )
-        for a, b in _chunks(S, c)
+        for a, b in chunk_ranges(S, c)
     ]
     Sb = torch.stack([s for s, _ in sums], -3)  # (..., nb, m, Ev)
     zb = torch.stack([z for _, z in sums], -2)  # (..., nb, m)
@@ -155,7 +155,7 @@ def hybrid_forward(
         return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
 
     outs = []
-    for t, (a, b) in enumerate(_chunks(L, c)):
+    for t, (a, b) in enumerate(chunk_ranges(L, c)):
         qc = q[..., a:b, :]
         if not local:
             outs.append(_maybe_checkpoint(query_block, qc, None, None, None, total, total_z, a, 0))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from snnk.nn.attention.chunk import _chunks, _sq
+from snnk.nn.attention.chunk import chunk_ranges, row_sq_norms
 
 
 def _segments(S: int, m: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +92,7 @@ class Landmarks:
     def _segment_sum(self, get, S: int, F: int, like: torch.Tensor) -> torch.Tensor:
         """``Σ_{j ∈ segment} x_j`` with ``x[..., a:b, :] = get(a, b)`` (already masked)."""
         out = 0
-        for a, b in _chunks(S, self.chunk):
+        for a, b in chunk_ranges(S, self.chunk):
             xc = get(a, b)
             part = like.new_zeros(*xc.shape[:-2], self.m, F)
             part.index_add_(-2, self.lo[a:b], xc)
@@ -115,9 +115,9 @@ class Landmarks:
         """One Lloyd step from ``start`` (default the pooled rows); returns the new landmarks.
         Gradients follow the last step's member means (an empty landmark routes as pooled)."""
         Z0 = self._pooled(k) if start is None else start
-        Zsq = _sq(Z0).unsqueeze(-2)
+        Zsq = row_sq_norms(Z0).unsqueeze(-2)
         labels, sums, sizes = [], 0, 0
-        for a, b in _chunks(k.shape[-2], self.chunk):
+        for a, b in chunk_ranges(k.shape[-2], self.chunk):
             kc = k[..., a:b, :]
             # nearest landmark of every key (‖k‖² is the same for all landmarks of a key)
             lab = (Zsq - 2.0 * (kc @ Z0.mT)).argmin(-1)
@@ -147,14 +147,14 @@ class Landmarks:
         if self.kind == "pool":
             return self._pooled(k)
         Z = 0
-        for a, b in _chunks(k.shape[-2], self.chunk):
+        for a, b in chunk_ranges(k.shape[-2], self.chunk):
             Z = Z + self._select_matrix(a, b) @ k[..., a:b, :]
         return Z
 
     def route(self, dZ: torch.Tensor, dk: torch.Tensor) -> None:
         """``dk += Pᵀ dZ`` (the landmarks' gradient reaching the keys)."""
         if self.kind == "select":
-            for a, b in _chunks(dk.shape[-2], self.chunk):
+            for a, b in chunk_ranges(dk.shape[-2], self.chunk):
                 dk[..., a:b, :] += (self._select_matrix(a, b).mT @ dZ).expand_as(dk[..., a:b, :])
             return
         pooled = dZ / self.counts.unsqueeze(-1)
@@ -162,7 +162,7 @@ class Landmarks:
             nonempty = (self.sizes > 0).unsqueeze(-1)
             member = torch.where(nonempty, dZ / self.sizes.clamp_min(1.0).unsqueeze(-1), 0.0)
             pooled = torch.where(nonempty, 0.0, pooled)
-        for a, b in _chunks(dk.shape[-2], self.chunk):
+        for a, b in chunk_ranges(dk.shape[-2], self.chunk):
             g = pooled.index_select(-2, self.lo[a:b])
             twice = self._twice_in(a, b, dZ.device)
             if twice is not None:  # keys in more than one segment get each one's share

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from snnk.features import PositiveFeatures
 from snnk.nn.attention.backward import affine_backward, autograd_backward, hermite_backward
-from snnk.nn.attention.chunk import _sq
+from snnk.nn.attention.chunk import row_sq_norms
 from snnk.solvers.inverse import SPD_INVERSE_METHODS, spd_inverse
 
 METHODS = ("favor+", "nystrom", "hermite", "softmax-free", "linear")
@@ -159,7 +159,7 @@ class LandmarkMethod(AttentionMethod):
         here, without value checks, so that it traces under ``torch.compile``."""
         Zs = Z * self.r
         Zs = Zs - Zs.mean(-2, keepdim=True)
-        sq = _sq(Zs)
+        sq = row_sq_norms(Zs)
         d2 = sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * (Zs @ Zs.mT)
         return torch.exp(-0.5 * d2.clamp_min(0.0))
 
@@ -179,7 +179,7 @@ class LandmarkMethod(AttentionMethod):
 
     def affine(self, Z):
         # x'ᵀz' − ‖z'‖²/2 with x' = r·x, z' = r·Z
-        return Z * self.scale, -0.5 * self.scale * _sq(Z)
+        return Z * self.scale, -0.5 * self.scale * row_sq_norms(Z)
 
 
 class Nystrom(LandmarkMethod):
@@ -195,7 +195,7 @@ class Nystrom(LandmarkMethod):
     def key_map(self, x, Z):
         # log of exp(xᵀz)·e^{-‖z‖²/2} on scaled inputs
         Zs = Z * self.r
-        return (x * self.r) @ Zs.mT - 0.5 * _sq(Zs).unsqueeze(-2)
+        return (x * self.r) @ Zs.mT - 0.5 * row_sq_norms(Zs).unsqueeze(-2)
 
     def inner(self, Z):
         return self.reg_inverse(self.gram(Z))
@@ -223,7 +223,7 @@ class NystromSnap(LandmarkMethod):
 
     def key_map(self, x, Z):
         with torch.no_grad():
-            lab = (_sq(Z).unsqueeze(-2) - 2.0 * (x @ Z.mT)).argmin(-1, keepdim=True)
+            lab = (row_sq_norms(Z).unsqueeze(-2) - 2.0 * (x @ Z.mT)).argmin(-1, keepdim=True)
             out = torch.full(
                 (*lab.shape[:-1], Z.shape[-2]), float("-inf"), dtype=x.dtype, device=x.device
             )
@@ -252,7 +252,7 @@ class SoftmaxFree(LandmarkMethod):
     def key_map(self, x, Z):
         # log G(x, z) = -‖x - z‖²/2 (≤ 0: no stabilisation needed, no row shift)
         xs, Zs = x * self.r, Z * self.r
-        d2 = _sq(xs).unsqueeze(-1) + _sq(Zs).unsqueeze(-2) - 2.0 * (xs @ Zs.mT)
+        d2 = row_sq_norms(xs).unsqueeze(-1) + row_sq_norms(Zs).unsqueeze(-2) - 2.0 * (xs @ Zs.mT)
         return -0.5 * d2.clamp_min(0.0)
 
     def inner(self, Z):

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from snnk.nn.attention.chunk import NEG, _chunks, _sq
+from snnk.nn.attention.chunk import NEG, chunk_ranges, row_sq_norms
 
 #: query rows that weigh the keys for the clustering
 WEIGHT_ROWS = 128
@@ -49,7 +49,7 @@ def attention_mass(q, k, lw, scale: float, rows: int, chunk: int) -> torch.Tenso
     idx = (torch.arange(r, device=q.device) * L) // r
     qr = q[..., idx, :] * scale
     lse = None
-    for a, b in _chunks(S, chunk):
+    for a, b in chunk_ranges(S, chunk):
         s = qr @ k[..., a:b, :].mT
         if lw is not None:
             s = s + lw[..., a:b].unsqueeze(-2)
@@ -57,7 +57,7 @@ def attention_mass(q, k, lw, scale: float, rows: int, chunk: int) -> torch.Tenso
         lse = part if lse is None else torch.logaddexp(lse, part)
     lse = lse.clamp_min(NEG)
     out = []
-    for a, b in _chunks(S, chunk):
+    for a, b in chunk_ranges(S, chunk):
         s = qr @ k[..., a:b, :].mT
         if lw is not None:
             s = s + lw[..., a:b].unsqueeze(-2)
@@ -77,10 +77,10 @@ def weighted_kmeans(k, weight, m: int, steps: int, chunk: int):
     C, alive = None, None
     for step in range(steps + 1):
         if step:  # assign every key to its nearest live centre
-            Csq = _sq(C).unsqueeze(-2).masked_fill(~alive.unsqueeze(-2), float("inf"))
+            Csq = row_sq_norms(C).unsqueeze(-2).masked_fill(~alive.unsqueeze(-2), float("inf"))
+            blocks = chunk_ranges(S, chunk)
             lab = torch.cat(
-                [(Csq - 2.0 * (k[..., a:b, :] @ C.mT)).argmin(-1) for a, b in _chunks(S, chunk)],
-                -1,
+                [(Csq - 2.0 * (k[..., a:b, :] @ C.mT)).argmin(-1) for a, b in blocks], -1
             )
         wsum = k.new_zeros(*k.shape[:-2], m).scatter_add_(-1, lab, weight)
         sums = k.new_zeros(*k.shape[:-2], m, k.shape[-1]).scatter_add_(
@@ -140,9 +140,9 @@ class SnapMap:
                 r = min(WEIGHT_ROWS, q.shape[-2])
                 weight = (mass + 1e-3 * r / S) * keep
             self.C, alive = weighted_kmeans(k.detach(), weight, m, LLOYD_STEPS, chunk)
-            self.Csq = _sq(self.C).masked_fill(~alive, float("inf")).unsqueeze(-2)
+            self.Csq = row_sq_norms(self.C).masked_fill(~alive, float("inf")).unsqueeze(-2)
             lab = torch.cat(
-                [self._nearest(k[..., a:b, :].detach()) for a, b in _chunks(S, chunk)], -1
+                [self._nearest(k[..., a:b, :].detach()) for a, b in chunk_ranges(S, chunk)], -1
             )
         n = k.new_zeros(*k.shape[:-2], m).scatter_add_(-1, lab, keep)
         idx = lab.unsqueeze(-1).expand_as(k)
