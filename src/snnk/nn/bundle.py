@@ -10,8 +10,8 @@ from torch import nn
 from snnk._utils import as_float_tensor, check_positive_int
 from snnk._utils.random import make_generator, on_cpu
 from snnk.features import SpectralMeasure
-from snnk.nn.snnk_linear import _check_activation_map, _check_widths
-from snnk.nn.towers import SNNKMaps, _resolve_sampler
+from snnk.nn.snnk_linear import check_activation_map, check_widths
+from snnk.nn.towers import SNNKMaps, resolve_sampler
 
 _SKIP = (nn.Dropout, nn.Identity, nn.Flatten)
 
@@ -76,7 +76,7 @@ class BundledNetwork(nn.Module):
             raise ValueError(f"got {len(activations)} activations for {len(widths)} tower stages")
         self.in_features = check_positive_int(in_features, "in_features")
         self.out_features = check_positive_int(out_features, "out_features")
-        sampler = _resolve_sampler(sampler, orthogonal, "BundledNetwork")
+        sampler = resolve_sampler(sampler, orthogonal, "BundledNetwork")
         self.generator, self.seed = make_generator(seed)
         dims = [in_features, *widths]
         factory = {"dtype": dtype or torch.get_default_dtype()}
@@ -231,10 +231,10 @@ def bundle(
         ``Linear``), consecutive layers do not chain (``out_features`` of one layer is not
         ``in_features`` of the next), or ``num_features`` has not one width per pair.
     """
-    sampler = _resolve_sampler(sampler, orthogonal, "bundle")
+    sampler = resolve_sampler(sampler, orthogonal, "bundle")
     if not isinstance(mlp, nn.Sequential):
         raise TypeError(f"bundle needs an nn.Sequential stack, got {type(mlp).__name__}")
-    amap = _check_activation_map(activation_map)
+    amap = check_activation_map(activation_map)
     layers = [m for m in _flatten(mlp) if not isinstance(m, _SKIP)]
     pairs: list[tuple[nn.Linear, str | SpectralMeasure]] = []
     i = 0
@@ -254,7 +254,7 @@ def bundle(
             f"for other activation modules"
         )
     _check_chain([lin for lin, _ in pairs] + ([] if final is None else [final]))
-    per_layer = _check_widths(num_features)
+    per_layer = check_widths(num_features)
     widths = [num_features] * len(pairs) if per_layer is None else per_layer
     if len(widths) != len(pairs):
         raise ValueError(f"num_features lists {len(widths)} widths for {len(pairs)} layers")

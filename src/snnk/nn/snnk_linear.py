@@ -17,7 +17,7 @@ from snnk.nn.towers import (
     ACTIVATIONS,
     SNNKMaps,
     _check_input_scale,
-    _resolve_sampler,
+    resolve_sampler,
 )
 
 __all__ = ["ACTIVATIONS", "SNNKLinear", "SNNKMaps", "snnkify"]
@@ -101,7 +101,7 @@ class SNNKLinear(nn.Module):
         self.num_features = check_positive_int(num_features, "num_features")
         self.mode = check_in(mode, "mode", ("direct", "weights"))
         self.input_norm = None if input_norm is None else check_positive(input_norm, "input_norm")
-        sampler = _resolve_sampler(sampler, orthogonal, "SNNKLinear")
+        sampler = resolve_sampler(sampler, orthogonal, "SNNKLinear")
         self.generator, self.seed = make_generator(seed)
         dtype = dtype or torch.get_default_dtype()
         with on_cpu() as default_device:
@@ -291,7 +291,7 @@ class SNNKLinear(nn.Module):
         )
 
 
-def _check_activation_map(
+def check_activation_map(
     activation_map: dict[type[nn.Module], str | SpectralMeasure] | None,
 ) -> dict[type[nn.Module], str | SpectralMeasure]:
     """``activation_map`` as a dict of module types to SNNK activations, or a clear error."""
@@ -318,7 +318,7 @@ def _check_activation_map(
     return amap
 
 
-def _check_widths(num_features: int | Sequence[int]) -> list[int] | None:
+def check_widths(num_features: int | Sequence[int]) -> list[int] | None:
     """``None`` for one width everywhere, else the list of per-layer widths."""
     if isinstance(num_features, int) and not isinstance(num_features, bool):
         check_positive_int(num_features, "num_features")
@@ -408,8 +408,8 @@ def snnkify(
             f"model must be a torch.nn.Module (e.g. an nn.Sequential MLP), got "
             f"{type(model).__name__}; snnkify changes a model in place and returns it"
         )
-    amap = _check_activation_map(activation_map)
-    widths = _check_widths(num_features)
+    amap = check_activation_map(activation_map)
+    widths = check_widths(num_features)
     if filter is not None and not callable(filter):
         raise TypeError(f"filter must be a callable filter(name, linear) -> bool, got {filter!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):

@@ -17,7 +17,7 @@ ACTIVATIONS = ("relu", "exp", "cos", "sin", "gaussian")
 _EXPLODES = math.log(1e3)
 
 
-def _resolve_sampler(sampler: str | bool, orthogonal: bool | None, owner: str) -> str:
+def resolve_sampler(sampler: str | bool, orthogonal: bool | None, owner: str) -> str:
     """``sampler=`` from the new argument and the deprecated ``orthogonal: bool``.
 
     A bool in ``sampler`` (the old positional ``orthogonal``) counts as ``orthogonal=``.
@@ -114,7 +114,7 @@ class SNNKMaps(nn.Module):
             )
         self.activation = activation
         self.in_features, self.num_features, self.bias = in_features, num_features, bias
-        sampler = _resolve_sampler(sampler, orthogonal, "SNNKMaps")
+        sampler = resolve_sampler(sampler, orthogonal, "SNNKMaps")
         if activation == "relu":
             if urf_kwargs:
                 raise ValueError(f"options {sorted(urf_kwargs)} do not apply to activation='relu'")

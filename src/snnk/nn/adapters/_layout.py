@@ -32,7 +32,7 @@ _BERT = _Layout(
     ffn_in=(("intermediate.dense", "intermediate.intermediate_act_fn"),),
     norm="post",
 )
-_ARCHITECTURES: dict[str, _Layout] = {
+ARCHITECTURES: dict[str, _Layout] = {
     "bert": _BERT,  # also MiniLM checkpoints such as all-MiniLM-L6-v2
     "roberta": _BERT,
     "xlm-roberta": _BERT,
@@ -56,10 +56,10 @@ _ARCHITECTURES: dict[str, _Layout] = {
 }
 
 #: ``model.config.model_type`` values that :func:`add_adapters` and :func:`uptrain` accept
-SUPPORTED_ARCHITECTURES = tuple(_ARCHITECTURES)
+SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
     """The model inside ``DistributedDataParallel`` / ``DataParallel`` wrappers."""
     while isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
         model = model.module
@@ -72,16 +72,16 @@ def _architecture(
     """``(model, base model, model_type, layout)``; raises for unsupported models."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if changes_structure and _unwrap(model) is not model:
+    if changes_structure and unwrap(model) is not model:
         raise ValueError(
             f"model is wrapped in {type(model).__name__}, which has already registered the "
             "parameters it synchronises; change the model first, then wrap it "
             "(add_adapters / uptrain / load_adapters on the bare model, then "
             "DistributedDataParallel(model))"
         )
-    model = _unwrap(model)
+    model = unwrap(model)
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in _ARCHITECTURES:
+    if model_type not in ARCHITECTURES:
         raise ValueError(
             "SNNK adapters support Hugging Face models with config.model_type in "
             f"{list(SUPPORTED_ARCHITECTURES)} (BERT, RoBERTa, XLM-RoBERTa, DistilBERT, MiniLM "
@@ -89,10 +89,10 @@ def _architecture(
             f"model_type={model_type!r}"
         )
     base = getattr(model, "base_model", model)
-    return model, base, model_type, _ARCHITECTURES[model_type]
+    return model, base, model_type, ARCHITECTURES[model_type]
 
 
-def _first_path(root: nn.Module, candidates: tuple[str, ...], what: str) -> str:
+def first_path(root: nn.Module, candidates: tuple[str, ...], what: str) -> str:
     for path in candidates:
         try:
             root.get_submodule(path)
@@ -105,8 +105,8 @@ def _first_path(root: nn.Module, candidates: tuple[str, ...], what: str) -> str:
     )
 
 
-def _blocks(base: nn.Module, layout: _Layout) -> list[nn.Module]:
-    return list(base.get_submodule(_first_path(base, layout.blocks, "list of blocks")))
+def layer_blocks(base: nn.Module, layout: _Layout) -> list[nn.Module]:
+    return list(base.get_submodule(first_path(base, layout.blocks, "list of blocks")))
 
 
 def _split(path: str) -> tuple[str, str]:

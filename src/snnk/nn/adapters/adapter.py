@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from snnk._utils import check_in, check_positive_int, draw_seed, make_generator
-from snnk.nn.adapters._layout import _unwrap
+from snnk.nn.adapters._layout import unwrap
 from snnk.nn.snnk_linear import ACTIVATIONS, SNNKLinear
 
 
@@ -144,7 +144,7 @@ def _attach(site: nn.Module, adapter: SNNKAdapter) -> nn.Module:
 
 
 def _iter_adapters(model: nn.Module) -> Iterator[tuple[str, SNNKAdapter]]:
-    for name, module in _unwrap(model).named_modules():
+    for name, module in unwrap(model).named_modules():
         if isinstance(module, SNNKAdapter):
             yield name, module
 
@@ -167,7 +167,7 @@ def _check_seed(seed: int | None) -> int:
 
 
 def _config_of(model: nn.Module) -> dict:
-    config = getattr(_unwrap(model), "_snnk_adapter_config", None)
+    config = getattr(unwrap(model), "_snnk_adapter_config", None)
     if config is None:
         raise ValueError("this model has no SNNK adapters; call add_adapters first")
     return config

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields
 
 from torch import nn
 
-from snnk.nn.adapters._layout import _ARCHITECTURES, _blocks, _first_path
+from snnk.nn.adapters._layout import ARCHITECTURES, first_path, layer_blocks
 from snnk.nn.snnk_linear import ACTIVATIONS
 
 #: name of the child module that holds a layer's named adapters
@@ -147,22 +147,22 @@ def _excluded(name: str) -> bool:
 
 def _builtin_targets(model: nn.Module) -> list[tuple[str, nn.Module, int]]:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in _ARCHITECTURES:
+    if model_type not in ARCHITECTURES:
         linears = [n for n, m in model.named_modules() if _width(m) and not _excluded(n)]
         raise ValueError(
             f"target_modules=None (built-in placement) supports config.model_type in "
-            f"{list(_ARCHITECTURES)}; this {type(model).__name__} (model_type={model_type!r}) "
+            f"{list(ARCHITECTURES)}; this {type(model).__name__} (model_type={model_type!r}) "
             f"needs target_modules, e.g. a list of layer names such as {linears[:4]}"
         )
-    layout = _ARCHITECTURES[model_type]
+    layout = ARCHITECTURES[model_type]
     base = getattr(model, "base_model", model)
     names = {id(m): n for n, m in model.named_modules()}
     out = []
-    for block in _blocks(base, layout):
+    for block in layer_blocks(base, layout):
         paths = tuple(p for p, _ in layout.ffn_in)
-        hidden = block.get_submodule(_first_path(block, paths, "feed-forward layer")).in_features
+        hidden = block.get_submodule(first_path(block, paths, "feed-forward layer")).in_features
         for candidates in (layout.attention_site, layout.ffn_site):
-            site = block.get_submodule(_first_path(block, candidates, "adapter site"))
+            site = block.get_submodule(first_path(block, candidates, "adapter site"))
             out.append((names[id(site)], site, hidden))
     return out
 

@@ -11,10 +11,10 @@ from snnk._utils import check_in, check_positive, check_positive_int
 from snnk.nn.adapters._layout import (
     PLACEMENTS,
     _architecture,
-    _blocks,
-    _first_path,
     _split,
-    _unwrap,
+    first_path,
+    layer_blocks,
+    unwrap,
 )
 from snnk.nn.adapters.adapter import (
     SNNKAdapter,
@@ -121,17 +121,17 @@ def _plan_adapters(
             "(base_model.pooler is None); use train_pooler=False"
         )
     seed = _check_seed(seed)
-    blocks = _blocks(base, layout)
+    blocks = layer_blocks(base, layout)
     site_lists = [layout.ffn_site]
     if placement == "houlsby":
         site_lists.insert(0, layout.attention_site)
     sites = []
     for block in blocks:
         ref = next(block.parameters())
-        linear_path = _first_path(block, tuple(p for p, _ in layout.ffn_in), "feed-forward layer")
+        linear_path = first_path(block, tuple(p for p, _ in layout.ffn_in), "feed-forward layer")
         hidden = block.get_submodule(linear_path).in_features
         for candidates in site_lists:
-            parent, name = _split(_first_path(block, candidates, "adapter site"))
+            parent, name = _split(first_path(block, candidates, "adapter site"))
             owner = block.get_submodule(parent)
             _check_site(getattr(owner, name))
             adapter = SNNKAdapter(
@@ -263,7 +263,7 @@ def add_adapters(
 def _unique_parameters(model: nn.Module) -> list[nn.Parameter]:
     seen: set[int] = set()
     out = []
-    for p in _unwrap(model).parameters():
+    for p in unwrap(model).parameters():
         if id(p) not in seen:
             seen.add(id(p))
             out.append(p)
@@ -352,7 +352,7 @@ def uptrain(
     num_layers = check_positive_int(num_layers, "num_layers")
     num_features = check_positive_int(num_features, "num_features")
     activation = _check_activation(activation)
-    blocks = _blocks(base, layout)
+    blocks = layer_blocks(base, layout)
     if num_layers > len(blocks):
         raise ValueError(f"num_layers must be at most {len(blocks)} (the blocks), got {num_layers}")
     seed = _check_seed(seed)
@@ -361,7 +361,7 @@ def uptrain(
     plan = []
     for i, block in enumerate(blocks[len(blocks) - num_layers :]):
         paths = tuple(p for p, _ in layout.ffn_in)
-        linear_path = _first_path(block, paths, "feed-forward layer")
+        linear_path = first_path(block, paths, "feed-forward layer")
         act_path = dict(layout.ffn_in)[linear_path]
         linear = block.get_submodule(linear_path)
         if isinstance(linear, SNNKLinear):

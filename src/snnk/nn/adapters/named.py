@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from snnk.nn.adapters._layout import _unwrap
+from snnk.nn.adapters._layout import unwrap
 from snnk.nn.adapters.adapter import SNNKAdapter
 from snnk.nn.adapters.config import SLOT_NAME, AdapterConfig, resolve_targets
 
@@ -65,7 +65,7 @@ class _State:
 
 
 def _state(model: nn.Module, *, create: bool = False) -> _State:
-    model = _unwrap(model)
+    model = unwrap(model)
     state = model.__dict__.get(_STATE)
     if state is None:
         if not create:
@@ -97,7 +97,7 @@ def _check_known(state: _State, names: Sequence[str]) -> None:
 
 
 def _slots(model: nn.Module) -> Iterator[tuple[str, AdapterSlot]]:
-    for name, module in _unwrap(model).named_modules():
+    for name, module in unwrap(model).named_modules():
         if isinstance(module, AdapterSlot):
             yield name.rpartition(".")[0], module
 
@@ -157,7 +157,7 @@ def add_adapter(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if _unwrap(model) is not model:
+    if unwrap(model) is not model:
         raise ValueError(
             "model is wrapped (DistributedDataParallel/DataParallel); add adapters to the bare "
             "model, then wrap it"
@@ -246,7 +246,7 @@ def set_adapter(model: nn.Module, adapter_name: str | Sequence[str]) -> None:
         raise ValueError("adapter_name must name at least one adapter")
     _check_known(state, names)
     state.active = names
-    _refresh(_unwrap(model), state)
+    _refresh(unwrap(model), state)
 
 
 def active_adapters(model: nn.Module) -> tuple[str, ...]:
@@ -265,10 +265,10 @@ def _enabled_after(model: nn.Module, previous: bool) -> Iterator[nn.Module]:
     try:
         yield model
     finally:
-        state = _unwrap(model).__dict__.get(_STATE)
+        state = unwrap(model).__dict__.get(_STATE)
         if state is not None:
             state.enabled = previous
-            _refresh(_unwrap(model), state)
+            _refresh(unwrap(model), state)
 
 
 def disable_adapters(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
@@ -279,7 +279,7 @@ def disable_adapters(model: nn.Module) -> contextlib.AbstractContextManager[nn.M
     """
     state = _state(model)
     previous, state.enabled = state.enabled, False
-    _refresh(_unwrap(model), state)
+    _refresh(unwrap(model), state)
     return _enabled_after(model, previous)
 
 
@@ -287,7 +287,7 @@ def enable_adapters(model: nn.Module) -> None:
     """Undo :func:`disable_adapters`."""
     state = _state(model)
     state.enabled = True
-    _refresh(_unwrap(model), state)
+    _refresh(unwrap(model), state)
 
 
 def delete_adapter(model: nn.Module, adapter_name: str) -> None:
@@ -298,7 +298,7 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> None:
     if len(state.configs) == 1:
         unload_adapters(model)
         return
-    inner = _unwrap(model)
+    inner = unwrap(model)
     for name in state.targets.pop(adapter_name):
         _remove_from(inner.get_submodule(name), adapter_name)
     del state.configs[adapter_name]
@@ -310,7 +310,7 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> None:
 def unload_adapters(model: nn.Module) -> nn.Module:
     """Remove every named adapter, hook and flag change: the original model, bit for bit."""
     state = _state(model)
-    inner = _unwrap(model)
+    inner = unwrap(model)
     for owner, _ in list(_slots(inner)):
         module = inner.get_submodule(owner)
         for name in list(module._modules[SLOT_NAME].adapters):

@@ -12,7 +12,7 @@ from torch import nn
 
 from snnk._utils.files import write_safetensors_atomic, write_text_atomic
 from snnk._version import __version__
-from snnk.nn.adapters._layout import PLACEMENTS, _architecture, _unwrap
+from snnk.nn.adapters._layout import PLACEMENTS, _architecture, unwrap
 from snnk.nn.adapters.adapter import _config_of, _iter_adapters
 from snnk.nn.adapters.insert import _apply, _plan_adapters, _Undo
 from snnk.nn.snnk_linear import ACTIVATIONS
@@ -39,7 +39,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     dict of str to torch.Tensor
         Detached tensors sharing memory with the model.
     """
-    model = _unwrap(model)
+    model = unwrap(model)
     out: dict[str, torch.Tensor] = {}
     for name, adapter in _iter_adapters(model):
         out.update(adapter.state_dict(prefix=f"{name}."))

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from snnk._utils.files import write_text_atomic
-from snnk.nn.adapters._layout import _unwrap
+from snnk.nn.adapters._layout import unwrap
 from snnk.nn.adapters.config import SLOT_NAME, AdapterConfig, resolve_targets
 from snnk.nn.adapters.folder import check_folder_path, copy_into, read_folder, write_folder
 from snnk.nn.adapters.named import (
@@ -65,7 +65,7 @@ def save_pretrained(
     pathlib.Path
         The folder.
     """
-    inner = _unwrap(model)
+    inner = unwrap(model)
     state = _state(inner)
     folder = check_folder_path(path)
     names = list(state.configs) if adapter_names is None else list(adapter_names)
