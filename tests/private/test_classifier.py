@@ -93,5 +93,39 @@ def test_classifier_validation():
         PrivateKernelClassifier(classes=[0, 1, 2]).fit(X, y)
     with pytest.raises(ValueError):
         PrivateKernelClassifier(lengthscale=1.0, epsilon=-1.0, classes=[0, 1, 2]).fit(X, y)
-    with pytest.raises(ValueError, match="one label per row"):
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
         PrivateKernelClassifier(lengthscale=1.0, classes=[0, 1, 2]).fit(X, y[:5])
+
+
+def test_scores_probabilities_and_predictions_agree_under_heavy_noise():
+    """At ε = 0.01 the noise drives many rows below zero for every class: ``predict_proba``
+    falls back to a softmax there, so its argmax is still ``predict``'s class, and the
+    binary ``decision_function`` is ``p₁ − p₀`` (positive exactly where class 1 wins)."""
+    X, y = blobs(400, 4, 3, centers=2, spread=2.0)
+    for seed in range(3):
+        clf = PrivateKernelClassifier(
+            lengthscale=1.0, epsilon=0.01, classes=[0, 1], num_features=64, random_state=seed
+        ).fit(X, y)
+        s = clf.release_.query(X, average=True)
+        assert np.any((s <= 0).all(1)), "the fallback is exercised"
+        P, d, pred = clf.predict_proba(X), clf.decision_function(X), clf.predict(X)
+        assert np.all(np.isfinite(P)) and np.allclose(P.sum(1), 1.0)
+        np.testing.assert_array_equal(clf.classes_[P.argmax(1)], pred)
+        np.testing.assert_array_equal(np.where(d > 0, 1, 0), pred)
+        np.testing.assert_allclose(d, P[:, 1] - P[:, 0])
+
+
+def test_inputs_as_scikit_learn_takes_them():
+    X, y = blobs(120, 3, 0, centers=2)
+    clf = PrivateKernelClassifier(
+        lengthscale=2.0, epsilon=math.inf, classes=[0, 1], num_features=32, random_state=0
+    )
+    clf.fit(np.rint(X * 10).astype(np.int64), y)  # integers are widened to float64
+    assert clf.n_features_in_ == 3
+    ref = clf.predict(X)
+    np.testing.assert_array_equal(clf.predict(torch.as_tensor(X)), ref)
+    assert clf.predict(torch.as_tensor(X, dtype=torch.bfloat16)).shape == (120,)
+    with pytest.raises(TypeError, match="meta device"):
+        clf.predict(torch.empty(4, 3, device="meta"))
+    with pytest.raises(ValueError, match="3 features"):
+        clf.predict(X[:, :2])

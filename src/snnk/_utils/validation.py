@@ -55,7 +55,10 @@ def as_float_tensor(
                 f"{name} must have a floating dtype, got {arr.dtype}; "
                 f"convert it with {name}.astype(np.float64) (or float32)"
             )
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        arr = np.ascontiguousarray(arr)
+        # torch cannot wrap a read-only array (a memmap opened "r", a frozen release):
+        # it warns and the tensor would alias memory that must not be written
+        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     if t.dtype not in _FLOATS:
         raise TypeError(
             f"{name} must have a floating dtype (float16, bfloat16, float32 or float64), "
@@ -226,3 +229,19 @@ def check_device(device: Any, name: str = "device") -> torch.device:
     elif dev.type != "cpu":
         raise ValueError(f"{name}={device!r}: estimators fit on 'cpu', 'cuda' or 'mps'")
     return dev
+
+
+def as_numpy(x: Any) -> Any:
+    """A tensor as a NumPy array (anything else unchanged; bfloat16 widened to float32); a
+    tensor on the meta device (shapes without values) is a ``TypeError``."""
+    if not isinstance(x, torch.Tensor):
+        return x
+    if x.device.type == "meta":
+        raise TypeError(
+            "got a tensor on the meta device, which holds no values: pass data on 'cpu' or "
+            "'cuda' (e.g. a tensor made outside a `with torch.device('meta')` block)"
+        )
+    x = x.detach().cpu()
+    if x.dtype == torch.bfloat16:  # NumPy has no bfloat16: widen (exactly) to float32
+        x = x.float()
+    return x.numpy()

@@ -33,6 +33,7 @@ except ImportError as exc:  # pragma: no cover - the sklearn extra installs it
 
 from snnk._utils.random import seed_from_random_state
 from snnk._utils.tabular import iter_table
+from snnk._utils.validation import as_numpy
 from snnk.solvers import conjugate_gradient
 
 #: the floating dtypes an estimator computes in, by the names its ``dtype=`` takes
@@ -228,22 +229,6 @@ def validate_data(estimator: Any, X: Any = "no_validation", y: Any = "no_validat
             raise
         name = "X" if not isinstance(X, str) and _text_problem(X) is not None else "y"
         raise _text_error(name, exc) from exc
-
-
-def as_numpy(x: Any) -> Any:
-    """A tensor as a NumPy array (anything else unchanged; bfloat16 widened to float32); a
-    tensor on the meta device (shapes without values) is a ``TypeError``."""
-    if not isinstance(x, torch.Tensor):
-        return x
-    if x.device.type == "meta":
-        raise TypeError(
-            "got a tensor on the meta device, which holds no values: pass data on 'cpu' or "
-            "'cuda' (e.g. a tensor made outside a `with torch.device('meta')` block)"
-        )
-    x = x.detach().cpu()
-    if x.dtype == torch.bfloat16:  # NumPy has no bfloat16: widen (exactly) to float32
-        x = x.float()
-    return x.numpy()
 
 
 def is_stream(X: Any, y: Any) -> bool:

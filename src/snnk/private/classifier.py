@@ -18,8 +18,10 @@ from typing import ClassVar
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 
+from snnk._utils.validation import as_numpy
 from snnk.private.accountant import NEIGHBORING, BudgetAccountant, PrivacyLeakWarning
 from snnk.private.kde import KernelSumRelease, private_kernel_sum
 from snnk.private.mechanisms import NOISES
@@ -117,11 +119,8 @@ class PrivateKernelClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X, y):
         """Release the class sketches of ``(X, y)`` (one pass; spends ``(epsilon, delta)``)."""
         self._validate_params()
-        y = np.asarray(y)
-        if y.ndim != 1 or y.shape[0] != np.shape(X)[0]:
-            raise ValueError(
-                f"y must be a 1-D array with one label per row of X, got shape {y.shape}"
-            )
+        X, y = validate_data(self, as_numpy(X), y, dtype=_DTYPES, accept_sparse=False)
+        check_classification_targets(y)
         if self.classes is None:
             warnings.warn(
                 "classes=None: the label set is taken from the private y, which reveals which "
@@ -159,25 +158,36 @@ class PrivateKernelClassifier(ClassifierMixin, BaseEstimator):
             random_state=self.random_state,
         )
         self.classes_ = classes
-        self.n_features_in_ = self.release_.in_features
         return self
 
-    def decision_function(self, X) -> np.ndarray:
-        """DP average similarity to each class, shape ``(n, C)``."""
+    def _scores(self, X) -> np.ndarray:
+        """DP average similarity ``s_c(y)`` of every row to every class, shape ``(n, C)``."""
         check_is_fitted(self)
+        X = validate_data(self, as_numpy(X), reset=False, dtype=_DTYPES, accept_sparse=False)
         return self.release_.query(X, average=True).reshape(-1, self.classes_.size)
 
+    def decision_function(self, X) -> np.ndarray:
+        """DP average similarity to each class, shape ``(n, C)``. For two classes, as in
+        scikit-learn, one score per row, positive for ``classes_[1]``: ``p₁ − p₀`` of
+        :meth:`predict_proba` (its sign is that of ``s₁ − s₀``; ranking rows by it ranks
+        them by ``p₁``), shape ``(n,)``."""
+        s = self._scores(X)
+        if s.shape[1] != 2:
+            return s
+        p = _proba(s)
+        return p[:, 1] - p[:, 0]
+
     def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities: the positive parts of the average similarities, normalised
-        (uniform where every class scores ``≤ 0``)."""
-        s = np.clip(self.decision_function(X), 0.0, None)
-        tot = s.sum(1, keepdims=True)
-        C = self.classes_.size
-        return np.where(tot > 0, s / np.where(tot > 0, tot, 1.0), 1.0 / C)
+        """Class probabilities ``(n, C)``: the positive parts of the average similarities,
+        normalised (the kernel-density Bayes rule with equal priors). Where the privacy noise
+        leaves every class at ``≤ 0``, a softmax of the scores, so that the most probable
+        class is always :meth:`predict`'s."""
+        return _proba(self._scores(X))
 
     def predict(self, X) -> np.ndarray:
         """The class of highest DP average similarity."""
-        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+        s = self._scores(X)  # before self.classes_: an unfitted model raises NotFittedError
+        return self.classes_[np.argmax(s, axis=1)]
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Save the release (all ``predict`` needs, labels included) as safetensors + JSON."""
@@ -215,3 +225,15 @@ class PrivateKernelClassifier(ClassifierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = True
         return tags
+
+
+#: dtypes the classifier computes in (integer and boolean rows are widened to float64)
+_DTYPES = (np.float64, np.float32)
+
+
+def _proba(s: np.ndarray) -> np.ndarray:
+    p = np.clip(s, 0.0, None)
+    tot = p.sum(1, keepdims=True)
+    soft = np.exp(s - s.max(1, keepdims=True))
+    p = np.where(tot > 0, p, soft)
+    return p / p.sum(1, keepdims=True)
