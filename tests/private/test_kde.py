@@ -381,3 +381,40 @@ def test_linear_grouped_statistic_matches_row_features():
     want = np.stack([Z[g == c].sum(0) for c in range(3)])
     np.testing.assert_allclose(r.sketches, want, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(r.counts, np.bincount(g, minlength=3))
+
+
+@pytest.mark.parametrize("d", [5, 8])
+def test_tampered_fourier_projection_is_refused(tmp_path, d):
+    """The Fourier projection's public randomness is checked on load: an index out of range,
+    a repeated or unsorted coordinate, the imaginary part of a real term, or signs other than
+    ±1 give a ``ValueError`` naming the buffer, not an ``IndexError`` at the first query."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    X = np.random.default_rng(3).normal(size=(20, d))
+    r = private_kernel_sum(
+        X, kernel="gaussian", lengthscale=1.0, epsilon=math.inf, num_features=16,
+        projection_dim=3, projection="fourier", random_state=0,
+    )  # fmt: skip
+    p = r.save(tmp_path / "r.safetensors")
+    with safe_open(str(p), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(p))
+    index, signs = tensors["features.projection.index"], tensors["features.projection.signs"]
+    bad_index = {
+        "out of range": torch.tensor([0.0, 2.0, 1e6]),
+        "repeated": torch.tensor([2.0, 2.0, 3.0]),
+        "unsorted": index.flip(0).contiguous(),
+        "imaginary part of the zero-frequency term": torch.tensor([1.0, 2.0, 3.0]),
+    }
+    for value in bad_index.values():
+        q = tmp_path / "t.safetensors"
+        save_file(dict(tensors, **{"features.projection.index": value}), str(q), metadata=meta)
+        with pytest.raises(ValueError, match=r"projection\.index"):
+            load_release(q)
+    s2 = signs.clone()
+    s2[0] = 0.5
+    save_file(dict(tensors, **{"features.projection.signs": s2}), str(q), metadata=meta)
+    with pytest.raises(ValueError, match=r"projection\.signs"):
+        load_release(q)
+    np.testing.assert_array_equal(load_release(p).query(X), r.query(X))

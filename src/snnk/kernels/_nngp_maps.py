@@ -17,6 +17,11 @@ the arc-cosine kernel of Cho & Saul, ``a·erf(b·x) + c`` (Williams 1997) and th
 Gauss–Hermite quadrature of the 2-D Gaussian integral. Angles are ``atan2(s, q₁₂)`` with
 ``s = √max(q₁₁q₂₂ − q₁₂², ε)`` (never an unclamped ``arccos``), so the maps are finite and
 differentiable by autograd everywhere (the tiny ``ε`` keeps ``√`` off its infinite slope).
+Where a non-zero variance is outside ``[√ε/eps, √max/4]`` (``eps`` the machine epsilon:
+below ``7e-139`` or above ``3e153`` in float64, ``9e-13`` / ``5e18`` in float32) ``q₁₁q₂₂``
+would under- or overflow, or ``√ε`` would swamp ``s``: the ABReLU maps then scale every entry
+by exact powers of two to ``q₁₁, q₂₂ ∈ [½, 2)`` first (``K̃`` is homogeneous of degree 1,
+``Σ̇`` of degree 0).
 """
 
 from __future__ import annotations
@@ -50,7 +55,50 @@ def _no_graph(*ts: torch.Tensor) -> bool:
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in ts))
 
 
+def _extreme(*qs: torch.Tensor) -> bool:
+    """Whether a non-zero variance lies outside ``[√tiny/ε, √max/4]``, where ``q₁₁q₂₂``
+    under- or overflows or the ``√tiny`` floor of the angle forms is no longer negligible
+    against ``s = √(q₁₁q₂₂ − q₁₂²)`` (float64: ``[7e-139, 3e153]``, float32: ``[9e-13,
+    5e18]``). Zero variances (blank patches without bias) are fine: ``q₁₂ = 0`` there and the
+    floor adds ``c√tiny`` (``2e-155`` in float64) to ``K̃ = 0``. Not read on the meta device
+    or while ``torch.compile`` traces (a host read)."""
+    if torch.compiler.is_compiling():
+        return False
+    for q in qs:
+        if q.device.type == "meta" or q.numel() == 0:
+            continue
+        fi = torch.finfo(q.dtype)
+        lo, hi = math.sqrt(fi.tiny) / fi.eps, math.sqrt(fi.max) / 4.0
+        q = q.detach()
+        low, high = (float(v) for v in torch.aminmax(q))
+        if high > hi or (low < lo and bool(((q < lo) & (q != 0)).any())):
+            return True
+    return False
+
+
+def _pow2_root(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(2^-h, 2^h)`` with ``h = ⌊e/2⌋`` for ``q = m·2^e`` (``frexp``; ``h = 0`` at ``q = 0``):
+    ``q·2^-2h`` lies in ``[½, 2)`` and power-of-two scalings round nothing."""
+    _, e = torch.frexp(q.detach())
+    h = torch.div(e, 2, rounding_mode="floor")
+    one = torch.ones_like(q.detach())
+    return torch.ldexp(one, -h), torch.ldexp(one, h)
+
+
 def _abrelu(q11, q22, q12, a: float, b: float):
+    """ABReLU maps; at extreme scales through the exact power-of-two normalisation
+    ``q′ᵢⱼ = qᵢⱼ/(σᵢσⱼ)`` (``K̃`` is homogeneous of degree 1 in ``q``, ``Σ̇`` of degree 0), so
+    tiny or huge variances neither underflow ``q₁₁q₂₂`` nor meet the ``√tiny`` floor."""
+    if not _extreme(q11, q22):
+        return _abrelu_unit(q11, q22, q12, a, b)
+    i1, s1 = _pow2_root(q11)
+    i2, s2 = _pow2_root(q22)
+    # pinned x = x′ entries (q₁₁ = q₂₂ = q₁₂) stay exactly equal after the scaling
+    k, kdot = _abrelu_unit(q11 * i1 * i1, q22 * i2 * i2, q12 * i1 * i2, a, b)
+    return k * s1 * s2, kdot
+
+
+def _abrelu_unit(q11, q22, q12, a: float, b: float):
     c = (a - b) ** 2 / _TWO_PI
     half = (a * a + b * b) / 2.0
     if _no_graph(q11, q22, q12) and q12.dim() >= 1:
@@ -94,21 +142,28 @@ def _erf(q11, q22, q12, scale: float = 1.0):
 def _erf_diag(q, scale: float = 1.0):
     b2 = scale * scale
     q = b2 * q
-    den = 1.0 + 2.0 * q
-    k = (2.0 / math.pi) * torch.asin(2.0 * q / den)
-    kdot = (4.0 / math.pi) * b2 / torch.sqrt(1.0 + 4.0 * q)  # (1 + 2q)² − 4q², no cancellation
+    root = torch.sqrt(1.0 + 4.0 * q)  # √((1 + 2q)² − 4q²), without the cancellation
+    # asin(2q/(1 + 2q)) = atan2(2q, √(1 + 4q)): the rounded quotient near 1 would cost
+    # ~ε√q in asin (1e-8 at q = 1e16), atan2 of the two exact-to-ε legs costs ~ε
+    k = (2.0 / math.pi) * torch.atan2(2.0 * q, root)
+    kdot = (4.0 / math.pi) * b2 / root
     return k, kdot
 
 
 def _gelu(q11, q22, q12):
     p = (1.0 + q11) * (1.0 + q22)
-    delta2 = p - q12 * q12  # ≥ 1 + q₁₁ + q₂₂ > 0
+    prod = q11 * q22
+    # δ² = p − q₁₂² = 1 + q₁₁ + q₂₂ + (q₁₁q₂₂ − q₁₂²) ≥ 1 + q₁₁ + q₂₂ > 0: the first form
+    # cancels to ≤ 0 once p·ε ≳ q (q ≳ 1e16 in float64), the second cannot
+    delta2 = 1.0 + q11 + q22 + (prod - q12 * q12).clamp_min(0.0)
     delta = torch.sqrt(delta2)
     beta = torch.atan2(q12, delta)
-    prod = q11 * q22
-    k = q12 / 4.0 + (q12 * beta + (q12 * q12 + prod * delta2) / (p * delta)) / _TWO_PI
+    # (q₁₂² + q₁₁q₂₂δ²)/(pδ) term by term: q₁₁q₂₂δ² overflows where q ≳ 1e77, this at 1e154
+    pr = (q11 / (1.0 + q11)) * (q22 / (1.0 + q22))
+    k = q12 / 4.0 + (q12 * beta + (q12 / p) * (q12 / delta) + pr * delta) / _TWO_PI
+    # (1 − q₁₁q₂₂)/p + 1 = (2 + q₁₁ + q₂₂)/p exactly, without the cancellation
     kdot = (
-        0.25 + beta / _TWO_PI + (q12 / (_TWO_PI * delta)) * (1.0 / delta2 + (1.0 - prod) / p + 1.0)
+        0.25 + beta / _TWO_PI + (q12 / (_TWO_PI * delta)) * (1.0 / delta2 + (2.0 + q11 + q22) / p)
     )
     return k, kdot
 
@@ -117,13 +172,10 @@ def _gelu_diag(q):
     r = torch.sqrt(1.0 + 2.0 * q)
     k = q * (0.25 + (q / ((1.0 + q) * r) + 0.5 * torch.atan2(q, r)) / math.pi)
     # Σ̇(x, x) from the off-diagonal formula at q₁₁ = q₂₂ = q₁₂ = q (no angle is involved)
-    p = (1.0 + q) * (1.0 + q)
-    delta2 = p - q * q
+    delta2 = 1.0 + 2.0 * q  # (1 + q)² − q², without the cancellation
     delta = torch.sqrt(delta2)
     beta = torch.atan2(q, delta)
-    kdot = (
-        0.25 + beta / _TWO_PI + (q / (_TWO_PI * delta)) * (1.0 / delta2 + (1.0 - q * q) / p + 1.0)
-    )
+    kdot = 0.25 + beta / _TWO_PI + (q / (_TWO_PI * delta)) * (1.0 / delta2 + 2.0 / (1.0 + q))
     return k, kdot
 
 
@@ -349,6 +401,8 @@ def affine_expectations_(
     if not (_no_graph(q11, q22, q12) and q12.dim() >= 2 and q11.shape != q12.shape):
         return None
     if activation in ("relu", "abs", "leaky_relu"):
+        if _extreme(q11, q22):  # the normalised closed form (:func:`_abrelu`) instead
+            return None
         a, b = {"relu": (0.0, 1.0), "abs": (-1.0, 1.0)}.get(activation, (negative_slope, 1.0))
         c = (a - b) ** 2 / _TWO_PI
         half = (a * a + b * b) / 2.0
@@ -371,7 +425,9 @@ def affine_expectations_(
         # (h = √((q₁₁ + ½)(q₂₂ + ½) − q₁₂²) of the atan2 form is √(1 − ρ²)/R). asin costs a
         # third of atan2 and R is an outer product of two vectors: 8 passes over the block.
         # Exactly |ρ| ≤ 1 − 1/(1 + 2 max(q₁₁, q₂₂)), so the clamp to 1 − ε only acts where
-        # q ≳ 1e15 (there it keeps 1 − ρ² ≥ ε > 0: Σ̇ finite).
+        # q ≳ 1/(2ε) (2e15 in float64, 4e6 in float32; there it keeps 1 − ρ² ≥ ε > 0: Σ̇
+        # finite). Near |ρ| = 1 both maps lose ~q·ε: the recursions pin x = x′ entries to the
+        # diagonal formulas.
         c = 2.0 * sw / math.pi
         R = torch.mul((q11 + 0.5).rsqrt_(), (q22 + 0.5).rsqrt_())
         if R.shape != q12.shape:

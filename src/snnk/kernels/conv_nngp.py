@@ -104,6 +104,11 @@ def _axis_sum(src, dst, dims: tuple[int, ...], n: int, offsets: list[int], circu
     return dst
 
 
+def _take(layers: list[tuple], rows: slice) -> list[tuple]:
+    """The images ``rows`` of per-layer ``(Σ, K̃, Σ̇ or None)`` position values."""
+    return [tuple(None if t is None else t[rows] for t in v) for v in layers]
+
+
 def _grad_mode(*ts: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
 
@@ -308,21 +313,26 @@ class ConvolutionalKernel(Kernel):
         return _axis_sum(a, src.view(view), hdims, H, _offsets(kh), circular).view(shape)
 
     # -- the recursion on one tile -------------------------------------------------------------
-    def _run(self, q12, q11s, q22s, view, hdims, wdims, reduce_dims, ntk: bool, pin):
+    def _run(self, q12, q11s, q22s, view, hdims, wdims, reduce_dims, ntk: bool, pin, pins):
         """``(NNGP, NTK or None)`` of one tile, reduced over ``reduce_dims`` (the readout).
 
         ``q12`` is ``Σ¹`` of the tile, ``q11s[ℓ]`` / ``q22s[ℓ]`` the per-position variances
-        of layer ``ℓ + 1`` in shapes that broadcast against it, ``pin(q12, ℓ)`` writes the
-        exact ``x = x′, s = s′`` entries of diagonal tiles (or is ``None``).
+        of layer ``ℓ + 1`` in shapes that broadcast against it. On diagonal tiles
+        ``pin(t, values)`` writes the ``x = x′, s = s′`` entries of ``t`` (else ``pin`` is
+        ``None``): ``Σˡ``, ``K̃`` and ``Σ̇`` there are ``pins[ℓ]`` of the diagonal recursion
+        (the angle forms lose ``~q·ε`` where ``q₁₂ = q₁₁ = q₂₂``, e.g. erf's ``Σ̇``).
         """
         sb, q = self.bias_variance, self.num_offsets
         theta = None
         for layer in range(self.depth):
             if pin is not None:
-                q12 = pin(q12, layer)
+                q12 = pin(q12, pins[layer][0])
             old = q12
             inplace = not _grad_mode(q12) and not (theta is not None and _grad_mode(theta))
             _, _, k, gain = self._maps.layer(q11s[layer], q22s[layer], q12, derivative=ntk)
+            if pin is not None:
+                k = pin(k, pins[layer][1])
+                gain = pin(gain, pins[layer][2]) if ntk else gain
             if ntk:
                 base = q12 if theta is None else theta
                 theta = base.mul_(gain) if inplace else base * gain
@@ -341,20 +351,21 @@ class ConvolutionalKernel(Kernel):
         raise AssertionError("depth 0 is handled by the caller")  # pragma: no cover
 
     def _position_variances(self, patches: torch.Tensor, H: int, W: int, ntk: bool):
-        """``([Σˡ(x,x)[s,s] for ℓ = 1..L], (σ_w²/|q| K̃ᴸ, σ_w²/|q| Θᴸ ⊙ Σ̇ᴸ or None))`` at
-        ``s = s′`` of every image, each ``(n, P)``, from the ``O(nP|q|)`` diagonal recursion
-        (the last pair is what the flatten readout averages)."""
+        """``([(Σˡ, σ_w²/|q| K̃ˡ, σ_w²/|q| Σ̇ˡ or None) for ℓ = 1..L], σ_w²/|q| Θᴸ ⊙ Σ̇ᴸ or
+        None)`` at ``x = x′, s = s′`` of every image, each ``(n, P)``, from the ``O(nP|q|)``
+        diagonal recursion (the last ``K̃`` and ``Θ ⊙ Σ̇`` are what flatten averages)."""
         n = patches.shape[0]
         q = patches.square().sum(-1) + self.bias_variance  # Σ¹(x, x)[s, s]
         theta = q if ntk else None
         view, opts = (n, H, W), self._fc._map_options()
+        scale = self.weight_variance / self.num_offsets
         out = []
         for layer in range(self.depth):
-            out.append(q)
             k, kd = diag_expectations(self.activation, q, derivative=ntk, **opts)
-            k = k * (self.weight_variance / self.num_offsets)
+            k, kd = k * scale, (kd * scale if ntk else None)
+            out.append((q, k, kd))
             if ntk:
-                theta = theta * kd * (self.weight_variance / self.num_offsets)
+                theta = theta * kd
             if layer == self.depth - 1:
                 break
             q = self._spatial_sum(k.clone(), torch.empty_like(k), view, (1,), (2,))
@@ -362,7 +373,7 @@ class ConvolutionalKernel(Kernel):
             if ntk:
                 theta = self._spatial_sum(theta.clone(), torch.empty_like(k), view, (1,), (2,))
                 theta = theta + q
-        return out, (k, theta)
+        return out, theta
 
     # -- tiles ----------------------------------------------------------------------------------
     def _tile_side(self, P: int) -> int:
@@ -381,27 +392,28 @@ class ConvolutionalKernel(Kernel):
         if self.readout == "gap":
             q12 = torch.addmm(PA.new_tensor(sb), PA.reshape(a * P, D), PB.reshape(b * P, D).T)
             q12 = q12.view(a, P, b, P)
-            q11s = [v.view(a, P, 1, 1) for v in vA]
-            q22s = [v.view(1, 1, b, P) for v in vB]
+            q11s = [v[0].view(a, P, 1, 1) for v in vA]
+            q22s = [v[0].view(1, 1, b, P) for v in vB]
             layout = ((a, H, W, b, H, W), (1, 4), (2, 5), (1, 3))
 
-            def pin(t, layer):
-                t = t.clone() if _grad_mode(t, vA[layer]) else t
-                t.view(a * P, a * P).diagonal().copy_(vA[layer].reshape(-1))
+            def pin(t, values):
+                t = t.clone() if _grad_mode(t, values) else t.contiguous()
+                t.view(a * P, a * P).diagonal().copy_(values.reshape(-1))
                 return t
 
         else:
             q12 = torch.matmul(PA.transpose(0, 1), PB.permute(1, 2, 0)).permute(1, 2, 0) + sb
-            q11s = [v.view(a, 1, P) for v in vA]
-            q22s = [v.view(1, b, P) for v in vB]
+            q11s = [v[0].view(a, 1, P) for v in vA]
+            q22s = [v[0].view(1, b, P) for v in vB]
             layout = ((a, b, H, W), (2,), (3,), (2,))
 
-            def pin(t, layer):
-                t = t.clone() if _grad_mode(t, vA[layer]) else t
-                t.diagonal(0, 0, 1).copy_(vA[layer].T)
+            def pin(t, values):
+                t = t.clone() if _grad_mode(t, values) else t
+                t.diagonal(0, 0, 1).copy_(values.T)
                 return t
 
-        return self._run(q12.contiguous(), q11s, q22s, *layout, ntk, pin if diagonal else None)
+        pin = pin if diagonal else None
+        return self._run(q12.contiguous(), q11s, q22s, *layout, ntk, pin, vA)
 
     def _self_tile(self, PA, vA, HW: tuple[int, int], ntk: bool):
         """``(NNGP, NTK or None)`` of each image with itself (pooled readout), ``(a,)``."""
@@ -409,15 +421,15 @@ class ConvolutionalKernel(Kernel):
         q12 = torch.baddbmm(PA.new_tensor(self.bias_variance), PA, PA.transpose(1, 2))
         q12 = q12.view(a, P, 1, P)
 
-        def pin(t, layer):
-            t = t.clone() if _grad_mode(t, vA[layer]) else t
-            t.view(a, P, P).diagonal(dim1=1, dim2=2).copy_(vA[layer])
+        def pin(t, values):
+            t = t.clone() if _grad_mode(t, values) else t.contiguous()
+            t.view(a, P, P).diagonal(dim1=1, dim2=2).copy_(values)
             return t
 
-        q11s = [v.view(a, P, 1, 1) for v in vA]
-        q22s = [v.view(a, 1, 1, P) for v in vA]
+        q11s = [v[0].view(a, P, 1, 1) for v in vA]
+        q22s = [v[0].view(a, 1, 1, P) for v in vA]
         layout = ((a, H, W, 1, H, W), (1, 4), (2, 5), (1, 3))
-        nngp, theta = self._run(q12, q11s, q22s, *layout, ntk, pin)
+        nngp, theta = self._run(q12, q11s, q22s, *layout, ntk, pin, vA)
         return nngp[:, 0], (None if theta is None else theta[:, 0])
 
     def _depth0(self, Xi: torch.Tensor, Yi: torch.Tensor):
@@ -442,7 +454,7 @@ class ConvolutionalKernel(Kernel):
             return K, (K if ntk else None)
         PX = self._patches(Xi)
         PY = PX if same else self._patches(Yi)
-        vX = self._position_variances(PX, H, W, ntk=False)[0]
+        vX = self._position_variances(PX, H, W, ntk=ntk)[0]
         vY = vX if same else self._position_variances(PY, H, W, ntk=False)[0]
         side = self._tile_side(H * W) if block_rows is None else block_rows
         side = check_positive_int(side, "block_rows")
@@ -459,7 +471,7 @@ class ConvolutionalKernel(Kernel):
         for rows, cols in tqdm(tiles, disable=not verbose, desc=type(self).__name__):
             diagonal = same and rows == cols
             got = self._pair_tile(
-                PX[rows], PY[cols], [v[rows] for v in vX], [v[cols] for v in vY],
+                PX[rows], PY[cols], _take(vX, rows), _take(vY, cols),
                 (H, W), ntk, diagonal,
             )  # fmt: skip
             for out, value in zip((nngp, theta), got, strict=True):
@@ -482,16 +494,16 @@ class ConvolutionalKernel(Kernel):
                 out_dtype
             )
         PX = self._patches(Xi)
-        vX, (k, theta) = self._position_variances(PX, H, W, ntk=ntk)
+        vX, theta = self._position_variances(PX, H, W, ntk=ntk)
         q = self.num_offsets
         if self.readout == "flatten":
-            nngp = k.mean(1) * q + self.bias_variance
+            nngp = vX[-1][1].mean(1) * q + self.bias_variance
             out = theta.mean(1) * q + nngp if ntk else nngp
             return out.to(out_dtype)
         side = max(1, _TILE_ELEMENTS // (H * W) ** 2)
         parts = []
         for rows in iter_blocks(n, side):
-            nngp, th = self._self_tile(PX[rows], [v[rows] for v in vX], (H, W), ntk)
+            nngp, th = self._self_tile(PX[rows], _take(vX, rows), (H, W), ntk)
             parts.append(th if ntk else nngp)
         return torch.cat(parts).to(out_dtype)
 

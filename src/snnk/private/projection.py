@@ -22,6 +22,8 @@ import math
 
 import torch
 
+from snnk._utils import compute_dtype
+
 #: the projections a kernel-sum release can use before its Fourier features
 PROJECTIONS = ("gaussian", "fourier")
 
@@ -68,6 +70,31 @@ class FourierProjection(torch.nn.Module):
         pick = torch.randperm(in_features, generator=generator)[:out_features]
         self.register_buffer("signs", (2 * signs - 1).to(torch.float64))
         self.register_buffer("index", pos[pick.sort().values])
+        self.register_load_state_dict_post_hook(lambda module, _keys: module.check_buffers())
+
+    def check_buffers(self) -> None:
+        """``ValueError`` unless ``signs`` are ``±1`` and ``index`` is ``k`` distinct sorted
+        positions of real coordinates (run after every ``load_state_dict``: a tampered file
+        must not index out of range or repeat a coordinate)."""
+        signs, index = self.signs, self.index
+        if signs.device.type == "meta":
+            return
+        if signs.shape != (self.in_features,) or not bool((signs.abs() == 1).all()):
+            raise ValueError(
+                f"projection.signs must be {self.in_features} values of +1 or -1 (the public "
+                f"randomness of the release); the file was altered"
+            )
+        valid = torch.zeros(2 * (self.in_features // 2 + 1), dtype=torch.bool)
+        valid[real_fourier_layout(self.in_features)[0]] = True
+        ok = index.shape == (self.out_features,) and bool(
+            ((index >= 0) & (index < valid.numel())).all()
+        )
+        ok = ok and bool(valid[index.clamp(0, valid.numel() - 1)].all())
+        if not ok or (index.numel() > 1 and not bool((index[1:] > index[:-1]).all())):
+            raise ValueError(
+                f"projection.index must be {self.out_features} distinct increasing positions of "
+                f"real Fourier coordinates for in_features={self.in_features}; the file was altered"
+            )
 
     @property
     def scale(self) -> torch.Tensor:
@@ -76,12 +103,27 @@ class FourierProjection(torch.nn.Module):
         return _factors(self.index, d) * math.sqrt(d / self.out_features)
 
     def sampled_transform(self, x: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
-        """``(Q (s ∘ x))_I`` before the scale, in ``x``'s dtype (``signs`` in that dtype)."""
+        """``(Q (s ∘ x))_I`` before the scale, in ``x``'s dtype (float32 or float64; ``signs``
+        in that dtype); ``(..., 0 rows)`` gives an empty ``(..., k)``."""
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"x has {x.shape[-1]} features per row but the projection was drawn for "
+                f"in_features={self.in_features}; pass rows of that width"
+            )
+        if x.numel() == 0:  # the FFT backends refuse empty batches
+            return x.new_zeros(*x.shape[:-1], self.out_features)
         c = torch.fft.rfft(x * signs, dim=-1)
         flat = torch.view_as_real(c).reshape(*x.shape[:-1], -1)
         return flat.index_select(-1, self.index)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(n, d) -> (n, k)`` in ``x``'s (float) dtype."""
-        t = self.sampled_transform(x, self.signs.to(x.dtype))
-        return t * self.scale.to(x.dtype)
+        """``(n, d) -> (n, k)`` in ``x``'s floating dtype (float16 / bfloat16 computed in
+        float32: the FFT has no half-precision CPU kernels)."""
+        if not x.dtype.is_floating_point:
+            raise TypeError(
+                f"x must have a floating dtype, got {x.dtype}; convert it with x.double()"
+            )
+        work = compute_dtype(x.dtype)
+        xw = x.to(work)
+        t = self.sampled_transform(xw, self.signs.to(work))
+        return (t * self.scale.to(work)).to(x.dtype)

@@ -170,5 +170,5 @@ def load_release(path: str | os.PathLike[str]) -> Release:
         return cls(doc["params"], arrays)
     except HeaderError as exc:
         raise ValueError(f"{path}: field {exc.field!r}: {exc.problem}") from None
-    except (TypeError, RuntimeError) as exc:
+    except (TypeError, RuntimeError, ValueError) as exc:
         raise ValueError(f"{path}: the saved state does not rebuild a release: {exc}") from exc

@@ -18,6 +18,7 @@ from scipy.optimize import nnls
 
 from snnk.features import RandomProjection, make_feature_map
 from snnk.kernels import Gaussian, GaussianSpectrum, Laplace, Matern
+from snnk.private._compute import safe_row_norms
 from snnk.private.projection import PROJECTIONS, FourierProjection
 
 KERNELS = ("gaussian", "exponential", "laplace", "cauchy", "linear")
@@ -99,8 +100,10 @@ def exact_kernel(kernel: str, lengthscale: float, X: torch.Tensor, Y: torch.Tens
 
 
 def clip_norm(X: torch.Tensor, bound: float) -> torch.Tensor:
-    """Rows of ``X`` scaled down to norm ``≤ bound``, then divided by ``bound``."""
-    norms = torch.linalg.vector_norm(X, dim=-1, keepdim=True)
+    """Rows of ``X`` scaled down to norm ``≤ bound``, then divided by ``bound``; a finite row
+    whose sum of squares overflows keeps its direction (as in the statistic and the query)."""
+    flat = X.reshape(-1, X.shape[-1])
+    norms = safe_row_norms(flat).reshape(*X.shape[:-1], 1)
     return X / torch.clamp(norms, min=bound)
 
 
@@ -205,7 +208,9 @@ class KernelFeatureMap(torch.nn.Module):
         return self.projection(x) / math.sqrt(self.projection_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(n, d) -> (n, D)`` in float64."""
+        """``(n, d) -> (n, D)`` in float64 (``(0, D)`` for no rows)."""
+        if x.shape[0] == 0:
+            return torch.zeros(0, self.num_features, dtype=torch.float64, device=x.device)
         x = self.project(x.to(torch.float64))
         if self.kernel == "linear":
             return clip_norm(x, self.lengthscale)
