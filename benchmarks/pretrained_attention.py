@@ -23,14 +23,20 @@ Attention transfer: the learned maps of ``"hybrid"`` / ``"hedgehog"`` are fitted
 (:func:`snnk.nn.attention.fit_feature_map`) on the captured ``q, k, v`` of the training
 sequences, with early stopping on a held-out part of them, and evaluated on other sequences.
 The snapped far field (:class:`snnk.nn.attention.learned.LearnedSnapMap`: query-weighted
-clusters with the second-moment factor, ``A``, ``α``, ``β`` per head) is fitted per layer on
-``--train-2048`` sequences of L = 2,048 that follow the evaluation sequences in the stream.
+clusters with the second-moment factor and the rank-``r`` first-order value correction,
+``A``, ``α``, ``β``, ``γ`` per head) is trained inside the converted model:
+``linearize(model, "hybrid", window=64, num_features=256, far_kernel="nystrom")`` and
+``fit_attention`` on ``--train-2048`` sequences of L = 2,048 that follow the evaluation
+sequences in the stream; the fitted maps are then evaluated on the captured activations.
+``--speed`` times one attention layer (12 heads, L = 2,048) of the snapped far field with
+and without the value correction against SDPA, interleaved, median of 5.
 
 Usage::
 
     python benchmarks/pretrained_attention.py              # default sizes (a few minutes)
     python benchmarks/pretrained_attention.py --quick      # fewer sequences
     python benchmarks/pretrained_attention.py --only-snap --cache /tmp/acts   # snap rows only
+    python benchmarks/pretrained_attention.py --speed --cache /tmp/acts       # one layer's time
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import importlib.util
 import math
 import os
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -74,13 +81,25 @@ def load_model():
     return tok, model.eval()
 
 
+def model_inputs(model, tok, L: int, num_seqs: int, offset: int = 0) -> list[dict]:
+    """Keyword inputs of sequences ``offset .. offset + num_seqs − 1`` of length ``L`` (one
+    sequence each, positions tiled modulo the model's position embeddings)."""
+    ids = load_text((offset + num_seqs) * (L - 2) + 16, tok)
+    pos = (torch.arange(L) % model.config.max_position_embeddings)[None]
+    out = []
+    for s in range(offset, offset + num_seqs):
+        body = ids[s * (L - 2) : (s + 1) * (L - 2)]
+        inp = torch.tensor([[tok.cls_token_id, *body, tok.sep_token_id]])
+        out.append({"input_ids": inp, "position_ids": pos})
+    return out
+
+
 @torch.no_grad()
 def capture(model, tok, L: int, num_seqs: int, offset: int = 0) -> list[list[tuple]]:
     """``num_seqs`` sequences of length ``L``: per sequence a list over layers of
     ``(q, k, v)`` float32 tensors of shape ``(H, L, E)``."""
     cfg = model.config
     H, E = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
-    ids = load_text((offset + num_seqs) * (L - 2) + 16, tok)
     layers = model.encoder.layer
     store: dict = {}
     hooks = []
@@ -94,11 +113,8 @@ def capture(model, tok, L: int, num_seqs: int, offset: int = 0) -> list[list[tup
             hooks.append(getattr(att, name).register_forward_hook(hook))
     seqs = []
     try:
-        for s in range(offset, offset + num_seqs):
-            body = ids[s * (L - 2) : (s + 1) * (L - 2)]
-            inp = torch.tensor([[tok.cls_token_id, *body, tok.sep_token_id]])
-            pos = (torch.arange(L) % cfg.max_position_embeddings)[None]
-            model(input_ids=inp, position_ids=pos)
+        for inputs in model_inputs(model, tok, L, num_seqs, offset):
+            model(**inputs)
             seqs.append(
                 [
                     (store[(i, "query")], store[(i, "key")], store[(i, "value")])
@@ -136,8 +152,10 @@ def run_method(method, m, opts, q, k, v, fmap=None):
     from snnk.nn.attention.learned import LearnedSnapMap
 
     if method == "snap":
-        fmap = LearnedSnapMap(q.shape[0], q.shape[-1], m) if fmap is None else fmap
-        return fmap(q, k, v, window=opts["window"])
+        if fmap is None:
+            fmap = LearnedSnapMap(q.shape[0], q.shape[-1], m, value_rank=opts["value_rank"])
+        with torch.no_grad():
+            return fmap(q, k, v, window=opts["window"])
     if method in ("hybrid", "hedgehog"):
         w = opts.get("window", 0)
         far = opts.get("far", "learned")
@@ -224,52 +242,106 @@ def transfer(train_seqs, configs, steps: int, verbose: bool) -> dict:
 
 #: (label, method, landmarks, options) of the snapped far field, before and after transfer
 SNAP = [
-    ("hybrid w=64 snap 256 (query-weighted, untrained)", "snap", 256, {"window": 64}),
-    ("hybrid w=32 snap 256 (query-weighted, untrained)", "snap", 256, {"window": 32}),
+    (
+        f"hybrid w={w} snap 256{' + value rank ' + str(r) if r else ', no value correction'}",
+        "snap",
+        256,
+        {"window": w, "value_rank": r},
+    )
+    for w, r in ((64, 0), (64, 2), (64, 4), (32, 4))
 ]
-SNAP_FIT = [("hybrid w=64 snap 256, after transfer at L=2048", "snap", 256, {"window": 64})]
+SNAP_FIT = [
+    (
+        "hybrid w=64 snap 256 + value rank 4, after fit_attention at L=2048",
+        "snap",
+        256,
+        {"window": 64, "value_rank": 4},
+    )
+]
 
 
-def transfer_snap(train_seqs, configs, steps, verbose, cache=None, budget=None):
-    """Fit a LearnedSnapMap per (config, layer) on L = 2,048 training sequences. With a
-    ``cache`` folder each fitted map is kept there and reused, and at most ``budget`` new
-    layers are fitted per call (None when some layer is left)."""
-    from snnk.nn.attention import fit_feature_map
+def transfer_snap(model, train_inputs, configs, steps, verbose, cache=None, budget=None):
+    """Train the snapped far field inside the converted model: ``linearize(...,
+    far_kernel="nystrom")`` then :func:`snnk.nn.convert.fit_attention` on the L = 2,048
+    training inputs, per config. With a ``cache`` folder each layer's fitted map is kept
+    there and reused, and at most ``budget`` new layers are fitted per call (None when some
+    layer is left). Returns the fitted maps and the per-layer fits."""
     from snnk.nn.attention.learned import LearnedSnapMap
+    from snnk.nn.convert import fit_attention, linearize, unlinearize
+    from snnk.nn.convert.linearize import cores
 
+    cfg = model.config
+    H, E = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
     fmaps, reports = {}, {}
-    for ci, (_, _, m, opts) in enumerate(configs):
-        label = configs[ci][0]
-        for li in range(len(train_seqs[0])):
-            q, k, v = (torch.stack([s[li][i] for s in train_seqs]) for i in range(3))
-            fmap = LearnedSnapMap(q.shape[1], q.shape[-1], m)
-            path = None if cache is None else os.path.join(cache, f"snapfit-{ci}-{li}.pt")
-            if path is not None and os.path.exists(path):
+    for ci, (label, _, m, opts) in enumerate(configs):
+        paths = [
+            None if cache is None else os.path.join(cache, f"snapfit-{ci}-{li}.pt")
+            for li in range(cfg.num_hidden_layers)
+        ]
+        todo = [li for li, p in enumerate(paths) if p is None or not os.path.exists(p)]
+        if budget is not None and todo:
+            if budget <= 0:
+                return None, None
+            todo, budget = todo[:budget], budget - len(todo[:budget])
+        if todo:
+            kw = {"far_kernel": "nystrom", "value_rank": opts["value_rank"]}
+            linearize(model, "hybrid", window=opts["window"], num_features=m, layers=todo, **kw)
+            try:
+                fit = fit_attention(
+                    model,
+                    train_inputs,
+                    lr=2e-2,
+                    max_steps=steps,
+                    batch_size=2,
+                    eval_every=5,
+                    patience=3,
+                    val_fraction=1 / 3,
+                    seed=SEED,
+                    verbose=verbose,
+                )
+                for li, (_, core), layer in zip(todo, cores(model), fit.layers, strict=True):
+                    fmaps[(label, li)] = core.feature_map
+                    reports[(label, li)] = layer
+                    if paths[li] is not None:
+                        torch.save((core.feature_map.state_dict(), layer), paths[li])
+            finally:
+                unlinearize(model)
+        for li, path in enumerate(paths):
+            if (label, li) not in fmaps:
+                if path is None or not os.path.exists(path):
+                    return None, None
                 state, reports[(label, li)] = torch.load(path, weights_only=False)
+                fmap = LearnedSnapMap(H, E, m, value_rank=opts["value_rank"])
                 fmap.load_state_dict(state)
                 fmaps[(label, li)] = fmap
-                continue
-            if budget is not None and budget <= 0:
-                return None, None
-            budget = None if budget is None else budget - 1
-            reports[(label, li)] = fit_feature_map(
-                fmap,
-                q,
-                k,
-                v,
-                window=opts["window"],
-                lr=2e-2,
-                max_steps=steps,
-                batch_size=2,
-                eval_every=5,
-                patience=3,
-                seed=SEED,
-                verbose=verbose,
-            )
-            fmaps[(label, li)] = fmap
-            if path is not None:
-                torch.save((fmap.state_dict(), reports[(label, li)]), path)
     return fmaps, reports
+
+
+def speed(q, k, v, repeats: int = 5) -> str:
+    """Median forward time of one attention layer (``(H, L, E)`` inputs) of the snapped far
+    field at value ranks 0, 2, 4 and of SDPA, interleaved; a markdown table."""
+    import torch.nn.functional as F
+
+    from snnk.nn.attention.learned import LearnedSnapMap
+
+    q, k, v = (t.contiguous() for t in (q, k, v))
+    H, E = q.shape[0], q.shape[-1]
+    runs = {"SDPA (exact)": partial(F.scaled_dot_product_attention, q[None], k[None], v[None])}
+    for r in (0, 2, 4):
+        fm = LearnedSnapMap(H, E, 256, value_rank=r)
+        runs[f"snap 256, w=64, value rank {r}"] = partial(fm, q, k, v, window=64)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    with torch.no_grad():
+        for _ in range(repeats):
+            for name, fn in runs.items():
+                t = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t)
+    med = {name: float(np.median(t)) for name, t in times.items()}
+    ref = med["snap 256, w=64, value rank 0"]
+    lines = ["| attention layer (H = 12, L = 2,048) | median time | vs rank 0 |", "|---|---|---|"]
+    lines += [f"| {name} | {t:.3f} s | {t / ref:.2f}x |" for name, t in med.items()]
+    return "\n".join(lines)
 
 
 def cached_capture(cache, name, model, tok, L, num_seqs, offset):
@@ -317,6 +389,7 @@ def main() -> None:
     ap.add_argument(
         "--fit-budget", type=int, default=None, help="with --cache: new snap fits per run"
     )
+    ap.add_argument("--speed", action="store_true", help="time one layer's far fields only")
     args = ap.parse_args()
     if args.quick:
         args.eval_512, args.eval_2048, args.train, args.steps = 2, 1, 4, 20
@@ -333,15 +406,25 @@ def main() -> None:
         2048: cached_capture(args.cache, "eval", model, tok, 2048, args.eval_2048, off),
     }
     off += args.eval_2048
-    train_long = cached_capture(args.cache, "train", model, tok, 2048, args.train_2048, off)
     print(f"captured in {time.time() - t0:.0f} s", flush=True)
+    if args.speed:
+        print(speed(*evals[2048][0][0]))
+        return
+    train_long = model_inputs(model, tok, 2048, args.train_2048, off)
     snap_maps, snap_reports = transfer_snap(
-        train_long, SNAP_FIT, args.snap_steps, args.verbose, args.cache, args.fit_budget
+        model, train_long, SNAP_FIT, args.snap_steps, args.verbose, args.cache, args.fit_budget
     )
     if snap_maps is None:
         print("fit budget spent: run again with the same --cache to go on", flush=True)
         return
-    nystrom = [("hybrid w=64 nystrom 256", "hybrid", 256, {"window": 64, "far": "nystrom"})]
+    nystrom = [
+        (
+            "hybrid_attention w=64, far_kernel='nystrom' 256 (its default)",
+            "hybrid",
+            256,
+            {"window": 64, "far": "nystrom"},
+        )
+    ]
     grid = (nystrom if args.only_snap else method_grid()) + SNAP
     results = {L: evaluate(seqs, grid) for L, seqs in evals.items()}
     print(f"evaluated in {time.time() - t0:.0f} s", flush=True)
@@ -387,7 +470,12 @@ def main() -> None:
         if not reps:
             continue
         steps = [rep.steps for rep in reps.values()]
-        gains = [rep.initial_loss / max(rep.best_loss, 1e-30) for rep in reps.values()]
+        gains = [
+            rep.initial_loss / max(rep.best_loss, 1e-30)
+            if hasattr(rep, "initial_loss")
+            else (rep.error_before / max(rep.error_after, 1e-30)) ** 2
+            for rep in reps.values()
+        ]
         print(
             f"\n{name}: steps per layer {min(steps)}-{max(steps)}, held-out loss reduced "
             f"{min(gains):.2f}x-{max(gains):.2f}x"

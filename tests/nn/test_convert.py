@@ -160,7 +160,7 @@ def test_save_load_round_trip_and_damaged_files(tmp_path):
         load_linearized(tiny_gpt2(), folder)
 
 
-def test_fit_attention_lowers_error_changes_only_feature_maps():
+def test_fit_attention_lowers_error_changes_only_feature_maps(one_thread):
     g = torch.Generator().manual_seed(0)
     batches = [{"input_ids": torch.randint(3, 97, (2, 32), generator=g)} for _ in range(4)]
     results = []
@@ -227,3 +227,61 @@ def test_half_and_double_models(dtype):
     assert got.dtype == dtype and torch.isfinite(got).all()
     tol = 1e-5 if dtype == torch.float64 else 0.15
     assert torch.allclose(got.float(), want, atol=tol, rtol=0)
+
+
+def test_snapped_far_field_converts_fits_saves_and_unloads(tmp_path, one_thread):
+    """far_kernel="nystrom": every layer holds a trainable LearnedSnapMap, fit_attention trains
+    only it (here from far keys weighed e^-2 too little, which it must undo), save / load
+    round-trips it bit for bit and unlinearize restores the exact model."""
+    from snnk.nn.attention.learned import LearnedSnapMap
+    from snnk.nn.convert.linearize import cores
+
+    model, x = tiny_bert(spiky=True), batch()
+    base, state = run(model, x), snapshot(model)
+    linearize(model, "hybrid", window=4, num_features=6, far_kernel="nystrom")
+    maps = [core.feature_map for _, core in cores(model)]
+    assert all(isinstance(m, LearnedSnapMap) and m.num_landmarks == 6 for m in maps)
+    assert all(m.value_rank == 4 for m in maps)
+    assert len(feature_parameters(model)) == 4 * len(maps)
+    untrained = run(model, x)
+    keep = x["attention_mask"].bool()
+    assert torch.isfinite(untrained).all()
+    assert not torch.allclose(untrained[keep], base[keep], atol=1e-4)
+
+    g = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(3, 97, (2, 32), generator=g)} for _ in range(4)]
+    with torch.no_grad():
+        for m in maps:
+            m.bias.fill_(-2.0)
+    before = snapshot(model)
+    report = fit_attention(model, batches, max_steps=15, lr=0.1, verbose=False)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".snnk_attention.feature_map." in k for k in changed)
+    assert all(f.error_after < 0.7 * f.error_before for f in report.layers), str(report)
+    trained = run(model, x)
+    assert not torch.equal(trained, untrained)
+
+    folder = save_linearized(model, tmp_path / "snap")
+    fresh = load_linearized(tiny_bert(spiky=True), folder)
+    assert linearize_config(fresh) == linearize_config(model)
+    assert linearize_config(fresh).attention_kwargs == {"far_kernel": "nystrom"}
+    assert torch.equal(run(fresh, x), trained)
+    assert same_state(fresh, model.state_dict())
+
+    unlinearize(model)
+    assert torch.equal(run(model, x), base)
+    assert same_state(model, state)
+
+    linearize(model, "hybrid", window=4, num_features=6, far_kernel="nystrom", value_rank=0)
+    assert all(core.feature_map.value_rank == 0 for _, core in cores(model))
+    unlinearize(model)
+    with pytest.raises(ValueError, match="far_kernel='nystrom' is bidirectional"):
+        linearize(tiny_gpt2(), "hybrid", window=4, far_kernel="nystrom")
+    with pytest.raises(ValueError, match="far_kernel"):
+        linearize(model, "hybrid", far_kernel="taylor")
+    with pytest.raises(ValueError, match="value_rank"):
+        linearize(model, "hybrid", value_rank=2)
+    with pytest.raises(ValueError, match="far_kernel applies"):
+        linearize(model, "favor+", far_kernel="nystrom")
+    assert "_snnk_linearized" not in model.__dict__

@@ -70,7 +70,10 @@ Methods
     Exact softmax over a sliding window of ``window`` keys plus a learned positive kernel
     for all other keys, one shared normaliser (LoLCATs eq. 7, Based's window + linear
     layers merged): :func:`hybrid_attention`, :mod:`.hybrid`. Causal and bidirectional;
-    ``window >= L`` is exact attention. The kernel is a :class:`LearnedFeatureMap`.
+    ``window >= L`` is exact attention. The kernel is a :class:`LearnedFeatureMap`, or with
+    ``far_kernel="nystrom"`` (bidirectional) the snapped landmark far field of
+    :mod:`.snap` (query-weighted key clusters, second-moment factor, rank-4 first-order
+    value correction), trainable as a :class:`LearnedSnapMap`.
 ``"hedgehog"``
     The learned kernel alone (Hedgehog, Zhang et al., ICLR 2024): linear attention with
     trainable ``exp`` feature maps per head (``window = 0`` of the hybrid).

@@ -23,6 +23,11 @@ their detached per-feature maximum over all keys), their exclusive prefix and su
 (causal: ``t−1, t``) plus the far states. Time ``O(L·(c·(E + m) + m·E))``, memory
 ``O(c² + (L/c)·m·E)`` per head: each block runs under activation checkpointing when a
 gradient is needed, so backward recomputes the blocks instead of storing them.
+
+A far kernel with a value correction (the snapped map's ``value_terms`` and
+``value_correction``, :mod:`snnk.nn.attention.snap`) adds a function of the query and of the
+far masses ``mass_f(q_i) = φ_q(q_i)_f Σ_{j∈F_i} φ_k(k_j)_f`` of every feature ``f`` to the
+numerator only (the normaliser is unchanged); it costs ``O(m·r·(E + Ev))`` per query.
 """
 
 from __future__ import annotations
@@ -67,6 +72,24 @@ def _maybe_checkpoint(fn, *args):
     return fn(*args)
 
 
+def _exclusive_sums(x: torch.Tensor, dim: int):
+    """Exclusive prefix (blocks ``< t``) and suffix (blocks ``> t``) sums of the blocks of
+    ``x`` along ``dim``: sums of positive terms, no "total − window" cancellation."""
+    zero = torch.zeros_like(x.narrow(dim, 0, 1))
+    n = x.shape[dim]
+    pre = torch.cat([zero, x.cumsum(dim).narrow(dim, 0, n - 1)], dim)
+    suf = x.flip(dim).cumsum(dim).flip(dim)
+    return pre, torch.cat([suf.narrow(dim, 1, n - 1), zero], dim)
+
+
+def _correct(fmap, num, qc, fq, count, terms):
+    """``num`` plus the map's value correction of the far masses ``fq·count``
+    (``(..., c, m)``; ``terms`` from its ``value_terms``, ``(None,)`` when it has none)."""
+    if terms[0] is None:
+        return num
+    return num + fmap.value_correction(qc, fq * count, terms)
+
+
 def hybrid_forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -84,6 +107,8 @@ def hybrid_forward(
     w = window
     c = block
     cmax = _key_shift(fmap, k, lw, c)
+    vt = fmap.value_terms(k, v, lw) if hasattr(fmap, "value_terms") else None
+    vt = (None,) if vt is None else vt
 
     def block_sums(kb, vb, lwb):
         fk = torch.exp(_key_log(fmap, kb, lwb) - cmax)
@@ -100,23 +125,20 @@ def hybrid_forward(
     nb = Sb.shape[-3]
     local = w > 0 or causal
     if local:
-        # exclusive prefix (blocks < t) and suffix (blocks > t) sums, sums of positive terms
-        P = torch.cat([torch.zeros_like(Sb[..., :1, :, :]), Sb.cumsum(-3)[..., :-1, :, :]], -3)
-        Pz = torch.cat([torch.zeros_like(zb[..., :1, :]), zb.cumsum(-2)[..., :-1, :]], -2)
-        Q = Sb.flip(-3).cumsum(-3).flip(-3)
-        Q = torch.cat([Q[..., 1:, :, :], torch.zeros_like(Sb[..., :1, :, :])], -3)
-        Qz = zb.flip(-2).cumsum(-2).flip(-2)
-        Qz = torch.cat([Qz[..., 1:, :], torch.zeros_like(zb[..., :1, :])], -2)
+        P, Q = _exclusive_sums(Sb, -3)
+        Pz, Qz = _exclusive_sums(zb, -2)
     else:
         total, total_z = Sb.sum(-3), zb.sum(-2)
 
-    def query_block(qc, kl, vl, lwl, Sf, zf, i0: int, j0: int):
+    def query_block(qc, kl, vl, lwl, Sf, zf, i0: int, j0: int, *terms):
         lq = fmap.log_features(qc, "query") + cmax
         M = lq.detach().amax(-1, keepdim=True)
         fq = torch.exp(lq - M)
         num = fq @ Sf
         den = fq @ zf.unsqueeze(-1)
+        count = zf.unsqueeze(-2)
         if kl is None:
+            num = _correct(fmap, num, qc, fq, count, terms)
             return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
         pi = torch.arange(i0, i0 + qc.shape[-2], device=qc.device)
         pj = torch.arange(j0, j0 + kl.shape[-2], device=qc.device)
@@ -141,6 +163,9 @@ def hybrid_forward(
             Kl = (fq @ fk.mT) * far[..., cols]
             num = num + Kl @ vf
             den = den + Kl.sum(-1, keepdim=True)
+            if terms[0] is not None:
+                count = count + far[..., cols].to(fk.dtype) @ fk
+        num = _correct(fmap, num, qc, fq, count, terms)
         if w == 0:
             return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
         s = (qc @ kl.mT) * scale
@@ -158,7 +183,9 @@ def hybrid_forward(
     for t, (a, b) in enumerate(chunk_ranges(L, c)):
         qc = q[..., a:b, :]
         if not local:
-            outs.append(_maybe_checkpoint(query_block, qc, None, None, None, total, total_z, a, 0))
+            outs.append(
+                _maybe_checkpoint(query_block, qc, None, None, None, total, total_z, a, 0, *vt)
+            )
             continue
         lo = max(0, t - 1) if w > 0 else t
         hi = t if causal else min(nb - 1, t + 1)
@@ -169,7 +196,7 @@ def hybrid_forward(
         lwl = None if lw is None else lw[..., j0:j1]
         outs.append(
             _maybe_checkpoint(
-                query_block, qc, k[..., j0:j1, :], v[..., j0:j1, :], lwl, Sf, zf, a, j0
+                query_block, qc, k[..., j0:j1, :], v[..., j0:j1, :], lwl, Sf, zf, a, j0, *vt
             )
         )
     return torch.cat(outs, -2)

@@ -28,7 +28,7 @@ from snnk._utils import check_finite, check_positive, check_positive_int
 from snnk._utils.random import make_generator, numpy_seed_from
 from snnk.features import PositiveFeatures
 from snnk.nn.attention.hybrid import check_window, default_block, hybrid_forward
-from snnk.nn.attention.snap import SnapMap
+from snnk.nn.attention.snap import VALUE_RANK, SnapMap
 
 
 class LearnedFeatureMap(nn.Module):
@@ -145,8 +145,9 @@ class LearnedFeatureMap(nn.Module):
 
 
 class LearnedSnapMap(nn.Module):
-    r"""Trainable far field of snapped landmarks: ``A``, ``α``, ``β`` per head (module
-    docstring), initialised at the parameter-free estimator (``I``, 1, 0).
+    r"""Trainable far field of snapped landmarks: ``A``, ``α``, ``β``, ``γ`` per head
+    (:mod:`snnk.nn.attention.snap`), initialised at the parameter-free estimator
+    (``I``, 1, 0, 1).
 
     Parameters
     ----------
@@ -156,6 +157,10 @@ class LearnedSnapMap(nn.Module):
         Clusters ``m`` per sequence and head.
     scale : float, optional
         Logit scale of the softmax being imitated, default ``1/√E``.
+    value_rank : int, default 4
+        Rank ``r`` of the first-order value correction of each cluster (0: none): the far
+        keys of cluster ``c`` contribute ``mass_c(q)·(v̄_c + γ·s·U_c V_c q)`` instead of
+        ``mass_c(q)·v̄_c`` (:mod:`snnk.nn.attention.snap`).
 
     Attributes
     ----------
@@ -166,6 +171,8 @@ class LearnedSnapMap(nn.Module):
         ``α``, the weight of the second-moment factor.
     bias : Parameter ``(H,)``
         ``β``, the log-balance of far keys against the exact window.
+    value_gain : Parameter ``(H,)``
+        ``γ``, the gain of the value correction (1: the Gaussian value).
     """
 
     def __init__(
@@ -175,6 +182,7 @@ class LearnedSnapMap(nn.Module):
         num_landmarks: int = 256,
         *,
         scale: float | None = None,
+        value_rank: int = VALUE_RANK,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ):
@@ -182,19 +190,27 @@ class LearnedSnapMap(nn.Module):
         self.num_heads = check_positive_int(num_heads, "num_heads")
         self.head_dim = check_positive_int(head_dim, "head_dim")
         self.num_landmarks = check_positive_int(num_landmarks, "num_landmarks")
+        if isinstance(value_rank, bool) or not isinstance(value_rank, int) or value_rank < 0:
+            raise ValueError(
+                f"value_rank must be a non-negative int (rank of the value correction, 0: "
+                f"none), got {value_rank!r}"
+            )
+        self.value_rank = value_rank
         self.scale = 1.0 / math.sqrt(head_dim) if scale is None else check_positive(scale, "scale")
         fk = {"dtype": dtype, "device": device}
         self.weight = nn.Parameter(torch.empty(num_heads, head_dim, head_dim, **fk))
         self.spread = nn.Parameter(torch.empty(num_heads, **fk))
         self.bias = nn.Parameter(torch.empty(num_heads, **fk))
+        self.value_gain = nn.Parameter(torch.empty(num_heads, **fk))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Back to the parameter-free estimator: ``A = I``, ``α = 1``, ``β = 0``."""
+        """Back to the parameter-free estimator: ``A = I``, ``α = 1``, ``β = 0``, ``γ = 1``."""
         with torch.no_grad():
             self.weight.zero_()
             self.spread.fill_(1.0)
             self.bias.zero_()
+            self.value_gain.fill_(1.0)
 
     def query_map(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """``A = I + W/E``, ``(H, E, E)``."""
@@ -204,7 +220,9 @@ class LearnedSnapMap(nn.Module):
 
     def bind(self, q, k, lw, chunk: int) -> SnapMap:
         """The kernel for one set of (validated) queries and keys."""
-        return SnapMap(k, lw, self.num_landmarks, self.scale, chunk, q=q, params=self)
+        return SnapMap(
+            k, lw, self.num_landmarks, self.scale, chunk, q=q, params=self, rank=self.value_rank
+        )
 
     def forward(
         self,
@@ -274,5 +292,6 @@ class LearnedSnapMap(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_heads={self.num_heads}, head_dim={self.head_dim}, "
-            f"num_landmarks={self.num_landmarks}, scale={self.scale:.4g}"
+            f"num_landmarks={self.num_landmarks}, scale={self.scale:.4g}, "
+            f"value_rank={self.value_rank}"
         )

@@ -14,9 +14,13 @@ Methods and their trainable parameters:
 * ``"hybrid"`` (``window`` default 64): exact softmax over keys with ``|i − j| < window``
   (causal: ``0 <= i − j < window``) plus a learned positive kernel for all other keys, one
   shared normaliser (:mod:`.hybrid`). ``window >= L`` is exact attention.
-  With ``far_kernel="nystrom"`` the far keys use the parameter-free snapped landmark
-  kernel of ``"nystrom"`` instead (``num_features`` k-means landmarks; bidirectional only;
-  no ``feature_map``): the most faithful choice without training.
+  With ``far_kernel="nystrom"`` the far keys use the snapped landmark kernel instead
+  (``num_features`` query-weighted k-means landmarks per sequence with the second-moment
+  factor and a rank-``value_rank`` first-order value correction, default 4; bidirectional
+  only): the most faithful choice without training. ``module.feature_map`` is then a
+  :class:`~snnk.nn.attention.learned.LearnedSnapMap` whose parameters (``weight (H, E, E)``,
+  ``spread``, ``bias``, ``value_gain`` of shape ``(H,)``) start at the parameter-free
+  estimator and are trained like the learned maps.
 * ``"hedgehog"``: the learned kernel alone (``window`` must be 0 or None).
 
 For both learned methods ``module.feature_map`` is a
@@ -64,10 +68,11 @@ from snnk._utils.random import make_generator, numpy_seed_from
 from snnk.features import PositiveFeatures
 from snnk.nn.attention.decoding import DecodingState
 from snnk.nn.attention.functional import hybrid_attention, kernel_attention
-from snnk.nn.attention.hybrid import check_window
-from snnk.nn.attention.learned import LearnedFeatureMap
+from snnk.nn.attention.hybrid import FAR_KERNELS, check_window
+from snnk.nn.attention.learned import LearnedFeatureMap, LearnedSnapMap
 from snnk.nn.attention.methods import CAUSAL_METHODS, LEARNED_METHODS, METHODS
 from snnk.nn.attention.regime import regime_message, warn_regime
+from snnk.nn.attention.snap import VALUE_RANK
 
 
 class KernelAttention(nn.Module):
@@ -161,9 +166,11 @@ class KernelAttention(nn.Module):
             "scale",
             "nystrom_form",
             "far_kernel",
+            "value_rank",
         }
         if unknown:
             raise TypeError(f"unexpected keyword argument(s) {sorted(unknown)}")
+        snap = self._check_far_kernel(method, is_causal, attention_kwargs)
         self.head_dim = embed_dim // num_heads
         self.batch_first, self.is_causal = bool(batch_first), bool(is_causal)
         self.num_features = check_positive_int(num_features, "num_features")
@@ -192,7 +199,17 @@ class KernelAttention(nn.Module):
                 dtype=dtype,
                 device=device,
             )
-        elif method in LEARNED_METHODS and attention_kwargs.get("far_kernel") != "nystrom":
+        elif snap:
+            self.feature_map = LearnedSnapMap(
+                num_heads,
+                self.head_dim,
+                num_features,
+                scale=attention_kwargs.get("scale"),
+                value_rank=attention_kwargs.get("value_rank", VALUE_RANK),
+                dtype=dtype,
+                device=device,
+            )
+        elif method in LEARNED_METHODS:
             self.feature_map = LearnedFeatureMap(
                 num_heads,
                 self.head_dim,
@@ -220,6 +237,8 @@ class KernelAttention(nn.Module):
             self.generator = make_generator(self.seed)[0]
         if isinstance(self.feature_map, LearnedFeatureMap):
             self.feature_map.seed = numpy_seed_from(self.generator)
+            self.feature_map.reset_parameters()
+        elif isinstance(self.feature_map, LearnedSnapMap):
             self.feature_map.reset_parameters()
         elif self.feature_map is not None:
             self.feature_map.resample(numpy_seed_from(self.generator))
@@ -254,12 +273,38 @@ class KernelAttention(nn.Module):
         seed comes from the module's own generator, so a sequence of redraws is reproducible.
         The learned methods' trained maps are left alone (use ``reset_parameters``).
         """
-        if self.feature_map is None or isinstance(self.feature_map, LearnedFeatureMap):
+        if self.feature_map is None or isinstance(
+            self.feature_map, LearnedFeatureMap | LearnedSnapMap
+        ):
             return
         if seed is None:
             seed = numpy_seed_from(self.generator)
         self.feature_map.resample(seed)
         self.num_redraws += 1
+
+    @staticmethod
+    def _check_far_kernel(method: str, is_causal: bool, kwargs: dict) -> bool:
+        """Whether the far keys use the snapped landmark kernel (``far_kernel="nystrom"``);
+        ``far_kernel`` and ``value_rank`` checked against the method."""
+        far = kwargs.get("far_kernel")
+        if far is not None and method not in LEARNED_METHODS:
+            raise ValueError(
+                f"far_kernel applies to the methods {list(LEARNED_METHODS)}, not to "
+                f"method={method!r}; drop far_kernel"
+            )
+        if far is not None:
+            check_in(far, "far_kernel", FAR_KERNELS)
+        if "value_rank" in kwargs and far != "nystrom":
+            raise ValueError(
+                "value_rank is the rank of the snapped far field's value correction; it "
+                "needs far_kernel='nystrom'"
+            )
+        if far == "nystrom" and is_causal:
+            raise ValueError(
+                "far_kernel='nystrom' is bidirectional only (its clusters see every key); use "
+                "far_kernel='learned' with is_causal=True"
+            )
+        return far == "nystrom"
 
     @staticmethod
     def _check_window_option(method: str, window) -> int | None:
@@ -281,7 +326,7 @@ class KernelAttention(nn.Module):
     def feature_parameters(self) -> list[nn.Parameter]:
         """The trainable attention parameters (the learned feature maps; empty list for
         methods without them). Projections are not included."""
-        if isinstance(self.feature_map, LearnedFeatureMap):
+        if isinstance(self.feature_map, LearnedFeatureMap | LearnedSnapMap):
             return list(self.feature_map.parameters())
         return []
 

@@ -24,6 +24,24 @@ queries the weights are uniform (plain k-means). Assignments are piecewise const
 gradient); ``z_c`` and ``S_c`` are member means, so gradients reach the keys through them.
 Memory ``O(chunk·m)`` per head beyond the ``(m, E)`` statistics. Not causal: the clusters
 see every key.
+
+First-order value correction (``rank > 0``, the default): the snapped kernel gives every far key
+of a cluster the same weight, so a cluster contributes its mass times its mean value ``v̄_c``.
+For Gaussian keys ``k = z_c + δ`` with values linear in ``δ`` the exact sum is
+
+``Σ_{j∈c} exp(s·qᵀk_j) v_j ≈ mass_c(q) · (v̄_c + s·C_c q)``,
+``C_c = (1/n_c) Σ_{j∈c} (v_j − v̄_c) δ_jᵀ``  (``Ev x E``),
+
+the mean of ``v`` tilted by ``exp(s·qᵀδ)``. ``C_c q`` costs ``O(E·Ev)`` per cluster and query
+(as much as exact attention at a few thousand keys), so it is replaced by its best rank-``r``
+form ``C_c ≈ U_c V_c`` (``V_c``: the top ``r`` right singular vectors of ``C_c`` by a few
+subspace iterations, ``U_c = C_c V_cᵀ``): ``O(m·r·(E + Ev))`` per query. The hybrid adds
+``γ·s·Σ_c mass_c(q) U_c V_c q`` to its numerator only (``mass_c``: the far kernel mass of
+cluster ``c`` for that query; the normaliser is unchanged, so weights stay positive);
+``γ`` is a trainable per-head gain (``1``: the Gaussian value). The basis ``V_c`` is
+treated as constant in backward, like the cluster assignments (gradients reach ``q``, ``k``,
+``v`` through ``U_c`` and the masses); at ``r >= min(E, Ev)`` the correction is the full
+``C_c`` and exactly differentiable.
 """
 
 from __future__ import annotations
@@ -37,6 +55,12 @@ WEIGHT_ROWS = 128
 
 #: Lloyd steps of the weighted k-means
 LLOYD_STEPS = 5
+
+#: default rank of the first-order value correction (0: none)
+VALUE_RANK = 4
+
+#: subspace iterations for the correction's basis
+SUBSPACE_STEPS = 4
 
 
 @torch.no_grad()
@@ -93,6 +117,24 @@ def weighted_kmeans(k, weight, m: int, steps: int, chunk: int):
     return C, alive
 
 
+@torch.no_grad()
+def top_right_singular(C, r: int, steps: int = SUBSPACE_STEPS) -> torch.Tensor:
+    """Top-``r`` right singular vectors of the batched matrices ``C`` (``(..., p, E)``), shape
+    ``(..., r, E)``, in decreasing order: ``steps`` subspace iterations on ``G = CᵀC`` from a
+    fixed generic start, then a Rayleigh-Ritz step, so that the rows ``C v_ρ`` are
+    orthogonal (to rounding). About 10x faster than a batched SVD of many small matrices;
+    exact when ``r`` is the rank of ``C``."""
+    E = C.shape[-1]
+    G = C.mT @ C
+    i = torch.arange(E, dtype=C.dtype, device=C.device)[:, None]
+    j = torch.arange(1, r + 1, dtype=C.dtype, device=C.device)[None]
+    X = G @ torch.cos(0.7 * i * j + 0.3)  # generic: no direction is orthogonal to all r
+    for _ in range(steps):
+        X = torch.linalg.qr(G @ X).Q
+    U = torch.linalg.eigh(X.mT @ G @ X)[1].flip(-1)
+    return (X @ U).mT
+
+
 class SnapMap:
     """The far-key kernel of the module docstring in the log-feature interface of a feature
     map (``log φ_q`` of shape ``(..., L, m)``, one-hot ``log φ_k`` with ``−∞`` off the
@@ -114,6 +156,8 @@ class SnapMap:
         ``A, α, β`` (default: ``I, 1, 0``).
     spread : bool, default True
         Include the second-moment factor (``False``: plain clustered attention).
+    rank : int, default VALUE_RANK (4)
+        Rank ``r`` of the first-order value correction (0: none; module docstring).
     """
 
     def __init__(
@@ -127,10 +171,12 @@ class SnapMap:
         q=None,
         params=None,
         spread: bool = True,
+        rank: int = VALUE_RANK,
     ):
         S = k.shape[-2]
         m = max(1, min(num_landmarks, S))
         self.scale, self.params, self.spread = scale, params, spread
+        self.rank, self.chunk = rank, chunk
         keep = torch.ones_like(k[..., 0]) if lw is None else torch.isfinite(lw).to(k.dtype)
         with torch.no_grad():
             if q is None:
@@ -144,6 +190,7 @@ class SnapMap:
             lab = torch.cat(
                 [self._nearest(k[..., a:b, :].detach()) for a, b in chunk_ranges(S, chunk)], -1
             )
+        self.labels = lab
         n = k.new_zeros(*k.shape[:-2], m).scatter_add_(-1, lab, keep)
         idx = lab.unsqueeze(-1).expand_as(k)
         sums = k.new_zeros(*k.shape[:-2], m, k.shape[-1]).scatter_add_(
@@ -180,3 +227,66 @@ class SnapMap:
         if p is not None:
             out = out + p.bias.to(x.dtype)[:, None, None]
         return out
+
+    def value_terms(self, k, v, lw):
+        """``(V, U, ρ, s_k, s_v)`` of the rank-``r`` value correction (module docstring), in
+        units of ``s_k = max|k|`` and ``s_v = max|v|`` over the kept keys of each head
+        (``(..., 1, 1)``; so that nothing overflows for any finite input): ``V``
+        ``(..., m, r, E)``, ``U / (s_k·s_v)`` ``(..., m, r, Ev)`` and ``ρ / s_v`` ``(..., m)``
+        (``ρ_c = max_{j∈c} ‖v_j − v̄_c‖``), or None when ``rank`` is 0. ``k`` and ``lw`` are
+        those the map was bound to; keys count with weight ``exp(lw)``. Differentiable
+        w.r.t. ``k`` and ``v`` through ``U`` (``V``, ``ρ`` and the units are held
+        constant)."""
+        r = min(self.rank, k.shape[-1], v.shape[-1])
+        if r <= 0 or k.shape[-2] == 0:
+            return None
+        lab, m, Ev, E = self.labels, self.Z.shape[-2], v.shape[-1], k.shape[-1]
+        if lw is None:
+            w = torch.ones_like(k[..., 0])
+        else:  # relative key weights; masked keys (−∞) weigh 0
+            w = torch.exp(lw - lw.detach().amax(-1, keepdim=True).clamp_min(NEG))
+        tiny = torch.finfo(k.dtype).tiny
+        with torch.no_grad():
+            live = (w.detach() > 0).unsqueeze(-1)
+            sk = (k.detach().abs() * live).amax((-2, -1), keepdim=True).clamp_min(tiny)
+            sv = (v.detach().abs() * live).amax((-2, -1), keepdim=True).clamp_min(tiny)
+        wsum = k.new_zeros(*k.shape[:-2], m).scatter_add_(-1, lab, w).clamp_min(tiny)
+        iv = lab.unsqueeze(-1).expand(*lab.shape, Ev)
+        vn = v / sv
+        vbar = v.new_zeros(*v.shape[:-2], m, Ev).scatter_add_(-2, iv, vn * w.unsqueeze(-1))
+        vbar = vbar / wsum.unsqueeze(-1)
+        C = v.new_zeros(*v.shape[:-2], m, Ev * E)
+        rho = v.new_zeros(*v.shape[:-2], m)
+        for a, b in chunk_ranges(k.shape[-2], self.chunk):
+            la = lab[..., a:b]
+            d = k[..., a:b, :] - self.Z.gather(-2, la.unsqueeze(-1).expand(*la.shape, E))
+            d = d / sk
+            dv = vn[..., a:b, :] - vbar.gather(-2, iv[..., a:b, :])
+            with torch.no_grad():
+                dn = dv.detach().norm(dim=-1).masked_fill(w[..., a:b].detach() <= 0, 0.0)
+                rho = rho.scatter_reduce(-1, la, dn, "amax")
+            outer = ((dv * w[..., a:b, None]).unsqueeze(-1) * d.unsqueeze(-2)).flatten(-2)
+            C.scatter_add_(-2, la.unsqueeze(-1).expand(*la.shape, Ev * E), outer)
+        C = C.view(*C.shape[:-1], Ev, E) / wsum[..., None, None]
+        V = top_right_singular(C.detach(), r)
+        return V, (C @ V.mT).mT, rho, sk, sv
+
+    def value_correction(self, x, mass, terms):
+        """``Σ_c mass_c · min(1, ρ_c/‖δ_c‖)·δ_c`` with ``δ_c = γ·s·U_cᵀ V_c x`` for queries
+        ``x`` (``(..., L, E)``) and far masses ``mass`` (``(..., L, m)``): ``(..., L, Ev)``.
+        The cap at ``ρ_c`` keeps each cluster's corrected value within the distance of its
+        farthest member from ``v̄_c`` (the exact tilted mean is a convex combination of the
+        members' values); ``O(m·r·(E + Ev + r))`` per query."""
+        V, U, rho, sk, sv = terms
+        gain = self.scale
+        if self.params is not None:
+            gain = self.scale * self.params.value_gain.to(x.dtype)[:, None, None]
+        g = (x @ V.flatten(-3, -2).mT) * (gain * sk)
+        g = g.unflatten(-1, V.shape[-3:-1])  # (..., L, m, r), in units of 1/s_k
+        with torch.no_grad():  # U_c's rows σ_ρ·u_ρ are orthogonal: ‖U_cᵀg‖² = Σ_ρ g_ρ²‖U_cρ‖²
+            rows = U.detach().square().sum(-1).unsqueeze(-3)  # (..., 1, m, r)
+            gd = g.detach()
+            top = gd.abs().amax(-1).clamp_min(torch.finfo(gd.dtype).tiny)
+            norm = top * ((gd / top.unsqueeze(-1)).square() * rows).sum(-1).sqrt()
+            cap = torch.where(norm > rho.unsqueeze(-2), rho.unsqueeze(-2) / norm, 1.0)
+        return (((mass * cap).unsqueeze(-1) * g).flatten(-2) @ U.flatten(-3, -2)) * sv

@@ -154,11 +154,9 @@ def _resolve(feature_map, window, is_causal, scale):
     """The map to train and the window/causal/scale defaults of a module."""
     from snnk.nn.attention.module import KernelAttention
 
-    if isinstance(feature_map, LearnedSnapMap):
-        return feature_map, check_window(64 if window is None else window), is_causal, scale
     if isinstance(feature_map, KernelAttention):
         mod = feature_map
-        if not isinstance(mod.feature_map, LearnedFeatureMap):
+        if not isinstance(mod.feature_map, LearnedFeatureMap | LearnedSnapMap):
             raise ValueError(
                 f"fit_feature_map needs a learned method ('hybrid' or 'hedgehog'), got a "
                 f"KernelAttention with method={mod.method!r}"
@@ -167,6 +165,8 @@ def _resolve(feature_map, window, is_causal, scale):
         is_causal = mod.is_causal if is_causal is None else is_causal
         scale = mod.attention_kwargs.get("scale") if scale is None else scale
         feature_map = mod.feature_map
+    if isinstance(feature_map, LearnedSnapMap):
+        return feature_map, check_window(64 if window is None else window), is_causal, scale
     if not isinstance(feature_map, LearnedFeatureMap):
         raise TypeError(
             f"feature_map must be a LearnedFeatureMap, a LearnedSnapMap or a "

@@ -133,8 +133,13 @@ def linearize(
     seed : int, default 0
         Layer ``i`` draws its features with ``seed + i``.
     **attention_kwargs
-        ``chunk_size``, ``jitter``, ``pinv``, ``landmarks``, ... of
-        :class:`~snnk.nn.KernelAttention` (not ``scale``: each layer's own is used).
+        ``chunk_size``, ``jitter``, ``pinv``, ``landmarks``, ``far_kernel``,
+        ``value_rank``, ... of :class:`~snnk.nn.KernelAttention` (not ``scale``: each
+        layer's own is used). ``far_kernel="nystrom"`` (``"hybrid"``, bidirectional models
+        only) gives every layer the snapped landmark far field, a
+        :class:`~snnk.nn.attention.learned.LearnedSnapMap` with ``num_features`` landmarks
+        per sequence and head: the most faithful far field without training, and
+        :func:`fit_attention` trains its few parameters per head.
 
     Returns
     -------
@@ -155,6 +160,11 @@ def linearize(
     sites = _select(find_sites(model), layers, model)
     cores = []
     for i, site in enumerate(sites):
+        if site.is_causal and attention_kwargs.get("far_kernel") == "nystrom":
+            raise ValueError(
+                f"{site.name} is causal (a decoder) and far_kernel='nystrom' is bidirectional "
+                "only (its clusters see every key); use far_kernel='learned' for decoders"
+            )
         if site.is_causal and method not in CAUSAL_METHODS + LEARNED_METHODS:
             raise ValueError(
                 f"{site.name} is causal (a decoder) and method={method!r} is not; use one of "
