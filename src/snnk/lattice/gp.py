@@ -21,6 +21,7 @@ kernel of unit scale and weights ``γ`` and a nugget ``η``: ``Cov(y) = S (C_γ 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from scipy.optimize import minimize
 
+from snnk._utils import check_positive, compute_dtype
 from snnk.lattice.kernels import DSIKernel, SIKernel, product_minus_one
 from snnk.lattice.operator import check_design, eigenvalues_from_column
 from snnk.lattice.points import DigitalNet, Lattice, PointSet
@@ -51,8 +53,17 @@ def profiled_nll(lam: torch.Tensor, ytilde: torch.Tensor) -> tuple[torch.Tensor,
     ``Ŝ = mean(|ỹ|² / λ)``, ``NLL = (n/2) log Ŝ + ½ Σ log λ + (n/2)(1 + log 2π)``.
     """
     n = lam.shape[-1]
-    s_hat = (ytilde.abs() ** 2 / lam).mean(-1)
-    nll = 0.5 * n * torch.log(s_hat) + 0.5 * torch.log(lam).sum(-1) + 0.5 * n * (1 + _LOG_2PI)
+    # ỹ is rescaled by its largest modulus c: |ỹ|² overflowed for |y| ≳ 1e154 and underflowed
+    # to Ŝ = 0 for |y| ≲ 1e-154 (NLL = −inf, NaN gradients, a NaN fit); log Ŝ = 2 log c +
+    # log mean(|ỹ/c|²/λ) is finite for every finite y. Constant data (ỹ = 0) gives Ŝ = 0, and
+    # log Ŝ is floored at log(tiny) there, so the NLL stays finite and depends on γ via log λ.
+    mag = ytilde.abs()
+    c = mag.detach().amax(-1, keepdim=True).clamp_min(torch.finfo(mag.dtype).tiny)
+    unit = ((mag / c) ** 2 / lam).mean(-1)
+    tiny = torch.finfo(unit.dtype).tiny
+    log_s = 2.0 * torch.log(c[..., 0]) + torch.log(unit.clamp_min(tiny))
+    s_hat = torch.exp(log_s)
+    nll = 0.5 * n * log_s + 0.5 * torch.log(lam).sum(-1) + 0.5 * n * (1 + _LOG_2PI)
     return nll, s_hat
 
 
@@ -75,7 +86,8 @@ class FastGP:
     points : PointSet
         ``design(n)`` of a :class:`Lattice` (SI kernel) or :class:`DigitalNet` (DSI kernel).
     y : Tensor, shape (n,)
-        Observations ``f(x_i)``.
+        Observations ``f(x_i)``, finite; stored in the points' dtype (float32 for float16 /
+        bfloat16 designs, which are computed in float32).
     alpha : int or sequence of int, default 2
         Kernel smoothness per dimension.
     weights : float or Tensor, optional
@@ -108,12 +120,12 @@ class FastGP:
         cls = SIKernel if isinstance(points.design, Lattice) else DSIKernel
         kw = {} if cls is SIKernel else {"t": points.design.t}
         dev = points.x.device
-        self.kernel = cls(points.d, alpha, weights, 1.0, dtype=points.x.dtype, device=dev, **kw)
+        dt = compute_dtype(points.x.dtype)  # float16 / bfloat16 designs compute in float32
+        self.kernel = cls(points.d, alpha, weights, 1.0, dtype=dt, device=dev, **kw)
         check_design(self.kernel, points)
-        y = torch.as_tensor(y, dtype=points.x.dtype, device=dev)
-        if y.shape != (points.n,):
-            raise ValueError(f"y must have shape ({points.n},), got {tuple(y.shape)}")
-        self.points, self.y, self.nugget = points, y, float(nugget)
+        y = _check_y(y, points.n, dt, dev, "y")
+        nugget = check_positive(nugget, "nugget", allow_zero=True)
+        self.points, self.y, self.nugget = points, y, nugget
         self.kind, self.shared_weights = points.design.kind, shared_weights
         self._factors = self.kernel.factors(points, _first(points))  # (n, d)
         self.mean = y.mean()
@@ -134,6 +146,11 @@ class FastGP:
             self.ytilde = _transform(self.y - self.mean, self.kind)
             _, s_hat = profiled_nll(self.eigenvalues, self.ytilde)
             if fit_scale:
+                if not bool(torch.isfinite(s_hat)):
+                    raise ValueError(
+                        "the profiled scale S ~ |y - mean|² overflows float64 (|y| above "
+                        "~1e150); divide y by a constant and multiply predictions back"
+                    )
                 self.scale = s_hat
             self.coef = self._inverse(self.ytilde, self.eigenvalues).real
 
@@ -223,7 +240,10 @@ class FastGP:
             gp.eigenvalues = self._eigen(self.kernel.weights, gp._factors)
         c = gp._cross(x)
         reduced = (c * gp._inverse(_transform(c, self.kind), gp.eigenvalues).real).sum(-1)
-        return self.scale * (self.kernel.combine(self.kernel.zero_factors(), scale=1.0) - reduced)
+        prior = self.kernel.combine(self.kernel.zero_factors(), scale=1.0)
+        # at the design points the difference is round-off (about eps · C(x, x) · cond), and
+        # in float32 it came out negative: a variance is clamped at 0
+        return self.scale * (prior - reduced).clamp(min=0.0)
 
     def append(self, new_points: PointSet, y_new: torch.Tensor, *, refit: bool = False):
         """Add the next block ``design(n, n_start=n)`` with values ``y_new`` (doubles ``n``).
@@ -237,7 +257,7 @@ class FastGP:
             raise ValueError(f"new_points must be design(n={pts.n}, n_start={pts.n})")
         if new_points.n != pts.n:
             raise ValueError(f"new_points must have n={pts.n} points, got {new_points.n}")
-        y_new = torch.as_tensor(y_new, dtype=self.y.dtype)
+        y_new = _check_y(y_new, pts.n, self.y.dtype, self.y.device, "y_new")
         f2 = self.kernel.factors(new_points, _first(pts))
         c2 = 1.0 + product_minus_one(self.kernel.weights * f2)
         lam1 = (self.eigenvalues - self.nugget) / math.sqrt(pts.n)
@@ -260,6 +280,19 @@ class FastGP:
         lam0 = self.eigenvalues[0].real
         mean = self.mean + n * (self.y.mean() - self.mean) / lam0
         return mean, self.scale * (excess / lam0).clamp(min=0.0)
+
+
+def _check_y(y, n: int, dtype: torch.dtype, device, name: str) -> torch.Tensor:
+    """``y`` as a finite float vector of length ``n`` (ValueError / TypeError otherwise)."""
+    y = torch.as_tensor(y)
+    if y.dtype == torch.bool or y.is_complex():
+        raise TypeError(f"{name} must be real numbers, got dtype {y.dtype}")
+    y = y.to(dtype=dtype, device=device)
+    if y.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {tuple(y.shape)}")
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError(f"{name} contains NaN or Inf (after conversion to {dtype})")
+    return y
 
 
 def _first(points: PointSet) -> PointSet:
@@ -368,6 +401,13 @@ def bayesian_cubature(
     for name, v in (("n_init", n_init), ("n_max", n_max)):
         if not isinstance(v, int) or v < 2 or v & (v - 1):
             raise ValueError(f"{name} must be a power of two >= 2, got {v}")
+    if n_max < n_init:
+        raise ValueError(f"n_max = {n_max} must be >= n_init = {n_init}")
+    abs_tol = check_positive(abs_tol, "abs_tol", allow_zero=True)
+    if isinstance(confidence, bool) or not isinstance(confidence, numbers.Real):
+        raise TypeError(f"confidence must be a number in (0, 1), got {confidence!r}")
+    if not 0.0 < float(confidence) < 1.0:
+        raise ValueError(f"confidence must be in (0, 1) (e.g. 0.99), got {confidence!r}")
     gen = (DigitalNet if design == "net" else Lattice)(dimension, seed=seed)
     z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
     pts = gen(n_init)

@@ -28,12 +28,14 @@ Products are formed as ``1 + (∏(1 + p_j) − 1)`` with the bracket accumulated
 from __future__ import annotations
 
 import math
+import numbers
 from abc import ABC, abstractmethod
 from fractions import Fraction
 from functools import cache
 
 import torch
 
+from snnk._utils import check_positive_int
 from snnk.lattice.points import PointSet, to_bits, to_float
 
 __all__ = ["DSIKernel", "SIKernel", "bernoulli_polynomial", "dsi_factor", "si_factor"]
@@ -160,8 +162,11 @@ class _ProductKernel(ABC):
     def __init__(
         self, dimension: int, alpha=2, weights=None, scale=1.0, *, dtype=None, device=None
     ):
-        d = self.d = int(dimension)
-        a = [int(alpha)] * d if isinstance(alpha, int | float) else [int(v) for v in alpha]
+        d = self.d = check_positive_int(dimension, "dimension")
+        raw = [alpha] * d if isinstance(alpha, numbers.Real) else list(alpha)
+        if not all(isinstance(v, numbers.Real) and float(v) == int(v) for v in raw):
+            raise ValueError(f"alpha must be an int or {d} ints, got {alpha!r} (not integers)")
+        a = [int(v) for v in raw]
         if len(a) != d or not all(1 <= v <= self.max_alpha for v in a):
             raise ValueError(
                 f"alpha must be an int or {d} ints in 1..{self.max_alpha}, got {alpha!r}"
@@ -173,10 +178,11 @@ class _ProductKernel(ABC):
         weights = torch.as_tensor(weights, dtype=dtype, device=device)
         self.weights = weights.expand(d) if weights.ndim == 0 else weights
         self.scale = torch.as_tensor(scale, dtype=dtype, device=device)
-        if self.weights.shape[-1] != d or bool((self.weights <= 0).any()):
-            raise ValueError(f"weights must be {d} positive numbers, got {weights!r}")
-        if bool((self.scale <= 0).any()):
-            raise ValueError(f"scale must be positive, got {scale!r}")
+        w_ok = bool(torch.isfinite(self.weights).all()) and not bool((self.weights <= 0).any())
+        if self.weights.shape[-1] != d or not w_ok:
+            raise ValueError(f"weights must be {d} finite positive numbers, got {weights!r}")
+        if not bool(torch.isfinite(self.scale).all()) or bool((self.scale <= 0).any()):
+            raise ValueError(f"scale must be finite and positive, got {scale!r}")
 
     @abstractmethod
     def factors(self, x, z) -> torch.Tensor:
@@ -279,9 +285,17 @@ class SIKernel(_ProductKernel):
         return torch.tensor(2.0 * _zeta(2 * alpha), dtype=torch.float64)
 
     def _operands(self, x, z) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x.x if isinstance(x, PointSet) else x
-        z = z.x if isinstance(z, PointSet) else z
-        return torch.as_tensor(x), torch.as_tensor(z)
+        out = []
+        for name, v in (("x", x), ("z", z)):
+            v = torch.as_tensor(v.x if isinstance(v, PointSet) else v)
+            if not v.is_floating_point():
+                raise TypeError(
+                    f"{name} must hold floating points in [0, 1)^d for the SI kernel, got dtype "
+                    f"{v.dtype}; convert it with {name}.double()"
+                )
+            # δ = (x − z) mod 1 of two float16 / bfloat16 values rounds to 3 digits: float32
+            out.append(v.float() if v.dtype in (torch.float16, torch.bfloat16) else v)
+        return out[0], out[1]
 
     def _column(self, a, b, alpha) -> torch.Tensor:
         return si_factor((a - b).remainder_(1.0), alpha)  # two reductions, as in factors
@@ -338,7 +352,19 @@ class DSIKernel(_ProductKernel):
                 raise ValueError(f"the net has t={x.design.t} bits but the kernel t={self.t}")
             return x.bits
         x = torch.as_tensor(x)
-        return x if not x.is_floating_point() else to_bits(x, self.t)
+        if x.is_floating_point():
+            if x.numel() and not bool(torch.isfinite(x).all()):
+                raise ValueError("the DSI kernel's float inputs contain NaN or Inf")
+            return to_bits(x, self.t)
+        if x.dtype == torch.bool or x.is_complex():
+            raise TypeError(f"DSI kernel inputs must be floats or int64 bits, got {x.dtype}")
+        x = x.to(torch.int64)
+        if x.numel() and (int(x.min()) < 0 or (self.t < 63 and int(x.max()) >> self.t)):
+            raise ValueError(
+                f"integer DSI kernel inputs must be t-bit digits in [0, 2^{self.t}), got values "
+                f"in [{int(x.min())}, {int(x.max())}]"
+            )
+        return x
 
     def _operands(self, x, z) -> tuple[torch.Tensor, torch.Tensor]:
         return self._bits(x), self._bits(z)

@@ -29,6 +29,7 @@ import weakref
 
 import torch
 
+from snnk._utils import check_positive
 from snnk.lattice.kernels import DSIKernel, SIKernel
 from snnk.lattice.points import DigitalNet, Lattice, PointSet
 from snnk.lattice.transforms import (
@@ -85,6 +86,12 @@ def check_design(kernel, points) -> None:
         raise ValueError(
             f"a {type(design).__name__} needs a {expected.__name__} (shift invariance must "
             f"match the design's group), got {type(kernel).__name__}"
+        )
+    if isinstance(design, Lattice) and points.x.dtype in (torch.float16, torch.bfloat16):
+        raise ValueError(
+            f"lattice points in {points.x.dtype} are no longer a lattice after rounding (the "
+            f"Gram matrix is not circulant); build the Lattice with dtype=torch.float32 or "
+            f"torch.float64"
         )
     if kernel.d != points.d:
         raise ValueError(f"kernel dimension {kernel.d} != points dimension {points.d}")
@@ -158,9 +165,8 @@ class StructuredGram:
 
     def __init__(self, kernel, points: PointSet, *, nugget: float = 0.0, _column=None):
         check_design(kernel, points)
-        if nugget < 0:
-            raise ValueError(f"nugget must be >= 0, got {nugget}")
-        self.kernel, self.points, self.nugget = kernel, points, float(nugget)
+        nugget = check_positive(nugget, "nugget", allow_zero=True)
+        self.kernel, self.points, self.nugget = kernel, points, nugget
         self.kind = points.design.kind
         if _column is None:
             _column = kernel(points, _first(points))
@@ -202,21 +208,27 @@ class StructuredGram:
     def __matmul__(self, v: torch.Tensor) -> torch.Tensor:
         """``K @ V`` for ``V`` of shape (n,) or (n, k) (columns), as for a dense matrix."""
         v = torch.as_tensor(v)
+        if v.ndim == 0:
+            raise ValueError(f"K @ V needs V of shape (n,) or (..., n, k), n={self.n}: got a 0-d")
         return self.matvec(v) if v.ndim == 1 else self.matvec(v.mT).mT
 
     def solve(self, v: torch.Tensor) -> torch.Tensor:
-        """``K^{-1} v`` for ``v`` of shape (..., n)."""
+        """``K^{-1} v`` for ``v`` of shape (..., n) (raises if some ``λ_i ≤ 0``: add a nugget)."""
+        self._check_definite()
         return self._apply(v, -1)
 
-    def logdet(self) -> torch.Tensor:
-        """``log det K = Σ_i log λ_i`` (raises if some ``λ_i ≤ 0``: add a nugget)."""
+    def _check_definite(self) -> None:
         lam = self.eigenvalues
         if bool((lam <= 0).any()):
             raise ValueError(
                 f"the Gram matrix is not positive definite in floating point (min eigenvalue "
                 f"{float(lam.min()):.3g}); add a nugget"
             )
-        return torch.log(lam).sum(-1)
+
+    def logdet(self) -> torch.Tensor:
+        """``log det K = Σ_i log λ_i`` (raises if some ``λ_i ≤ 0``: add a nugget)."""
+        self._check_definite()
+        return torch.log(self.eigenvalues).sum(-1)
 
     def to_dense(self) -> torch.Tensor:
         """The dense ``(n, n)`` matrix (tests and small ``n`` only)."""

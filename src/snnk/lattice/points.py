@@ -99,6 +99,13 @@ class PointSet:
         return self.n
 
 
+def _float_dtype(dtype) -> torch.dtype:
+    """A floating torch dtype for the points (integers would truncate them all to 0)."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch dtype (torch.float64), got {dtype!r}")
+    return dtype
+
+
 def _draw_bits(shape: tuple[int, ...], t: int, generator: torch.Generator) -> torch.Tensor:
     """Uniform random ``t``-bit int64 integers (``t ≤ 63``) from two 32-bit halves."""
     hi = torch.randint(0, 2**31, shape, generator=generator, dtype=torch.int64)
@@ -163,10 +170,13 @@ class Lattice:
             raise ValueError(f"m_max must be in 1..31, got {m_max}")
         self.m_max, self.n_limit = int(m_max), 2 ** int(m_max)
         self.generating_vector = torch.tensor(g, dtype=torch.int64)
-        self.dtype, self.device = dtype, torch.device(device or "cpu")
+        self.dtype, self.device = _float_dtype(dtype), torch.device(device or "cpu")
         self.generator, self.seed = make_generator(seed)
         if shift is not None:
-            self.shift = torch.as_tensor(shift, dtype=torch.float64).reshape(d) % 1.0
+            shift = torch.as_tensor(shift, dtype=torch.float64)
+            if shift.numel() != d or not bool(torch.isfinite(shift).all()):
+                raise ValueError(f"shift must hold {d} finite numbers, got {shift!r}")
+            self.shift = shift.reshape(d) % 1.0
         elif self.randomize == "shift":
             self.shift = torch.rand(d, generator=self.generator, dtype=torch.float64)
         else:
@@ -300,7 +310,7 @@ class DigitalNet:
         if not t_in <= int(t) <= 63:
             raise ValueError(f"t must be in {t_in}..63 (bits of the matrices..int64), got {t}")
         self.t, self.m_max, self.n_limit = int(t), mats.shape[1], 2 ** mats.shape[1]
-        self.dtype, self.device = dtype, torch.device(device or "cpu")
+        self.dtype, self.device = _float_dtype(dtype), torch.device(device or "cpu")
         self.generator, self.seed = make_generator(seed)
         if "lms" in self.randomize:
             mats = linear_matrix_scramble(mats, t_in, self.t, self.generator)
@@ -308,7 +318,13 @@ class DigitalNet:
             mats = mats << (self.t - t_in)
         self.generating_matrices = mats
         if shift is not None:
-            self.shift = torch.as_tensor(shift, dtype=torch.int64).reshape(d)
+            shift = torch.as_tensor(shift)
+            if shift.is_floating_point() or shift.numel() != d:
+                raise ValueError(f"shift must hold {d} integers (t-bit digital shifts)")
+            shift = shift.to(torch.int64).reshape(d)
+            if int(shift.min()) < 0 or (self.t < 63 and int(shift.max()) >> self.t):
+                raise ValueError(f"shift must hold t-bit integers in [0, 2^{self.t}), got {shift}")
+            self.shift = shift
         elif "ds" in self.randomize:
             self.shift = _draw_bits((d,), self.t, self.generator)
         else:

@@ -62,12 +62,25 @@ def _permute_last(x: torch.Tensor) -> torch.Tensor:
     return x.index_select(-1, bit_reverse_permutation(n, x.device))
 
 
+def _fft_ready(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in a dtype torch.fft accepts: float16/bfloat16 (and complex32) computed in float32,
+    integers and bools in float64."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return x.float()
+    if x.dtype == torch.complex32:
+        return x.to(torch.complex64)
+    if not x.is_floating_point() and not x.is_complex():
+        return x.double()
+    return x
+
+
 def fftbr(x: torch.Tensor) -> torch.Tensor:
     """Orthonormal FFT of the bit-reversed input along the last dimension.
 
     Parameters
     ----------
-    x : Tensor, shape (..., n), real or complex, ``n = 2^m``
+    x : Tensor, shape (..., n), real or complex, ``n = 2^m``; float16 / bfloat16 are computed
+        in float32, integers in float64 (``torch.fft`` has no half-precision CPU kernels).
 
     Returns
     -------
@@ -75,6 +88,7 @@ def fftbr(x: torch.Tensor) -> torch.Tensor:
     """
     n = x.shape[-1]
     log2_exact(n, "the last dimension of x")
+    x = _fft_ready(x)
     if x.is_complex():
         return torch.fft.fft(_permute_last(x), dim=-1, norm="ortho")
     # Real input: half the work with rfft, then Hermitian symmetry y[n-k] = conj(y[k]).
@@ -94,6 +108,7 @@ def ifftbr(y: torch.Tensor) -> torch.Tensor:
     Tensor, shape (..., n), complex.
     """
     log2_exact(y.shape[-1], "the last dimension of y")
+    y = _fft_ready(y)
     return _permute_last(torch.fft.ifft(y, dim=-1, norm="ortho"))
 
 
@@ -126,12 +141,14 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
 
     Returns
     -------
-    Tensor, shape (..., n), same dtype: ``H_n x / √n``.
+    Tensor, shape (..., n), same dtype (float64 for integer input): ``H_n x / √n``.
     """
     n = x.shape[-1]
     m = log2_exact(n, "the last dimension of x")
     if x.is_complex():
         return torch.complex(fwht(x.real), fwht(x.imag))
+    if not x.is_floating_point():  # integers / bools: float64 (the default float32 loses bits)
+        x = x.double()
     lead = x.shape[:-1]
     y = x.reshape(-1, n)
     batch, done = y.shape[0], 0
@@ -149,6 +166,8 @@ def omega(n: int, kind: str, *, dtype=torch.float64, device=None) -> torch.Tenso
 
     ``kind="lattice"`` (FFTBR): ``ω_k = e^{-πik/n}`` (complex); ``kind="net"`` (FWHT): ones.
     """
+    if kind not in ("lattice", "net"):
+        raise ValueError(f"kind must be 'lattice' or 'net', got {kind!r}")
     if kind == "net":
         return torch.ones(n, dtype=dtype, device=device)
     k = torch.arange(n, dtype=dtype, device=device)
@@ -168,6 +187,10 @@ def double(t1: torch.Tensor, t2: torch.Tensor, kind: str) -> torch.Tensor:
     Tensor, shape (..., 2n): ``[t1 + ω ⊙ t2, t1 − ω ⊙ t2] / √2``.
     """
     n = t1.shape[-1]
+    if t2.shape[-1] != n:
+        raise ValueError(
+            f"t1 and t2 must be transforms of halves of one length, got {n} and {t2.shape[-1]}"
+        )
     real = t1.real.dtype if t1.is_complex() else t1.dtype
     w = omega(n, kind, dtype=real, device=t1.device)
     wt2 = w * t2

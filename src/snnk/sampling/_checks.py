@@ -27,6 +27,8 @@ def as_generator(generator) -> torch.Generator:
 def as_matrix(x, name: str) -> torch.Tensor:
     """``x`` as a finite float64 matrix of shape ``(N, r)`` (float16/bfloat16/float32 upcast)."""
     t = as_float_tensor(x, name)
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device (shapes only, no values); pass real values")
     if t.ndim != 2:
         raise ValueError(f"{name} must be a matrix of shape (N, r), got shape {tuple(t.shape)}")
     return t.to(F64)
@@ -37,7 +39,24 @@ def as_square(x, name: str) -> torch.Tensor:
     t = as_matrix(x, name)
     if t.shape[0] != t.shape[1]:
         raise ValueError(f"{name} must be square, got shape {tuple(t.shape)}")
-    return 0.5 * (t + t.T)
+    return 0.5 * t + 0.5 * t.T  # not (t + tᵀ)/2: that overflows for entries above 9e307
+
+
+def check_eigenvalues_finite(lam: torch.Tensor, name: str) -> None:
+    """ValueError when the eigenvalues of a finite ``name`` overflow float64 (above ~1.8e308)."""
+    if not bool(torch.isfinite(lam).all()):
+        raise ValueError(
+            f"the eigenvalues of {name} overflow float64; divide {name} by a constant "
+            f"(e.g. its largest entry) first"
+        )
+
+
+def input_eps(x) -> float:
+    """Machine epsilon of ``x``'s floating dtype (float64's for anything else or ``None``)."""
+    dtype = getattr(x, "dtype", None)
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return torch.finfo(dtype).eps
+    return torch.finfo(F64).eps
 
 
 def check_count(value, name: str) -> int:

@@ -112,6 +112,14 @@ class PolynomialBasis:
         out = torch.ones(*X.shape[:-1], self.num_features, dtype=F64, device=X.device)
         for k in range(self.in_features):
             out = out * vals[..., k, :][..., self.multi_indices[:, k].to(X.device)]
+        if out.numel() and not bool(torch.isfinite(out).all()):
+            big = float(X.abs().max())
+            raise ValueError(
+                f"the degree-{self.degree} {self.family} features are not finite (they "
+                f"overflow float64) at |X| = {big:.3g}; X must lie in the support of the "
+                f"measure (|x| <= 1 for legendre, moderate |x| for hermite) or use a lower "
+                f"degree"
+            )
         return out
 
     # -- sampling ---------------------------------------------------------------------------

@@ -112,12 +112,28 @@ def sample_design(
     return torch.cat([*blocks, _iid(U, n - s * m, B, gen)], 1)
 
 
+def _indices(indices, N: int) -> torch.Tensor:
+    """``indices`` as a LongTensor of rows in ``[0, N)`` (integers only, no wrap-around)."""
+    idx = torch.as_tensor(indices)
+    if idx.dtype == torch.bool or idx.is_floating_point() or idx.is_complex():
+        raise TypeError(
+            f"indices must be integer row numbers (e.g. from sample_design), got dtype {idx.dtype}"
+        )
+    idx = idx.to(torch.long)
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= N):
+        raise ValueError(
+            f"indices must be rows of U in [0, {N}), got values in "
+            f"[{int(idx.min())}, {int(idx.max())}]"
+        )
+    return idx
+
+
 def optimal_weights(U, indices) -> torch.Tensor:
     r"""Weights ``w_i = m / (N ‖U_i‖²)`` of the chosen rows (relative to the uniform measure)."""
     U = as_matrix(U, "U")
     N, m = U.shape
     lev = _leverage(U)
-    idx = torch.as_tensor(indices, dtype=torch.long, device=U.device)
+    idx = _indices(indices, N)
     sel = lev[idx.to(U.device)]
     if bool((sel <= 0).any()):
         raise ValueError(
@@ -132,9 +148,13 @@ def gram_deviation(U, indices) -> torch.Tensor:
     ``indices`` is ``(n,)`` or ``(B, n)``; ``G = (m/n) Σ_i U_iU_iᵀ / ‖U_i‖²``.
     """
     U = as_matrix(U, "U")
-    idx = torch.as_tensor(indices, dtype=torch.long, device=U.device)
+    idx = _indices(indices, U.shape[0]).to(U.device)
     if idx.ndim == 1:
         idx = idx[None]
+    if idx.ndim != 2 or idx.shape[1] == 0:
+        raise ValueError(
+            f"indices must have shape (n,) or (B, n) with n >= 1, got {tuple(idx.shape)}"
+        )
     m, n = U.shape[1], idx.shape[1]
     rows = U[idx]  # (B, n, m)
     rows = rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-300)
@@ -182,7 +202,11 @@ def continuous_projection_dpp(
     """
     m = check_count(m, "m")
     gen = as_generator(generator)
-    limit = max_proposals if max_proposals is not None else int(100 * expected_proposals(m)) + 1000
+    limit = (
+        check_count(max_proposals, "max_proposals")
+        if max_proposals is not None
+        else int(100 * expected_proposals(m)) + 1000
+    )
     E = torch.zeros(0, m, dtype=F64)
     accepted: list[torch.Tensor] = []
     proposals = 0

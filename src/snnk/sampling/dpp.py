@@ -27,6 +27,8 @@ All arithmetic is float64; randomness comes only from the ``torch.Generator`` pa
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 
@@ -36,9 +38,13 @@ from snnk.sampling._checks import (
     as_matrix,
     as_square,
     check_count,
+    check_eigenvalues_finite,
+    input_eps,
     threads_for,
     uniforms,
 )
+
+EPS64 = torch.finfo(F64).eps
 
 __all__ = [
     "FiniteDPP",
@@ -67,7 +73,13 @@ def orthonormal_basis(features, *, rcond: float | None = None, return_transform:
     if scale == 0:
         raise ValueError("features is all zeros: its span is empty")
     U, S, Vh = torch.linalg.svd(phi / scale, full_matrices=False)
-    tol = rcond if rcond is not None else max(phi.shape) * torch.finfo(F64).eps
+    if rcond is not None and (
+        isinstance(rcond, bool)
+        or not isinstance(rcond, numbers.Real)
+        or not 0.0 <= float(rcond) < 1.0
+    ):
+        raise ValueError(f"rcond must be a number in [0, 1) (or None), got {rcond!r}")
+    tol = float(rcond) if rcond is not None else max(phi.shape) * torch.finfo(F64).eps
     keep = S > tol * S[0]
     U = U[:, keep].contiguous()
     if not return_transform:
@@ -75,12 +87,16 @@ def orthonormal_basis(features, *, rcond: float | None = None, return_transform:
     return U, (Vh[keep].T / (S[keep] * scale)).contiguous()
 
 
-def _check_orthonormal(U: torch.Tensor, tol: float = 1e-6) -> None:
+def _check_orthonormal(U: torch.Tensor, tol: float = 1e-6, name: str = "U") -> None:
     err = float((U.T @ U - torch.eye(U.shape[1], dtype=F64, device=U.device)).abs().max())
     if not err <= tol:
+        fix = (
+            "pass orthonormal_basis(U) instead, or check=False if you know better"
+            if name == "U"
+            else "pass the orthonormal eigenvectors of torch.linalg.eigh"
+        )
         raise ValueError(
-            f"U must have orthonormal columns (max |UᵀU − I| = {err:.1e} > {tol:g}); pass "
-            f"orthonormal_basis(U) instead, or check=False if you know better"
+            f"{name} must have orthonormal columns (max |UᵀU − I| = {err:.1e} > {tol:g}); {fix}"
         )
 
 
@@ -183,9 +199,14 @@ def log_elementary_symmetric_polynomials(eigenvalues, k: int) -> np.ndarray:
     ``e_l^n = 0`` for ``l > n``, i.e. ``−inf``); eigenvalues ``<= 0`` contribute nothing.
     Never underflows: ``log e_l`` is accurate even when ``e_l`` is ``1e−600``.
     """
-    lam = np.asarray(torch.as_tensor(eigenvalues, dtype=F64).cpu(), dtype=np.float64).ravel()
+    lam = torch.as_tensor(eigenvalues, dtype=F64)
+    if lam.ndim > 1:
+        raise ValueError(f"eigenvalues must be a vector, got shape {tuple(lam.shape)}")
+    lam = np.asarray(lam.cpu(), dtype=np.float64).ravel()
     if not np.isfinite(lam).all():
         raise ValueError("eigenvalues contain NaN or Inf")
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0:
+        raise ValueError(f"k must be an integer >= 0, got {k!r}")
     k = int(k)
     with np.errstate(divide="ignore"):
         loglam = np.where(lam > 0, np.log(np.where(lam > 0, lam, 1.0)), -np.inf)
@@ -197,10 +218,10 @@ def log_elementary_symmetric_polynomials(eigenvalues, k: int) -> np.ndarray:
     return table
 
 
-def _numerical_rank_mask(lam: torch.Tensor) -> torch.Tensor:
+def _numerical_rank_mask(lam: torch.Tensor, eps: float = EPS64) -> torch.Tensor:
     """Eigenvalues above round-off (``N · eps · λ_max``); the rest are zeros of ``L``."""
     top = float(lam.max()) if lam.numel() else 0.0
-    return lam > max(top, 0.0) * lam.numel() * torch.finfo(F64).eps
+    return lam > max(top, 0.0) * (lam.numel() * eps)  # not (top · N) · eps: no overflow at 1e308
 
 
 class FiniteDPP:
@@ -221,12 +242,17 @@ class FiniteDPP:
     Notes
     -----
     The eigendecomposition is computed once (float64, ``torch.linalg.eigh``); eigenvalues at
-    round-off level (``≤ N·eps·λ_max``) count as zero. Tables of elementary symmetric
+    round-off level (``≤ N·eps·λ_max``, ``eps`` of the input's dtype: a float16 / bfloat16
+    ``L`` is only known to its own precision) count as zero, and the PSD check allows
+    ``−max(1e−6, 16 eps)·max|λ|``. Tables of elementary symmetric
     polynomials are cached per ``k``; any sequence of :meth:`sample_k` sizes works.
     """
 
     def __init__(self, L=None, *, K=None, eigen=None, kind: str = "likelihood"):
         given = [a is not None for a in (L, K, eigen)]
+        # round-off of the input's own precision (float16 L = X Xᵀ has eigenvalues ~-1e-4)
+        eps = input_eps(L if L is not None else K)
+        psd_tol = max(1e-6, 16 * eps)
         if sum(given) != 1:
             raise ValueError("give exactly one of L, K or eigen=(eigenvalues, eigenvectors)")
         if kind not in ("likelihood", "correlation"):
@@ -241,9 +267,16 @@ class FiniteDPP:
                 raise ValueError(
                     f"{lam.numel()} eigenvalues for {vec.shape[1]} eigenvectors (columns)"
                 )
+            if vec.shape[1] > vec.shape[0]:
+                raise ValueError(
+                    f"{vec.shape[1]} eigenvectors of length {vec.shape[0]}: at most N "
+                    f"orthonormal columns exist"
+                )
+            _check_orthonormal(vec, name="eigenvectors")
         else:
             kind = "likelihood" if L is not None else "correlation"
-            M = as_square(L if L is not None else K, "L" if L is not None else "K")
+            name = "L" if L is not None else "K"
+            M = as_square(L if L is not None else K, name)
             if M.shape[0] == 0:
                 raise ValueError("the kernel is empty (0 x 0); a DPP needs at least one item")
             scale = float(M.abs().max())
@@ -252,21 +285,22 @@ class FiniteDPP:
             else:
                 lam, vec = torch.linalg.eigh(M / scale)
                 lam = lam * scale
+                check_eigenvalues_finite(lam, name)
         self.kind = kind
         self.num_items = vec.shape[0]
         if kind == "correlation":
-            if float(lam.max()) > 1.0 + 1e-8 or float(lam.min()) < -1e-8:
+            if float(lam.max()) > 1.0 + psd_tol / 100 or float(lam.min()) < -psd_tol / 100:
                 raise ValueError(
                     "a marginal kernel K needs eigenvalues in [0, 1]; got "
                     f"[{float(lam.min()):.3g}, {float(lam.max()):.3g}] (pass it as L instead?)"
                 )
             lam = lam.clamp(0.0, 1.0)
-        elif float(lam.min()) < -1e-6 * max(float(lam.abs().max()), 1e-300):
+        elif float(lam.min()) < -psd_tol * max(float(lam.abs().max()), 1e-300):
             raise ValueError(
                 "L must be positive semi-definite; its smallest eigenvalue is "
                 f"{float(lam.min()):.3g}"
             )
-        keep = _numerical_rank_mask(lam) if kind == "likelihood" else lam > 0
+        keep = _numerical_rank_mask(lam, eps) if kind == "likelihood" else lam > 0
         self.eigenvalues = lam[keep].contiguous()
         self.eigenvectors = vec[:, keep].contiguous()
         self._esp: dict[int, np.ndarray] = {}

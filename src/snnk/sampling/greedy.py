@@ -154,6 +154,8 @@ def _check_inputs(X, kernel, m, weight) -> tuple[torch.Tensor, Kernel, int, torc
     X = torch.as_tensor(X)
     if X.ndim != 2:
         raise ValueError(f"X must be an (n, d) matrix, got shape {tuple(X.shape)}")
+    if X.device.type == "meta":
+        raise ValueError("X is on the meta device (shapes only, no values); pass real values")
     n = X.shape[0]
     m = check_count(m, "m")
     if m > n:

@@ -26,12 +26,14 @@ once ``q₁ κ²/λ < n``.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
 
+from snnk._utils.validation import check_positive_int
 from snnk.kernels import Kernel, make_kernel
-from snnk.sampling._checks import F64, as_generator, as_square
+from snnk.sampling._checks import F64, as_generator, as_square, check_eigenvalues_finite
 from snnk.solvers import SPDSolver
 
 __all__ = [
@@ -47,12 +49,28 @@ def _eigh(K) -> tuple[torch.Tensor, torch.Tensor]:
     K = as_square(K, "K")
     if K.shape[0] == 0:
         raise ValueError("K is empty; leverage scores need at least one row")
-    lam, V = torch.linalg.eigh(K)
-    return lam.clamp_min(0.0), V
+    scale = float(K.abs().max())
+    if scale == 0.0:
+        n = K.shape[0]
+        return torch.zeros(n, dtype=F64), torch.eye(n, dtype=F64)
+    lam, V = torch.linalg.eigh(K / scale)  # scaled: no overflow / underflow in eigh
+    if float(lam.min()) < -1e-6 * float(lam.abs().max()):
+        raise ValueError(
+            f"K must be positive semi-definite (a kernel matrix); its smallest eigenvalue is "
+            f"{float(lam.min()) * scale:.3g} against a largest of {float(lam.max()) * scale:.3g}"
+        )
+    # eigenvalues at round-off level (<= n eps λ_max) are zeros of K: without this a rank-r K
+    # had d_eff(λ) -> n instead of r once nλ fell below the round-off (and ℓ_i -> 1 for all i)
+    lam = torch.where(lam > float(lam.max()) * (lam.numel() * torch.finfo(F64).eps), lam, 0.0)
+    lam = lam * scale
+    check_eigenvalues_finite(lam, "K")
+    return lam, V
 
 
 def _check_reg(regularization) -> float:
-    if isinstance(regularization, bool) or not isinstance(regularization, int | float):
+    if isinstance(regularization, torch.Tensor) and regularization.numel() == 1:
+        regularization = regularization.item()
+    if isinstance(regularization, bool) or not isinstance(regularization, numbers.Real):
         raise TypeError(f"regularization must be a positive float, got {regularization!r}")
     if not (math.isfinite(regularization) and regularization > 0):
         raise ValueError(f"regularization must be finite and > 0, got {regularization!r}")
@@ -61,15 +79,24 @@ def _check_reg(regularization) -> float:
 
 def effective_dimension(eigenvalues, regularization: float, n: int | None = None) -> float:
     r"""``d_eff(λ) = Σ_j s_j / (s_j + nλ)`` from the eigenvalues ``s_j`` of ``K``."""
-    s = torch.as_tensor(eigenvalues, dtype=F64).clamp_min(0.0)
-    n = s.numel() if n is None else int(n)
+    s = torch.as_tensor(eigenvalues, dtype=F64)
+    if not bool(torch.isfinite(s).all()):
+        raise ValueError("eigenvalues contain NaN or Inf")
+    s = s.clamp_min(0.0)
+    n = s.numel() if n is None else check_positive_int(n, "n")
     return float((s / (s + n * _check_reg(regularization))).sum())
+
+
+def _dimension(dimension) -> float:
+    if isinstance(dimension, bool) or not isinstance(dimension, numbers.Real):
+        raise TypeError(f"dimension must be a real number (a target d_eff), got {dimension!r}")
+    return float(dimension)
 
 
 def _solve_dimension(s: torch.Tensor, target: float) -> float:
     """The ``λ`` with ``d_eff(λ) = target`` (bisection in ``log λ``; ``0 < target < rank``)."""
     n = s.numel()
-    rank = int((s > s.max() * n * torch.finfo(F64).eps).sum())
+    rank = int((s > s.max() * (n * torch.finfo(F64).eps)).sum())
     if not 0 < target < rank:
         raise ValueError(
             f"dimension must be in (0, {rank}) (the numerical rank of K), got {target!r}"
@@ -89,7 +116,7 @@ def _solve_dimension(s: torch.Tensor, target: float) -> float:
 def regularization_for_dimension(K, dimension: float) -> float:
     r"""The ``λ`` at which ``d_eff(λ) = dimension`` for the kernel matrix ``K`` (``O(n³)``)."""
     s, _ = _eigh(K)
-    return _solve_dimension(s, float(dimension))
+    return _solve_dimension(s, _dimension(dimension))
 
 
 def ridge_leverage_scores(
@@ -104,7 +131,7 @@ def ridge_leverage_scores(
         raise ValueError("give exactly one of regularization (λ) or dimension (d_eff)")
     s, V = _eigh(K)
     reg = (
-        _solve_dimension(s, float(dimension))
+        _solve_dimension(s, _dimension(dimension))
         if dimension is not None
         else _check_reg(regularization)
     )
@@ -210,7 +237,7 @@ def approximate_ridge_leverage_scores(
     if not (math.isfinite(kappa2) and kappa2 > 0):
         raise ValueError("the kernel's diagonal k(x, x) is zero or not finite on X")
     target_reg = None if regularization is None else _check_reg(regularization)
-    if dimension is not None and not 0 < float(dimension) < n:
+    if dimension is not None and not 0 < _dimension(dimension) < n:
         raise ValueError(f"dimension must be in (0, n = {n}), got {dimension!r}")
     J = torch.empty(0, dtype=torch.long)
     pi = torch.empty(0, dtype=F64)
