@@ -112,9 +112,14 @@ def sample_design(
     return torch.cat([*blocks, _iid(U, n - s * m, B, gen)], 1)
 
 
-def _indices(indices, N: int) -> torch.Tensor:
-    """``indices`` as a LongTensor of rows in ``[0, N)`` (integers only, no wrap-around)."""
-    idx = torch.as_tensor(indices)
+def _indices(indices, N: int, device: torch.device) -> torch.Tensor:
+    """``indices`` as a LongTensor of rows in ``[0, N)`` on ``device`` (integers only, no
+    wrap-around; checked on the host)."""
+    idx = (
+        indices.cpu()
+        if isinstance(indices, torch.Tensor)
+        else torch.as_tensor(indices, device="cpu")
+    )
     if idx.dtype == torch.bool or idx.is_floating_point() or idx.is_complex():
         raise TypeError(
             f"indices must be integer row numbers (e.g. from sample_design), got dtype {idx.dtype}"
@@ -125,7 +130,7 @@ def _indices(indices, N: int) -> torch.Tensor:
             f"indices must be rows of U in [0, {N}), got values in "
             f"[{int(idx.min())}, {int(idx.max())}]"
         )
-    return idx
+    return idx.to(device)
 
 
 def optimal_weights(U, indices) -> torch.Tensor:
@@ -133,7 +138,7 @@ def optimal_weights(U, indices) -> torch.Tensor:
     U = as_matrix(U, "U")
     N, m = U.shape
     lev = _leverage(U)
-    idx = _indices(indices, N)
+    idx = _indices(indices, N, U.device)
     sel = lev[idx.to(U.device)]
     if bool((sel <= 0).any()):
         raise ValueError(
@@ -148,7 +153,7 @@ def gram_deviation(U, indices) -> torch.Tensor:
     ``indices`` is ``(n,)`` or ``(B, n)``; ``G = (m/n) Σ_i U_iU_iᵀ / ‖U_i‖²``.
     """
     U = as_matrix(U, "U")
-    idx = _indices(indices, U.shape[0]).to(U.device)
+    idx = _indices(indices, U.shape[0], U.device)
     if idx.ndim == 1:
         idx = idx[None]
     if idx.ndim != 2 or idx.shape[1] == 0:
