@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from snnk.nn.attention import KernelAttention, LearnedFeatureMap, hybrid_attention
+from snnk.nn.attention.hybrid import _far_sums
 
 E = 8
 
@@ -213,3 +214,30 @@ def test_module_contract_and_state_dict_round_trip():
 def test_module_bad_options(kw, name):
     with pytest.raises(ValueError, match=name):
         KernelAttention(24, 3, **kw)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_far_sums_of_blocks_finite_and_not(causal):
+    """The far state of query block t, ``Σ_{u < lo_t} x_u (+ Σ_{u > hi_t} x_u)``, as one
+    0/1 matrix product of the block sums; with an infinite block sum (where ``0·∞`` would
+    give NaN) the prefix/suffix sums: ∞ exactly where a sum includes it, no NaN."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(2, 6, 3, 4, generator=g, dtype=torch.float64)
+    lo = [max(0, t - 1) for t in range(6)]
+    hi = None if causal else [min(5, t + 1) for t in range(6)]
+
+    def ref(x):
+        parts = []
+        for t in range(6):
+            s = x[:, : lo[t]].sum(1)
+            parts.append(s if hi is None else s + x[:, hi[t] + 1 :].sum(1))
+        return torch.stack(parts, 1)
+
+    torch.testing.assert_close(_far_sums(x, -3, lo, hi), ref(x), rtol=1e-14, atol=1e-14)
+    z = x[..., 0]
+    torch.testing.assert_close(_far_sums(z, -2, lo, hi), ref(z), rtol=1e-14, atol=1e-14)
+    x[0, 3, 1, 2] = math.inf
+    got = _far_sums(x, -3, lo, hi)
+    assert not bool(got.isnan().any())
+    torch.testing.assert_close(got, ref(x), rtol=1e-14, atol=1e-14)
+    assert bool(got[0, :, 1, 2].isinf().any())

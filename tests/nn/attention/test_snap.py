@@ -6,8 +6,17 @@ import pytest
 import torch
 
 from snnk.nn.attention import fit_feature_map, hybrid_attention
+from snnk.nn.attention.hybrid import hybrid_forward
 from snnk.nn.attention.learned import LearnedSnapMap
-from snnk.nn.attention.snap import SnapMap, attention_mass, top_right_singular, weighted_kmeans
+from snnk.nn.attention.snap import (
+    SnapMap,
+    assign,
+    attention_mass,
+    cluster_sums,
+    nearest,
+    top_right_singular,
+    weighted_kmeans,
+)
 
 E = 8
 
@@ -410,3 +419,83 @@ def test_value_correction_at_huge_and_tiny_scales(scale):
         out = LearnedSnapMap(3, E, 6)(q, k, v, window=4)
     assert bool(torch.isfinite(out).all())
     assert float(out.abs().max()) <= 3 * float(v.abs().max())
+
+
+def test_nearest_is_the_first_argmin_of_the_squared_distance():
+    """One GEMM plus a row minimum gives the index ``argmin`` of ``‖x − C_c‖²`` gives (the
+    first one on ties), never a centre marked dead with ``+inf``; blocked or not."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 50, E, generator=g, dtype=torch.float64)
+    C = torch.randn(2, 3, 7, E, generator=g, dtype=torch.float64)
+    C[..., 4, :] = C[..., 2, :]  # ties: the first of 2 and 4 wins
+    dead = torch.zeros(2, 3, 7, dtype=torch.bool)
+    dead[..., 5] = True
+    C[..., 5, :] = x[..., 0, :]  # a dead centre on a key is never chosen
+    Csq = C.square().sum(-1).masked_fill(dead, math.inf).unsqueeze(-2)
+    ref = ((x.unsqueeze(-2) - C.unsqueeze(-3)).square().sum(-1)).masked_fill(
+        dead.unsqueeze(-2), math.inf
+    )
+    want = ref.argmin(-1)
+    assert torch.equal(nearest(x, C, Csq), want)
+    assert torch.equal(assign(x, C, Csq, 4), want)
+    assert not bool((want == 4).any()) and not bool((want == 5).any())
+
+
+def test_cluster_sums_match_scatter_add_and_carry_gradients():
+    """``cluster_sums`` (one index_add_ over the flattened batch) equals scatter_add_ bit
+    for bit, for vectors and rows, with the same gradient; ``out`` is added to in place."""
+    g = torch.Generator().manual_seed(4)
+    lab = torch.randint(5, (2, 3, 30), generator=g)
+    x = torch.randn(2, 3, 30, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(2, 3, 30, generator=g, dtype=torch.float64)
+    ref = torch.zeros(2, 3, 5, 6, dtype=torch.float64).scatter_add(
+        -2, lab.unsqueeze(-1).expand(2, 3, 30, 6), x
+    )
+    got = cluster_sums(x, lab, 5)
+    assert torch.equal(got, ref)
+    assert torch.equal(
+        cluster_sums(w, lab, 5), torch.zeros(2, 3, 5).double().scatter_add(-1, lab, w)
+    )
+    out = torch.ones(2, 3, 5, 6, dtype=torch.float64)
+    got_out = cluster_sums(x.detach(), lab, 5, out=out)
+    assert got_out is out
+    torch.testing.assert_close(out, ref.detach() + 1, rtol=1e-14, atol=1e-14)
+    weight = torch.randn(2, 3, 5, 6, generator=g, dtype=torch.float64)
+    (gx,) = torch.autograd.grad((got * weight).sum(), x)
+    (rx,) = torch.autograd.grad((ref * weight).sum(), x)
+    assert torch.equal(gx, rx)
+
+
+class _HiddenLabels:
+    """A bound snapped map without its ``labels``: the hybrid then searches the nearest
+    centre of every key block and multiplies one-hot key features (the generic path)."""
+
+    def __init__(self, fmap):
+        self._fmap = fmap
+
+    def __getattr__(self, name):
+        if name == "labels":
+            raise AttributeError(name)
+        return getattr(self._fmap, name)
+
+
+@pytest.mark.parametrize("window, chunk", [(5, 8), (0, 8), (9, 9)])
+def test_label_path_matches_the_nearest_centre_search(window, chunk):
+    """The hybrid builds a snapped map's key features from its bound labels (gather and
+    scatter instead of one-hot products, no nearest-centre search): the same values and
+    gradients as the generic path, with masked keys."""
+    q, k, v = qkv(L=45, seed=6)
+    pad = torch.zeros(2, 45, dtype=torch.bool)
+    pad[0, ::4] = True
+    lw = _lw(pad)
+    fm = LearnedSnapMap(3, E, 7, dtype=torch.float64)
+    with torch.no_grad():
+        fm.bias.fill_(0.3)
+    fmap = fm.bind(q, k, lw, chunk)
+    res = []
+    for m in (fmap, _HiddenLabels(fmap)):
+        qg, vg = q.clone().requires_grad_(), v.clone().requires_grad_()
+        out = hybrid_forward(qg, k, vg, lw, m, window, False, fm.scale, chunk)
+        res.append((out, *torch.autograd.grad(out.square().sum(), (qg, vg))))
+    for a, b in zip(*res, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -28,6 +28,13 @@ A far kernel with a value correction (the snapped map's ``value_terms`` and
 ``value_correction``, :mod:`snnk.nn.attention.snap`) adds a function of the query and of the
 far masses ``mass_f(q_i) = φ_q(q_i)_f Σ_{j∈F_i} φ_k(k_j)_f`` of every feature ``f`` to the
 numerator only (the normaliser is unchanged); it costs ``O(m·r·(E + Ev))`` per query.
+
+A map with cluster labels of the keys it was bound to (the snapped map's ``labels``, shape
+``(..., H, S)``; ``hybrid_forward`` must then get those keys) has one-hot key features: they
+are built from the labels (no nearest-centre search), and the far keys of the neighbouring
+blocks enter by a gather and a scatter instead of products with one-hot matrices (same
+values). The far states of all query blocks are one ``nb x nb`` 0/1 matrix times the block
+sums (sums of positive terms).
 """
 
 from __future__ import annotations
@@ -54,9 +61,19 @@ def _key_log(fmap, k, lw):
     return lk if lw is None else lk + lw.unsqueeze(-1)
 
 
-def _key_shift(fmap, k, lw, c: int) -> torch.Tensor:
+def _key_feats(fmap, k, lw, lab, cmax):
+    """Shifted key features ``exp(log φ_k(k) + lw − cmax)``, ``(..., n, m)``; from the bound
+    keys' cluster labels ``lab`` (``(..., n)``) when the map has them (a snapped map)."""
+    if lab is None:
+        return torch.exp(_key_log(fmap, k, lw) - cmax)
+    return fmap.label_features(lab, lw, cmax)
+
+
+def _key_shift(fmap, k, lw, c: int, lab=None) -> torch.Tensor:
     """Detached per-feature maximum of the key log-features, ``(..., 1, m)``."""
     with torch.no_grad():
+        if lab is not None:
+            return fmap.label_shift(lab, lw).clamp_min(NEG)
         cmax = None
         for a, b in chunk_ranges(k.shape[-2], c):
             mx = _key_log(fmap, k[..., a:b, :], None if lw is None else lw[..., a:b]).amax(
@@ -80,6 +97,47 @@ def _exclusive_sums(x: torch.Tensor, dim: int):
     pre = torch.cat([zero, x.cumsum(dim).narrow(dim, 0, n - 1)], dim)
     suf = x.flip(dim).cumsum(dim).flip(dim)
     return pre, torch.cat([suf.narrow(dim, 1, n - 1), zero], dim)
+
+
+def _far_sums(x: torch.Tensor, dim: int, lo, hi):
+    """``Σ_{u < lo_t} x_u + Σ_{u > hi_t} x_u`` for every block ``t`` (blocks along ``dim``;
+    ``hi`` None: the first sum only), one small matrix product of sums of positive terms; the
+    exclusive prefix and suffix sums when ``x`` is not finite (``0·∞``) or under tracing."""
+    n = x.shape[dim]
+    u = torch.arange(n, device=x.device)
+    lo_t = torch.as_tensor(lo, device=x.device).unsqueeze(-1)
+    mask = u < lo_t
+    if hi is not None:
+        mask = mask | (u > torch.as_tensor(hi, device=x.device).unsqueeze(-1))
+    if not torch.compiler.is_compiling() and bool(torch.isfinite(x.detach()).all()):
+        trailing = x.shape[dim:][1:]  # dim is -2 or -3: blocks, then one or two dims
+        return (mask.to(x.dtype) @ x.flatten(dim + 1)).unflatten(-1, trailing)
+    pre, suf = _exclusive_sums(x, dim)
+    out = pre.index_select(dim, torch.as_tensor(lo, device=x.device))
+    if hi is not None:
+        out = out + suf.index_select(dim, torch.as_tensor(hi, device=x.device))
+    return out
+
+
+def _far_neighbours(fmap, fq, kf, vf, lwf, labf, cmax, far, state, terms):
+    """``(num, den, count)`` of a query block plus its far keys ``kf`` in the neighbouring
+    key blocks (``far``: the ``(c, n)`` far mask); ``count`` (the far key features summed
+    per query) only when the map has a value correction. Keys with cluster labels ``labf``
+    (one-hot features ``e_j`` at column ``c(j)``): ``fq φ_kᵀ`` is a gather of ``fq`` and
+    ``far·φ_k`` a scatter, with the values of the products."""
+    num, den, count = state
+    if labf is not None:
+        e = fmap.label_weights(labf, lwf, cmax).unsqueeze(-2)
+        idx = labf.unsqueeze(-2).expand(*fq.shape[:-1], labf.shape[-1])
+        Kl = fq.gather(-1, idx) * e * far
+        if terms[0] is not None:
+            count = count + torch.zeros_like(fq).scatter_add_(-1, idx, far * e)
+    else:
+        fk = _key_feats(fmap, kf, lwf, labf, cmax)
+        Kl = (fq @ fk.mT) * far
+        if terms[0] is not None:
+            count = count + far.to(fk.dtype) @ fk
+    return num + Kl @ vf, den + Kl.sum(-1, keepdim=True), count
 
 
 def _correct(fmap, num, qc, fq, count, terms):
@@ -106,17 +164,23 @@ def hybrid_forward(
     L, S = q.shape[-2], k.shape[-2]
     w = window
     c = block
-    cmax = _key_shift(fmap, k, lw, c)
+    lab = getattr(fmap, "labels", None)  # a snapped map's cluster of every bound key
+    if lab is not None and lab.shape != k.shape[:-1]:
+        lab = None
+    cmax = _key_shift(fmap, k, lw, c, lab)
     vt = fmap.value_terms(k, v, lw) if hasattr(fmap, "value_terms") else None
     vt = (None,) if vt is None else vt
 
-    def block_sums(kb, vb, lwb):
-        fk = torch.exp(_key_log(fmap, kb, lwb) - cmax)
+    def block_sums(kb, vb, lwb, labb):
+        fk = _key_feats(fmap, kb, lwb, labb, cmax)
         return fk.mT @ vb, fk.sum(-2)
+
+    def part(x, a, b):
+        return None if x is None else x[..., a:b]
 
     sums = [
         _maybe_checkpoint(
-            block_sums, k[..., a:b, :], v[..., a:b, :], None if lw is None else lw[..., a:b]
+            block_sums, k[..., a:b, :], v[..., a:b, :], part(lw, a, b), part(lab, a, b)
         )
         for a, b in chunk_ranges(S, c)
     ]
@@ -124,13 +188,14 @@ def hybrid_forward(
     zb = torch.stack([z for _, z in sums], -2)  # (..., nb, m)
     nb = Sb.shape[-3]
     local = w > 0 or causal
-    if local:
-        P, Q = _exclusive_sums(Sb, -3)
-        Pz, Qz = _exclusive_sums(zb, -2)
+    if local:  # far states of query block t: key blocks < lo_t and (bidirectional) > hi_t
+        lo = [max(0, t - 1) if w > 0 else t for t in range(nb)]
+        hi = None if causal else [min(nb - 1, t + 1) for t in range(nb)]
+        F, Fz = _far_sums(Sb, -3, lo, hi), _far_sums(zb, -2, lo, hi)
     else:
         total, total_z = Sb.sum(-3), zb.sum(-2)
 
-    def query_block(qc, kl, vl, lwl, Sf, zf, i0: int, j0: int, *terms):
+    def query_block(qc, kl, vl, lwl, labl, Sf, zf, i0: int, j0: int, *terms):
         lq = fmap.log_features(qc, "query") + cmax
         M = lq.detach().amax(-1, keepdim=True)
         fq = torch.exp(lq - M)
@@ -158,13 +223,11 @@ def hybrid_forward(
             ).to(qc.device)
         kf, vf = kl[..., cols, :], vl[..., cols, :]
         lwf = None if lwl is None else lwl[..., cols]
+        labf = None if labl is None else labl[..., cols]
         if kf.shape[-2]:
-            fk = torch.exp(_key_log(fmap, kf, lwf) - cmax)
-            Kl = (fq @ fk.mT) * far[..., cols]
-            num = num + Kl @ vf
-            den = den + Kl.sum(-1, keepdim=True)
-            if terms[0] is not None:
-                count = count + far[..., cols].to(fk.dtype) @ fk
+            num, den, count = _far_neighbours(
+                fmap, fq, kf, vf, lwf, labf, cmax, far[..., cols], (num, den, count), terms
+            )
         num = _correct(fmap, num, qc, fq, count, terms)
         if w == 0:
             return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
@@ -184,19 +247,25 @@ def hybrid_forward(
         qc = q[..., a:b, :]
         if not local:
             outs.append(
-                _maybe_checkpoint(query_block, qc, None, None, None, total, total_z, a, 0, *vt)
+                _maybe_checkpoint(
+                    query_block, qc, None, None, None, None, total, total_z, a, 0, *vt
+                )
             )
             continue
-        lo = max(0, t - 1) if w > 0 else t
-        hi = t if causal else min(nb - 1, t + 1)
-        j0, j1 = lo * c, min(S, (hi + 1) * c)
-        Sf, zf = P[..., lo, :, :], Pz[..., lo, :]
-        if not causal:
-            Sf, zf = Sf + Q[..., hi, :, :], zf + Qz[..., hi, :]
-        lwl = None if lw is None else lw[..., j0:j1]
+        j0, j1 = lo[t] * c, min(S, ((t if causal else hi[t]) + 1) * c)
         outs.append(
             _maybe_checkpoint(
-                query_block, qc, k[..., j0:j1, :], v[..., j0:j1, :], lwl, Sf, zf, a, j0, *vt
+                query_block,
+                qc,
+                k[..., j0:j1, :],
+                v[..., j0:j1, :],
+                part(lw, j0, j1),
+                part(lab, j0, j1),
+                F[..., t, :, :],
+                Fz[..., t, :],
+                a,
+                j0,
+                *vt,
             )
         )
     return torch.cat(outs, -2)

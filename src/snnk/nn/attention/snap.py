@@ -22,8 +22,9 @@ query rows ``R`` put on key ``j`` (``O(r·S·E)``): landmarks go where the atten
 (keys nobody attends to share large clusters, attention sinks get their own). Without
 queries the weights are uniform (plain k-means). Assignments are piecewise constant (no
 gradient); ``z_c`` and ``S_c`` are member means, so gradients reach the keys through them.
-Memory ``O(chunk·m)`` per head beyond the ``(m, E)`` statistics. Not causal: the clusters
-see every key.
+Memory: the ``(rows, m)`` distance blocks of the assignment (no gradient) are as large as
+the library's memory budget allows (:mod:`snnk._utils.blocks`), one GEMM and a row minimum
+each, beyond the ``(m, E)`` statistics. Not causal: the clusters see every key.
 
 First-order value correction (``rank > 0``, the default): the snapped kernel gives every far key
 of a cluster the same weight, so a cluster contributes its mass times its mean value ``v̄_c``.
@@ -46,8 +47,11 @@ treated as constant in backward, like the cluster assignments (gradients reach `
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from snnk._utils.blocks import BLOCK_ELEMENTS
 from snnk.nn.attention.chunk import NEG, chunk_ranges, row_sq_norms
 
 #: query rows that weigh the keys for the clustering
@@ -72,6 +76,7 @@ def attention_mass(q, k, lw, scale: float, rows: int, chunk: int) -> torch.Tenso
     r = min(rows, L)
     idx = (torch.arange(r, device=q.device) * L) // r
     qr = q[..., idx, :] * scale
+    chunk = nograd_rows(chunk, r * math.prod(qr.shape[:-2]))  # no gradient: larger blocks
     lse = None
     for a, b in chunk_ranges(S, chunk):
         s = qr @ k[..., a:b, :].mT
@@ -89,6 +94,49 @@ def attention_mass(q, k, lw, scale: float, rows: int, chunk: int) -> torch.Tenso
     return torch.cat(out, -1)
 
 
+def nograd_rows(chunk: int, row_cost: int) -> int:
+    """Rows per block of a computation that needs no gradient: at least ``chunk``, else as
+    many as the memory budget allows for ``row_cost`` elements per row (fewer, larger
+    blocks: the per-call overhead of small blocks dominates these loops)."""
+    return max(chunk, BLOCK_ELEMENTS // max(1, row_cost))
+
+
+@torch.no_grad()
+def nearest(x, C, Csq) -> torch.Tensor:
+    """Index of the nearest centre, ``argmin_c ‖C_c‖² − 2·xᵀC_c``, of every row of ``x``
+    (``(..., n, E)``; ``C`` ``(..., m, E)``, ``Csq`` ``(..., 1, m)``, ``+inf`` for centres
+    never chosen), shape ``(..., n)``: one GEMM with ``−2C`` (exact scaling), the norms
+    added in place, and a row minimum (``min`` with indices: the first minimum, like
+    ``argmin``, and about twice as fast on CPU)."""
+    return (x @ (-2.0 * C).mT).add_(Csq).min(-1).indices
+
+
+def assign(x, C, Csq, chunk: int) -> torch.Tensor:
+    """:func:`nearest` over row blocks of ``x`` sized by the memory budget."""
+    S = x.shape[-2]
+    rows = nograd_rows(chunk, C.shape[-2] * math.prod(x.shape[:-2]))
+    if rows >= S:
+        return nearest(x, C, Csq)
+    return torch.cat([nearest(x[..., a:b, :], C, Csq) for a, b in chunk_ranges(S, rows)], -1)
+
+
+def cluster_sums(x, lab, m: int, out=None) -> torch.Tensor:
+    """``Σ_{j: lab_j = c} x_j`` for ``c < m``: ``x`` ``(..., S, F)`` (or ``(..., S)``) and
+    labels ``lab`` ``(..., S)`` give ``(..., m, F)`` (or ``(..., m)``); added to ``out`` in
+    place when given. One ``index_add_`` over the flattened batch (rows added in key
+    order, like ``scatter_add_``, about 4x faster); differentiable w.r.t. ``x``."""
+    batch, S = lab.shape[:-1], lab.shape[-1]
+    B = math.prod(batch)
+    tail = tuple(x.shape[lab.ndim :])
+    x = x.expand(*lab.shape, *tail)
+    if out is None:
+        out = torch.zeros(*batch, m, *tail, dtype=x.dtype, device=x.device)
+    off = (torch.arange(B, device=lab.device) * m).view(*batch, 1)
+    flat = out.view(B * m, *tail)
+    flat.index_add_(0, (lab + off).reshape(B * S), x.reshape(B * S, *tail))
+    return out
+
+
 @torch.no_grad()
 def weighted_kmeans(k, weight, m: int, steps: int, chunk: int):
     """Centres ``(..., m, E)`` and their live flags ``(..., m)`` of weighted k-means of the
@@ -99,17 +147,13 @@ def weighted_kmeans(k, weight, m: int, steps: int, chunk: int):
     S = k.shape[-2]
     lab = ((torch.arange(S, device=k.device) * m) // S).expand(*k.shape[:-1])
     C, alive = None, None
+    kw = k * weight.unsqueeze(-1)
     for step in range(steps + 1):
         if step:  # assign every key to its nearest live centre
             Csq = row_sq_norms(C).unsqueeze(-2).masked_fill(~alive.unsqueeze(-2), float("inf"))
-            blocks = chunk_ranges(S, chunk)
-            lab = torch.cat(
-                [(Csq - 2.0 * (k[..., a:b, :] @ C.mT)).argmin(-1) for a, b in blocks], -1
-            )
-        wsum = k.new_zeros(*k.shape[:-2], m).scatter_add_(-1, lab, weight)
-        sums = k.new_zeros(*k.shape[:-2], m, k.shape[-1]).scatter_add_(
-            -2, lab.unsqueeze(-1).expand_as(k), k * weight.unsqueeze(-1)
-        )
+            lab = assign(k, C, Csq, chunk)
+        wsum = cluster_sums(weight, lab, m)
+        sums = cluster_sums(kw, lab, m)
         new = sums / wsum.clamp_min(torch.finfo(k.dtype).tiny).unsqueeze(-1)
         has = (wsum > 0).unsqueeze(-1)
         C = torch.where(has, new, 0.0 if C is None else C)
@@ -187,24 +231,20 @@ class SnapMap:
                 weight = (mass + 1e-3 * r / S) * keep
             self.C, alive = weighted_kmeans(k.detach(), weight, m, LLOYD_STEPS, chunk)
             self.Csq = row_sq_norms(self.C).masked_fill(~alive, float("inf")).unsqueeze(-2)
-            lab = torch.cat(
-                [self._nearest(k[..., a:b, :].detach()) for a, b in chunk_ranges(S, chunk)], -1
-            )
+            lab = assign(k.detach(), self.C, self.Csq, chunk)
         self.labels = lab
-        n = k.new_zeros(*k.shape[:-2], m).scatter_add_(-1, lab, keep)
+        n = cluster_sums(keep, lab, m)
         idx = lab.unsqueeze(-1).expand_as(k)
-        sums = k.new_zeros(*k.shape[:-2], m, k.shape[-1]).scatter_add_(
-            -2, idx, k * keep.unsqueeze(-1)
-        )
+        sums = cluster_sums(k * keep.unsqueeze(-1), lab, m)
         inv = 1.0 / n.clamp_min(1.0).unsqueeze(-1)
         self.Z = sums * inv  # member means (zero for an empty cluster: it has no keys)
         self.S = None
         if spread:
             dev = (k - self.Z.gather(-2, idx)).square() * keep.unsqueeze(-1)
-            self.S = k.new_zeros(self.Z.shape).scatter_add_(-2, idx, dev) * inv
+            self.S = cluster_sums(dev, lab, m) * inv
 
     def _nearest(self, x):
-        return (self.Csq - 2.0 * (x @ self.C.to(x.dtype).mT)).argmin(-1)
+        return nearest(x, self.C.to(x.dtype), self.Csq.to(x.dtype))
 
     def log_features(self, x, which):
         """``log φ(x)``, ``(..., L, m)``; ``which`` is ``"query"`` or ``"key"``."""
@@ -228,15 +268,44 @@ class SnapMap:
             out = out + p.bias.to(x.dtype)[:, None, None]
         return out
 
+    def label_shift(self, lab, lw) -> torch.Tensor:
+        """Per-cluster maximum of the key log-features of keys with cluster labels ``lab``
+        (``(..., n)``, those of the bound keys) and log-weights ``lw`` (``(..., n)`` or None):
+        ``max_{j: c(j)=c} lw_j`` (0 without weights, ``−∞`` for a cluster without keys),
+        shape ``(..., 1, m)``; what ``log_features(k, "key") + lw`` reduce to."""
+        dtype = self.Z.dtype if lw is None else torch.promote_types(self.Z.dtype, lw.dtype)
+        src = torch.zeros(lab.shape, dtype=dtype, device=lab.device)
+        if lw is not None:
+            src = src + lw  # 0 + lw, the log-feature at the key's own cluster
+        shape = (*lab.shape[:-1], self.Z.shape[-2])
+        out = torch.full(shape, float("-inf"), dtype=dtype, device=lab.device)
+        return out.scatter_reduce(-1, lab, src, "amax").unsqueeze(-2)
+
+    def label_weights(self, lab, lw, shift) -> torch.Tensor:
+        """``exp(lw_j − shift_{c(j)})`` of keys with cluster labels ``lab`` (``(..., n)``,
+        ``shift`` ``(..., 1, m)``): the one nonzero key feature of each key, ``(..., n)``."""
+        cm = shift.expand(*lab.shape, shift.shape[-1]).gather(-1, lab.unsqueeze(-1))[..., 0]
+        return torch.exp(-cm if lw is None else lw - cm)
+
+    def label_features(self, lab, lw, shift) -> torch.Tensor:
+        """``exp(log φ_k(k) + lw − shift)`` of keys with cluster labels ``lab`` (``(..., n)``):
+        :meth:`label_weights` at column ``c(j)``, 0 elsewhere, ``(..., n, m)``, without the
+        nearest-centre search."""
+        e = self.label_weights(lab, lw, shift).unsqueeze(-1)
+        shape = (*e.shape[:-2], lab.shape[-1], shift.shape[-1])
+        out = torch.zeros(shape, dtype=e.dtype, device=e.device)
+        return out.scatter_(-1, lab.unsqueeze(-1).expand(e.shape), e)
+
     def value_terms(self, k, v, lw):
-        """``(V, U, ρ, s_k, s_v)`` of the rank-``r`` value correction (module docstring), in
-        units of ``s_k = max|k|`` and ``s_v = max|v|`` over the kept keys of each head
-        (``(..., 1, 1)``; so that nothing overflows for any finite input): ``V``
-        ``(..., m, r, E)``, ``U / (s_k·s_v)`` ``(..., m, r, Ev)`` and ``ρ / s_v`` ``(..., m)``
-        (``ρ_c = max_{j∈c} ‖v_j − v̄_c‖``), or None when ``rank`` is 0. ``k`` and ``lw`` are
-        those the map was bound to; keys count with weight ``exp(lw)``. Differentiable
-        w.r.t. ``k`` and ``v`` through ``U`` (``V``, ``ρ`` and the units are held
-        constant)."""
+        """``(V, U, ρ, s_k, s_v, ‖U_cρ‖)`` of the rank-``r`` value correction (module
+        docstring), in units of ``s_k = max|k|`` and ``s_v = max|v|`` over the kept keys of
+        each head (``(..., 1, 1)``; so that nothing overflows for any finite input): ``V``
+        ``(..., r·m, E)`` and ``U / (s_k·s_v)`` ``(..., r·m, Ev)`` (row ``ρ·m + c``: cluster
+        ``c``'s ``ρ``-th basis vector and its image), ``ρ / s_v`` ``(..., m)``
+        (``ρ_c = max_{j∈c} ‖v_j − v̄_c‖``) and the row norms of ``U`` (``(..., 1, r, m)``),
+        or None when ``rank`` is 0. ``k`` and ``lw`` are those the map was bound to; keys
+        count with weight ``exp(lw)``. Differentiable w.r.t. ``k`` and ``v`` through ``U``
+        (``V``, ``ρ``, the norms and the units are held constant)."""
         r = min(self.rank, k.shape[-1], v.shape[-1])
         if r <= 0 or k.shape[-2] == 0:
             return None
@@ -250,43 +319,50 @@ class SnapMap:
             live = (w.detach() > 0).unsqueeze(-1)
             sk = (k.detach().abs() * live).amax((-2, -1), keepdim=True).clamp_min(tiny)
             sv = (v.detach().abs() * live).amax((-2, -1), keepdim=True).clamp_min(tiny)
-        wsum = k.new_zeros(*k.shape[:-2], m).scatter_add_(-1, lab, w).clamp_min(tiny)
+        wsum = cluster_sums(w, lab, m).clamp_min(tiny)
         iv = lab.unsqueeze(-1).expand(*lab.shape, Ev)
         vn = v / sv
-        vbar = v.new_zeros(*v.shape[:-2], m, Ev).scatter_add_(-2, iv, vn * w.unsqueeze(-1))
-        vbar = vbar / wsum.unsqueeze(-1)
-        C = v.new_zeros(*v.shape[:-2], m, Ev * E)
-        rho = v.new_zeros(*v.shape[:-2], m)
+        vbar = cluster_sums(vn * w.unsqueeze(-1), lab, m) / wsum.unsqueeze(-1)
+        d = (k - self.Z.gather(-2, lab.unsqueeze(-1).expand(*lab.shape, E))) / sk
+        dv = vn - vbar.gather(-2, iv)
+        with torch.no_grad():
+            dn = dv.detach().norm(dim=-1).masked_fill(w.detach() <= 0, 0.0)
+            rho = v.new_zeros(*lab.shape[:-1], m).scatter_reduce(-1, lab, dn, "amax")
+        wdv = dv * w.unsqueeze(-1)
+        C = v.new_zeros(*lab.shape[:-1], m, Ev * E)
+        # outer products in blocks of the bound chunk even without gradient: the (rows, Ev·E)
+        # blocks then stay in cache (measured faster than larger blocks)
         for a, b in chunk_ranges(k.shape[-2], self.chunk):
-            la = lab[..., a:b]
-            d = k[..., a:b, :] - self.Z.gather(-2, la.unsqueeze(-1).expand(*la.shape, E))
-            d = d / sk
-            dv = vn[..., a:b, :] - vbar.gather(-2, iv[..., a:b, :])
-            with torch.no_grad():
-                dn = dv.detach().norm(dim=-1).masked_fill(w[..., a:b].detach() <= 0, 0.0)
-                rho = rho.scatter_reduce(-1, la, dn, "amax")
-            outer = ((dv * w[..., a:b, None]).unsqueeze(-1) * d.unsqueeze(-2)).flatten(-2)
-            C.scatter_add_(-2, la.unsqueeze(-1).expand(*la.shape, Ev * E), outer)
+            outer = (wdv[..., a:b, :].unsqueeze(-1) * d[..., a:b, :].unsqueeze(-2)).flatten(-2)
+            cluster_sums(outer, lab[..., a:b], m, out=C)
         C = C.view(*C.shape[:-1], Ev, E) / wsum[..., None, None]
         V = top_right_singular(C.detach(), r)
-        return V, (C @ V.mT).mT, rho, sk, sv
+        U = (C @ V.mT).mT  # (..., m, r, Ev)
+        # ρ-major layouts (..., r·m, ·) for value_correction: its sums over ρ then run over
+        # contiguous rows of m
+        Vf = V.transpose(-3, -2).flatten(-3, -2).contiguous()
+        Uf = U.transpose(-3, -2).flatten(-3, -2)
+        un = U.detach().norm(dim=-1).mT.unsqueeze(-3)  # (..., 1, r, m)
+        return Vf, Uf, rho, sk, sv, un
 
     def value_correction(self, x, mass, terms):
         """``Σ_c mass_c · min(1, ρ_c/‖δ_c‖)·δ_c`` with ``δ_c = γ·s·U_cᵀ V_c x`` for queries
         ``x`` (``(..., L, E)``) and far masses ``mass`` (``(..., L, m)``): ``(..., L, Ev)``.
         The cap at ``ρ_c`` keeps each cluster's corrected value within the distance of its
         farthest member from ``v̄_c`` (the exact tilted mean is a convex combination of the
-        members' values); ``O(m·r·(E + Ev + r))`` per query."""
-        V, U, rho, sk, sv = terms
+        members' values); ``O(m·r·(E + Ev + r))`` per query. The projections ``g = V_c x'``
+        are taken of ``x' = γ·s·s_k·x`` divided by its (detached) largest entry ``t`` (so
+        that ``g²`` cannot overflow), and ``t`` multiplies the ``(..., L, Ev)`` result."""
+        V, U, rho, sk, sv, un = terms
         gain = self.scale
         if self.params is not None:
             gain = self.scale * self.params.value_gain.to(x.dtype)[:, None, None]
-        g = (x @ V.flatten(-3, -2).mT) * (gain * sk)
-        g = g.unflatten(-1, V.shape[-3:-1])  # (..., L, m, r), in units of 1/s_k
-        with torch.no_grad():  # U_c's rows σ_ρ·u_ρ are orthogonal: ‖U_cᵀg‖² = Σ_ρ g_ρ²‖U_cρ‖²
-            rows = U.detach().square().sum(-1).unsqueeze(-3)  # (..., 1, m, r)
-            gd = g.detach()
-            top = gd.abs().amax(-1).clamp_min(torch.finfo(gd.dtype).tiny)
-            norm = top * ((gd / top.unsqueeze(-1)).square() * rows).sum(-1).sqrt()
-            cap = torch.where(norm > rho.unsqueeze(-2), rho.unsqueeze(-2) / norm, 1.0)
-        return (((mass * cap).unsqueeze(-1) * g).flatten(-2) @ U.flatten(-3, -2)) * sv
+        xg = x * (gain * sk)
+        with torch.no_grad():
+            t = xg.detach().abs().amax(-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+        g = ((xg / t) @ V.mT).unflatten(-1, un.shape[-2:])  # (..., L, r, m), units t/s_k
+        with torch.no_grad():  # U_c's rows σ_ρ·u_ρ are orthogonal: ‖U_cᵀg‖ = ‖(g_ρ‖U_cρ‖)_ρ‖
+            norm = (g.detach() * un).square_().sum(-2).sqrt_() * t
+            rho = rho.unsqueeze(-2)
+            cap = torch.where(norm > rho, rho / norm, 1.0)
+        return (((mass * cap).unsqueeze(-2) * g).flatten(-2) @ U) * (t * sv)
