@@ -184,8 +184,11 @@ def test_fast_gp_on_low_precision_designs(dtype):
 
 
 @pytest.mark.category("options")
+def _row_sum(x):
+    return x.sum(1)
+
+
 def test_bayesian_cubature_refuses_bad_options():
-    f = lambda x: x.sum(1)  # noqa: E731
     for kw, msg in (
         ({"confidence": 1.0}, "confidence"),
         ({"confidence": 2.0}, "confidence"),
@@ -195,7 +198,7 @@ def test_bayesian_cubature_refuses_bad_options():
         ({"n_init": 512, "n_max": 256}, "n_max"),
     ):
         with pytest.raises(ValueError, match=msg):
-            bayesian_cubature(f, 2, seed=0, **kw)
+            bayesian_cubature(_row_sum, 2, seed=0, **kw)
 
 
 # -- kernels, designs, operator, transforms ------------------------------------------------------

@@ -46,7 +46,7 @@ from snnk.private.mechanisms import NOISES, NoiseSource, calibrate
 from snnk.private.mechanisms import check_seed as _check_seed
 from snnk.private.mechanisms import public_seed as _public_seed
 from snnk.private.projection import PROJECTIONS
-from snnk.private.release import Release, _readonly
+from snnk.private.release import Release, readonly
 from snnk.private.smooth import KERNELS, KernelFeatureMap
 
 #: weight ``a`` of the count coordinates in a joint Gaussian release ``[T_g, a·n_g]``
@@ -129,7 +129,7 @@ class KernelSumRelease(Release):
         *,
         feature_map: KernelFeatureMap | None = None,
     ):
-        public = {k[9:]: _readonly(v) for k, v in arrays.items() if k.startswith("features.")}
+        public = {k[9:]: readonly(v) for k, v in arrays.items() if k.startswith("features.")}
         own = {k: v for k, v in arrays.items() if not k.startswith("features.")}
         object.__setattr__(self, "public_randomness", MappingProxyType(public))
         # the builder hands over the map it drew (the same arrays): no second draw

@@ -36,7 +36,7 @@ _HEADER = (
 )
 
 
-def _readonly(a: Any) -> np.ndarray:
+def readonly(a: Any) -> np.ndarray:
     arr = np.array(a, dtype=np.float64, copy=True)
     arr.flags.writeable = False
     return arr
@@ -61,7 +61,7 @@ class Release:
         for k, v in params.items():
             object.__setattr__(self, k, v)
         for k, v in arrays.items():
-            object.__setattr__(self, k, _readonly(v))
+            object.__setattr__(self, k, readonly(v))
         object.__setattr__(self, "_frozen", True)
         self._post_init()
 

@@ -35,7 +35,7 @@ from collections.abc import Callable
 import torch
 
 from snnk.sampling._checks import F64, as_generator, as_matrix, check_count
-from snnk.sampling.dpp import _check_orthonormal, projection_dpp
+from snnk.sampling.dpp import check_orthonormal, projection_dpp
 
 __all__ = [
     "DESIGNS",
@@ -89,7 +89,7 @@ def sample_design(
         raise ValueError(f"design must be one of {list(DESIGNS)}, got {design!r}")
     n = m if n is None else check_count(n, "n")
     B = check_count(num_samples, "num_samples")
-    _check_orthonormal(U)
+    check_orthonormal(U)
     gen = as_generator(generator)
     if design == "iid":
         return _iid(U, n, B, gen)

@@ -87,7 +87,7 @@ def orthonormal_basis(features, *, rcond: float | None = None, return_transform:
     return U, (Vh[keep].T / (S[keep] * scale)).contiguous()
 
 
-def _check_orthonormal(U: torch.Tensor, tol: float = 1e-6, name: str = "U") -> None:
+def check_orthonormal(U: torch.Tensor, tol: float = 1e-6, name: str = "U") -> None:
     err = float((U.T @ U - torch.eye(U.shape[1], dtype=F64, device=U.device)).abs().max())
     if not err <= tol:
         fix = (
@@ -185,7 +185,7 @@ def projection_dpp(
     if r > N:
         raise ValueError(f"U has r = {r} columns but only N = {N} rows; a projection needs r <= N")
     if check:
-        _check_orthonormal(U)
+        check_orthonormal(U)
     gen = as_generator(generator)
     batch = _batch_for(batch_size, N, r, shared=True)
     parts = [_chain(U, min(batch, num_samples - s), gen) for s in range(0, num_samples, batch)]
@@ -272,7 +272,7 @@ class FiniteDPP:
                     f"{vec.shape[1]} eigenvectors of length {vec.shape[0]}: at most N "
                     f"orthonormal columns exist"
                 )
-            _check_orthonormal(vec, name="eigenvectors")
+            check_orthonormal(vec, name="eigenvectors")
         else:
             kind = "likelihood" if L is not None else "correlation"
             name = "L" if L is not None else "K"

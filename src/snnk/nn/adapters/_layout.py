@@ -66,7 +66,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def _architecture(
+def architecture(
     model: nn.Module, *, changes_structure: bool = False
 ) -> tuple[nn.Module, nn.Module, str, _Layout]:
     """``(model, base model, model_type, layout)``; raises for unsupported models."""

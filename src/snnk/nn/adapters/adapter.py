@@ -143,7 +143,7 @@ def _attach(site: nn.Module, adapter: SNNKAdapter) -> nn.Module:
     return new
 
 
-def _iter_adapters(model: nn.Module) -> Iterator[tuple[str, SNNKAdapter]]:
+def iter_adapters(model: nn.Module) -> Iterator[tuple[str, SNNKAdapter]]:
     for name, module in unwrap(model).named_modules():
         if isinstance(module, SNNKAdapter):
             yield name, module
@@ -166,7 +166,7 @@ def _check_seed(seed: int | None) -> int:
     return seed
 
 
-def _config_of(model: nn.Module) -> dict:
+def adapter_config(model: nn.Module) -> dict:
     config = getattr(unwrap(model), "_snnk_adapter_config", None)
     if config is None:
         raise ValueError("this model has no SNNK adapters; call add_adapters first")

@@ -10,8 +10,8 @@ from torch import nn
 from snnk._utils import check_in, check_positive, check_positive_int
 from snnk.nn.adapters._layout import (
     PLACEMENTS,
-    _architecture,
     _split,
+    architecture,
     first_path,
     layer_blocks,
     unwrap,
@@ -22,7 +22,7 @@ from snnk.nn.adapters.adapter import (
     _check_activation,
     _check_seed,
     _check_site,
-    _iter_adapters,
+    iter_adapters,
 )
 from snnk.nn.snnk_linear import SNNKLinear
 
@@ -48,8 +48,8 @@ class _Plan:
 
 
 @dataclass
-class _Undo:
-    """What :func:`_apply` and a load change, so that an error can put the model back."""
+class Undo:
+    """What :func:`apply_plan` and a load change, so that an error can put the model back."""
 
     model: nn.Module
     flags: list[tuple[nn.Parameter, bool]] = field(default_factory=list)
@@ -87,7 +87,7 @@ def _head_parameters(model: nn.Module, base: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if id(p) not in in_base]
 
 
-def _plan_adapters(
+def plan_adapters(
     model: nn.Module,
     num_features: int,
     activation: str,
@@ -99,7 +99,7 @@ def _plan_adapters(
     input_norm: float | None,
 ) -> _Plan:
     """Check every argument and build every adapter of :func:`add_adapters`, changing nothing."""
-    model, base, model_type, layout = _architecture(model, changes_structure=True)
+    model, base, model_type, layout = architecture(model, changes_structure=True)
     num_features = check_positive_int(num_features, "num_features")
     activation = _check_activation(activation)
     check_in(placement, "placement", PLACEMENTS)
@@ -107,7 +107,7 @@ def _plan_adapters(
         bottleneck = check_positive_int(bottleneck, "bottleneck")
     if input_norm is not None:
         input_norm = check_positive(input_norm, "input_norm")
-    existing = sum(1 for _ in _iter_adapters(model))
+    existing = sum(1 for _ in iter_adapters(model))
     if existing:
         raise RuntimeError(
             f"this model already has {existing} SNNK adapters; add_adapters would stack a "
@@ -166,7 +166,7 @@ def _plan_adapters(
     return _Plan(model, sites, trainable, config)
 
 
-def _apply(plan: _Plan, undo: _Undo) -> None:
+def apply_plan(plan: _Plan, undo: Undo) -> None:
     """Put the planned adapters in, freeze everything else but the planned trainable tensors."""
     model = plan.model
     for owner, name, adapter in plan.sites:
@@ -240,7 +240,7 @@ def add_adapters(
     RuntimeError
         The model already has SNNK adapters.
     """
-    plan = _plan_adapters(
+    plan = plan_adapters(
         model,
         num_features,
         activation,
@@ -251,9 +251,9 @@ def add_adapters(
         bottleneck,
         input_norm,
     )
-    undo = _Undo(plan.model)
+    undo = Undo(plan.model)
     try:
-        _apply(plan, undo)
+        apply_plan(plan, undo)
     except BaseException:
         undo.rollback()
         raise
@@ -348,7 +348,7 @@ def uptrain(
     UptrainReport
         The model, the replaced layers and the parameter counts (``parameters_saved``).
     """
-    model, base, _, layout = _architecture(model, changes_structure=True)
+    model, base, _, layout = architecture(model, changes_structure=True)
     num_layers = check_positive_int(num_layers, "num_layers")
     num_features = check_positive_int(num_features, "num_features")
     activation = _check_activation(activation)

@@ -12,9 +12,9 @@ from torch import nn
 
 from snnk._utils.files import write_safetensors_atomic, write_text_atomic
 from snnk._version import __version__
-from snnk.nn.adapters._layout import PLACEMENTS, _architecture, unwrap
-from snnk.nn.adapters.adapter import _config_of, _iter_adapters
-from snnk.nn.adapters.insert import _apply, _plan_adapters, _Undo
+from snnk.nn.adapters._layout import PLACEMENTS, architecture, unwrap
+from snnk.nn.adapters.adapter import adapter_config, iter_adapters
+from snnk.nn.adapters.insert import Undo, apply_plan, plan_adapters
 from snnk.nn.snnk_linear import ACTIVATIONS
 
 #: file names written by :func:`save_adapters`
@@ -41,7 +41,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """
     model = unwrap(model)
     out: dict[str, torch.Tensor] = {}
-    for name, adapter in _iter_adapters(model):
+    for name, adapter in iter_adapters(model):
         out.update(adapter.state_dict(prefix=f"{name}."))
     if not out:
         raise ValueError("this model has no SNNK adapters; call add_adapters first")
@@ -66,7 +66,7 @@ def save_adapters(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     """
     if not isinstance(path, str | os.PathLike):
         raise TypeError(f"path must be a folder path (str or os.PathLike), got {path!r}")
-    config = dict(_config_of(model))
+    config = dict(adapter_config(model))
     tensors = {
         k: v.detach().to("cpu", copy=True).contiguous()
         for k, v in adapter_state_dict(model).items()
@@ -233,7 +233,7 @@ def load_adapters(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
             f"{CONFIG_NAME} and {WEIGHTS_NAME} in it"
         )
     saved = _read_config(config_file)
-    inner, _, model_type, _ = _architecture(model)
+    inner, _, model_type, _ = architecture(model)
     if model_type != saved["model_type"]:
         raise ValueError(
             f"the adapters were saved from a {saved['model_type']!r} model, but this model's "
@@ -242,8 +242,8 @@ def load_adapters(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     tensors = _read_tensors(weights_file, saved["tensors"])
     shapes = {k: tuple(v.shape) for k, v in inner.state_dict(keep_vars=True).items()}
     plan = None
-    if any(True for _ in _iter_adapters(inner)):
-        config = _config_of(inner)
+    if any(True for _ in iter_adapters(inner)):
+        config = adapter_config(inner)
         diff = {k: (saved[k], config.get(k)) for k in _STRUCTURE if saved[k] != config.get(k)}
         if diff:
             raise ValueError(
@@ -252,7 +252,7 @@ def load_adapters(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
             )
         expected = set(adapter_state_dict(inner))
     else:
-        plan = _plan_adapters(
+        plan = plan_adapters(
             model,
             saved["num_features"],
             saved["activation"],
@@ -274,10 +274,10 @@ def load_adapters(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
                 f"the adapters were saved for {key}={saved[key]}, this model has {config[key]}"
             )
     _check_against(weights_file, tensors, expected, shapes)
-    undo = _Undo(inner)
+    undo = Undo(inner)
     try:
         if plan is not None:
-            _apply(plan, undo)
+            apply_plan(plan, undo)
         targets = inner.state_dict(keep_vars=True)
         with torch.no_grad():
             for name, value in tensors.items():
